@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+from driftline.engine.kafka.admin import TopicSpec, ensure_topics, wait_for_broker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"
@@ -74,10 +74,11 @@ def _docker_available() -> bool:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap servers of the session's broker (see the module docstring for which)."""
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if configured:
+        wait_for_broker(configured, timeout=30)  # fail here, clearly, not in every test
         yield configured
         return
     if os.environ.get("DRIFTLINE_TEST_DOCKER", "1") != "0" and _docker_available():
@@ -95,7 +96,8 @@ def kafka_bootstrap() -> Iterator[str]:
         return
     from driftline.broker import EmbeddedBroker
 
-    broker = EmbeddedBroker().start()
+    # Log under pytest's temp dir: kept after the run for a post-mortem.
+    broker = EmbeddedBroker(log_dir=tmp_path_factory.mktemp("broker")).start()
     try:
         yield broker.bootstrap
     finally:

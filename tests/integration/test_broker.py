@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
@@ -144,11 +145,11 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
         "os.kill(os.getpid(), signal.SIGKILL)",  # no Python cleanup: the parent-death signal
     ],
 )
-def test_no_broker_outlives_its_parent(ending: str) -> None:
+def test_no_broker_outlives_its_parent(ending: str, tmp_path: Path) -> None:
     parent = _python(
         "import os, signal, sys\n"
         "from driftline.broker import EmbeddedBroker\n"
-        "broker = EmbeddedBroker().start()\n"
+        f"broker = EmbeddedBroker(log_dir={str(tmp_path)!r}).start()\n"
         "print(broker.pid, flush=True)\n"
         f"{ending}\n"
     )
@@ -176,3 +177,15 @@ def test_run_foreground_stops_cleanly_on_sigint() -> None:
             parent.wait()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))  # the port is free again: the broker is gone
+
+
+def test_restart_keeps_the_port_and_comes_back_empty() -> None:
+    with EmbeddedBroker() as broker:
+        port = broker.port
+        ensure_topics(broker.bootstrap, [TopicSpec("before-restart", 1)])
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin.list_topics(timeout=10)  # hold a live connection across the restart
+        broker.restart()
+        assert broker.port == port
+        topics = wait_for_broker(broker.bootstrap, timeout=10).topics
+        assert "before-restart" not in topics  # in-memory storage

@@ -122,3 +122,19 @@ def test_write_history_round_trip(tmp_path, suffix: str) -> None:
     assert len(loaded) == len(frame)
     np.testing.assert_array_equal(loaded["event_time"].to_numpy(), frame["event_time"].to_numpy())
     assert loaded["customer_id"].tolist() == frame["customer_id"].tolist()
+
+
+def test_drift_changes_behaviour_not_customers() -> None:
+    population = Population(n_customers=400, seed=9)
+    before = population.generate_history(days=20)
+    churners = population.customers["churner"].copy()
+    population.drift(order_value=(50.0, 90.0, 160.0))
+    after = population.generate_history(days=20)
+    spend = {
+        name: frame.loc[frame["event_type"] == "purchase", "amount"].mean()
+        for name, frame in (("before", before), ("after", after))
+    }
+    assert spend["after"] > 1.6 * spend["before"]
+    pd.testing.assert_series_equal(population.customers["churner"], churners)
+    with pytest.raises(TypeError):
+        population.drift(no_such_knob=1)

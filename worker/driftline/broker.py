@@ -36,6 +36,7 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -45,6 +46,9 @@ __all__ = ["BrokerError", "EmbeddedBroker", "free_port", "run_foreground", "tans
 _KAFKA_LOGGER = logging.getLogger("driftline.kafka")
 _LIVE: weakref.WeakSet[EmbeddedBroker] = weakref.WeakSet()
 _PR_SET_PDEATHSIG = 1
+#: On SIGTERM Tansu waits up to ~5 s for connected clients to hang up.  Its storage is in
+#: memory, so a graceful drain saves nothing: after this long it is SIGKILLed.
+STOP_TIMEOUT = 2.0
 
 
 class BrokerError(RuntimeError):
@@ -68,7 +72,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Nobody listens on ``host:port`` (connections in TIME_WAIT do not count: the
+    broker binds with SO_REUSEADDR too, so a restart on the same port must be allowed)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -127,7 +134,7 @@ class EmbeddedBroker:
         self._owns_log_dir = log_dir is None
         self._die_with_parent = die_with_parent
         self._process: subprocess.Popen[bytes] | None = None
-        self._log_file: object | None = None
+        self._log_file: IO[bytes] | None = None
         self._lock = threading.Lock()
         self.log_path: Path | None = None
 
@@ -177,8 +184,25 @@ class EmbeddedBroker:
             except BrokerError as error:
                 last_error = error
                 self.stop()
+        if self._owns_log_dir and self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._log_dir = None
         assert last_error is not None
         raise last_error
+
+    def restart(self, timeout: float = STOP_TIMEOUT) -> EmbeddedBroker:
+        """Stop and start again *on the same port*, so clients can reconnect.
+
+        Storage is in memory: topics and records are gone afterwards.  Fault tests use
+        this to check that clients survive a broker that comes back empty.
+        """
+        port = self.port
+        self.stop(timeout)
+        requested, self._requested_port = self._requested_port, port
+        try:
+            return self.start()
+        finally:
+            self._requested_port = requested
 
     def _spawn(self, binary: str) -> None:
         assert self.log_path is not None
@@ -241,11 +265,12 @@ class EmbeddedBroker:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:]) or "(empty log)"
 
-    def stop(self, timeout: float = 10.0) -> int | None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout``) and reap it.
 
         Idempotent and safe on a paused broker (it is resumed first, or SIGTERM would stay
-        pending forever).  Returns the exit status, or None if it was not running.
+        pending forever).  Returns the exit status (negative: killed by that signal), or
+        None if it was not running.
         """
         with self._lock:
             process, self._process = self._process, None
@@ -266,7 +291,7 @@ class EmbeddedBroker:
                 log = self._log_file
                 self._log_file = None
                 if log is not None:
-                    log.close()  # type: ignore[attr-defined]
+                    log.close()
                 if self._owns_log_dir and self._log_dir is not None:
                     shutil.rmtree(self._log_dir, ignore_errors=True)
                     self._log_dir = None
@@ -315,7 +340,7 @@ def _stop_all() -> None:
     """Safety net: no broker outlives the interpreter that started it."""
     for broker in list(_LIVE):
         with contextlib.suppress(Exception):
-            broker.stop(timeout=5.0)
+            broker.stop()
 
 
 def run_foreground(

@@ -14,6 +14,7 @@ log of past purchases becomes a live stream for the worker.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "CDNOW_MAPPING",
     "ColumnMapping",
     "encode_events",
+    "event_file_mapping",
     "load_events",
     "replay",
 ]
@@ -136,15 +138,40 @@ CDNOW_MAPPING = ColumnMapping(
 )
 
 
-def load_events(path: str | Path, mapping: ColumnMapping, limit: int | None = None) -> pd.DataFrame:
+def event_file_mapping(path: str | Path) -> ColumnMapping:
+    """Identity mapping for a file already in the event format (e.g. ``write_history``).
+
+    Uses whichever event field columns the file has; it must have at least
+    ``customer_id``, ``event_time`` and ``event_type``.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        header = list(pq.read_schema(path).names)
+    else:
+        header = list(pd.read_csv(path, nrows=0, sep=_separator(path)).columns)
+    return ColumnMapping(columns={name: name for name in EVENT_FIELDS if name in header})
+
+
+def _separator(path: Path) -> str:
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def load_events(
+    path: str | Path, mapping: ColumnMapping | None = None, limit: int | None = None
+) -> pd.DataFrame:
     """Read a CSV/Parquet log into an event table sorted stably by event time.
 
     Columns: the mapped/constant event fields (``event_id``, ``customer_id``,
     ``event_time``, ``event_type`` always), ``event_time`` as int64 epoch millis.
-    ``limit`` keeps the first rows *of the file* (before sorting).  Raises ``ValueError``
-    naming the first bad row when a time cannot be parsed or an id is missing.
+    ``mapping=None`` means the file already uses the event field names.  ``limit`` keeps
+    the first rows *of the file* (before sorting).  Raises ``ValueError`` naming the
+    first bad row when a time cannot be parsed or an id is missing.
     """
     path = Path(path)
+    if mapping is None:
+        mapping = event_file_mapping(path)
     source_columns = sorted(set(mapping.columns.values()))
     string_sources = {mapping.columns[f] for f in _STRING_FIELDS if f in mapping.columns}
     suffix = path.suffix.lower()
@@ -161,7 +188,7 @@ def load_events(path: str | Path, mapping: ColumnMapping, limit: int | None = No
             keep_default_na=False,
             na_values=[""],
             nrows=limit,
-            sep="\t" if suffix == ".tsv" else ",",
+            sep=_separator(path),
         )
     else:
         raise ValueError(f"unsupported event file type {path.suffix!r}: use .csv or .parquet")
@@ -250,6 +277,7 @@ def _guess_unit(values: np.ndarray) -> str:
 
 
 _ENCODER = msgspec.json.Encoder()
+_ENCODE_CHUNK = 50_000
 
 
 def encode_events(frame: pd.DataFrame) -> list[bytes]:
@@ -291,22 +319,26 @@ def replay(
     rate: float | None = None,
     limit: int | None = None,
     producer_config: Mapping[str, Any] | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
     """Produce an event table in row order, keyed by customer id; return the count.
 
     ``speedup``: event time runs that many times faster than wall time (None: as fast as
     possible); ``rate`` additionally caps records per second.  Rows are expected in event
-    time order (``load_events`` sorts them).
+    time order (``load_events`` sorts them).  ``stop`` ends it early, gracefully.
     """
     if limit is not None:
         df = df.head(limit)
-    values = encode_events(df)
-    keys = df["customer_id"].astype(str).to_numpy(dtype=object)
-    times = df["event_time"].to_numpy(dtype=np.int64).tolist()
 
     def records() -> Iterator[tuple[bytes, bytes, int]]:
-        for key, value, when in zip(keys, values, times, strict=True):
-            yield key.encode(), value, when
+        # Encoded a slice at a time: a big log is never held twice in memory.
+        for start in range(0, len(df), _ENCODE_CHUNK):
+            part = df.iloc[start : start + _ENCODE_CHUNK]
+            values = encode_events(part)
+            keys = part["customer_id"].astype(str).tolist()
+            times = part["event_time"].to_numpy(dtype=np.int64).tolist()
+            for key, value, when in zip(keys, values, times, strict=True):
+                yield key.encode(), value, when
 
     return produce_records(
         bootstrap,
@@ -315,7 +347,8 @@ def replay(
         rate=rate,
         speedup=speedup,
         progress=progress,
-        total=len(values),
+        total=len(df),
         producer_config=producer_config,
         desc=f"replay {topic}",
+        stop=stop,
     )

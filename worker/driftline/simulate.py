@@ -30,11 +30,13 @@ same seed and the same sequence of calls give the same events.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +90,7 @@ _CANCEL = len(_POISSON_TYPES)
 _TYPE_NAMES = np.array([*_POISSON_TYPES, "cancel_request"], dtype=object)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Mechanism:
     """The ground-truth churn mechanism; every number is a documented knob.
 
@@ -220,8 +222,9 @@ class Population:
     def customers(self) -> pd.DataFrame:
         """Ground truth per customer: initial profile, propensity, churner, onset/gone times.
 
-        ``churn_onset_ms`` / ``gone_ms`` are null for non-churners.  Use it to evaluate a
-        model against the truth, not just against a label derived from behaviour.
+        ``plan_type`` is the plan at the start, ``plan_type_now`` after the plan changes
+        generated so far; ``churn_onset_ms`` / ``gone_ms`` are null for non-churners.  Use
+        it to evaluate a model against the truth, not just against a behavioural label.
         """
         churner = self.churner
         return pd.DataFrame(
@@ -232,6 +235,7 @@ class Population:
                 "age": self._age0,
                 "income": self._income,
                 "tenure_months": self._tenure0,
+                "plan_type_now": np.asarray(PLANS, dtype=object)[self._plan],
                 "propensity": self.propensity,
                 "churner": churner,
                 "churn_onset_ms": _nullable_ms(self._onset, churner),
@@ -239,6 +243,16 @@ class Population:
                 "cancels": np.isfinite(self._cancel_at),
             }
         )
+
+    def drift(self, **changes: Any) -> Mechanism:
+        """Change behaviour knobs from now on (e.g. ``order_value``, ``login_rate``).
+
+        For drift scenarios: the next generated chunk uses the new mechanism, so feature
+        distributions move while the customers (and who churns when) stay the same.
+        Returns the new mechanism; unknown knob names raise ``TypeError``.
+        """
+        self.mechanism = dataclasses.replace(self.mechanism, **changes)
+        return self.mechanism
 
     def churned_by(self, time_ms: int) -> np.ndarray:
         """Boolean per customer: churn onset at or before ``time_ms``."""
@@ -596,10 +610,12 @@ class _TokenBucket:
             idle((1.0 - self.tokens) / self.rate)
 
 
-def _sleep_polling(producer: Any, seconds: float) -> None:
+def _sleep_polling(producer: Any, seconds: float, stop: threading.Event | None = None) -> None:
     """Sleep while serving delivery callbacks (poll returns early on events)."""
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
+        if stop is not None and stop.is_set():
+            return
         producer.poll(min(left, 0.1))
 
 
@@ -615,6 +631,7 @@ def produce_records(
     producer_config: Mapping[str, Any] | None = None,
     flush_timeout: float = 60.0,
     desc: str = "produce",
+    stop: threading.Event | None = None,
 ) -> int:
     """Produce ``(key, value, event_time_ms)`` records; return how many were delivered.
 
@@ -623,6 +640,10 @@ def produce_records(
     needs ``event_time_ms`` on each record.  Both may be combined; neither means as fast
     as the broker takes them.  A full local queue (``BufferError``) is handled by polling
     and retrying, never by dropping.  Raises ``ProduceError`` if any record failed.
+
+    Stopping early: set ``stop`` (e.g. from a signal handler) to finish gracefully, flush
+    and return the count.  A KeyboardInterrupt still flushes what was queued before it
+    propagates, so records handed to the producer are not silently lost.
     """
     from confluent_kafka import KafkaError, Producer
 
@@ -632,12 +653,9 @@ def produce_records(
         "batch.num.messages": 10_000,
         "enable.idempotence": True,  # retries cannot duplicate or reorder a customer's events
         "queue.buffering.max.messages": 200_000,
+        "logger": logging.getLogger("driftline.kafka"),
         **(producer_config or {}),
     }
-    if "logger" not in config:
-        import logging
-
-        config["logger"] = logging.getLogger("driftline.kafka")
     producer = Producer(config)
     delivered = 0
     failures: list[str] = []
@@ -649,42 +667,47 @@ def produce_records(
         else:
             failures.append(error.str())
 
+    def idle(seconds: float) -> None:
+        _sleep_polling(producer, seconds, stop)
+
     bucket = _TokenBucket(rate) if rate else None
     wall0: float | None = None
     event0: int | None = None
     sent = 0
-    bar = _progress_bar(
-        total=limit if limit is not None else total, unit="ev", desc=desc, enabled=progress
-    )
-    pending_bar = 0
+    bar_total = total if limit is None else (limit if total is None else min(limit, total))
+    bar = _progress_bar(total=bar_total, unit="ev", desc=desc, enabled=progress)
+    unreported = 0
+    remaining = 0
     try:
-        for key, value, event_ms in records:
-            if limit is not None and sent >= limit:
-                break
-            if bucket is not None:
-                bucket.wait(lambda s: _sleep_polling(producer, s))
-            if speedup and event_ms is not None:
-                if wall0 is None or event0 is None:
-                    wall0, event0 = time.monotonic(), event_ms
-                due = wall0 + (event_ms - event0) / 1000.0 / speedup
-                if (ahead := due - time.monotonic()) > 0:
-                    _sleep_polling(producer, ahead)
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+        try:
+            for key, value, event_ms in records:
+                if (limit is not None and sent >= limit) or failures:
                     break
-                except BufferError:
-                    producer.poll(0.05)  # local queue full: let deliveries drain, then retry
-            sent += 1
-            pending_bar += 1
-            if pending_bar >= 1_000:
-                producer.poll(0)
-                bar.update(pending_bar)
-                pending_bar = 0
-            if failures:
-                break
-        remaining = producer.flush(flush_timeout)
-        bar.update(pending_bar)
+                if bucket is not None:
+                    bucket.wait(idle)
+                if speedup and event_ms is not None:
+                    if wall0 is None or event0 is None:
+                        wall0, event0 = time.monotonic(), event_ms
+                    due = wall0 + (event_ms - event0) / 1000.0 / speedup
+                    if (ahead := due - time.monotonic()) > 0:
+                        idle(ahead)
+                if stop is not None and stop.is_set():
+                    break
+                while True:
+                    try:
+                        producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)  # local queue full: let deliveries drain, retry
+                sent += 1
+                unreported += 1
+                if unreported >= 1_000:
+                    producer.poll(0)
+                    bar.update(unreported)
+                    unreported = 0
+        finally:
+            remaining = producer.flush(flush_timeout)
+        bar.update(unreported)
     finally:
         bar.close()
     if failures:
@@ -706,6 +729,7 @@ def produce(
     progress: bool = False,
     producer_config: Mapping[str, Any] | None = None,
     flush_timeout: float = 60.0,
+    stop: threading.Event | None = None,
 ) -> int:
     """Produce events (dicts or ``CustomerEvent``) keyed by customer id; return the count.
 
@@ -735,4 +759,5 @@ def produce(
         producer_config=producer_config,
         flush_timeout=flush_timeout,
         desc=f"produce {topic}",
+        stop=stop,
     )

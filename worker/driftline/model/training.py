@@ -32,7 +32,7 @@ import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,7 @@ from sklearn.metrics import (
     classification_report,
     f1_score,
     get_scorer,
+    precision_recall_curve,
     precision_score,
     recall_score,
     roc_auc_score,
@@ -54,7 +55,7 @@ from sklearn.model_selection import (
     GridSearchCV,
     ParameterGrid,
     StratifiedKFold,
-    cross_val_score,
+    cross_validate,
     train_test_split,
 )
 from sklearn.pipeline import Pipeline
@@ -68,6 +69,9 @@ log = logging.getLogger(__name__)
 #: Decision threshold the test-set precision/recall/F1 are reported at (and the default
 #: threshold a freshly trained model is registered with).
 DEFAULT_THRESHOLD = 0.5
+#: ``threshold=AUTO_THRESHOLD`` picks the threshold maximizing F1 on out-of-fold predictions
+#: of the training part (never on the test set, whose numbers would then be optimistic).
+AUTO_THRESHOLD = "auto"
 #: Small on purpose: 9 candidates x k folds.  Depth and leaf size are what matter most for
 #: a forest on a few dozen features; more knobs would mostly buy training time.
 PARAM_GRID: dict[str, list[Any]] = {
@@ -180,6 +184,9 @@ class TrainResult:
     #: :func:`dataset_hash` of the full training table (features and labels).
     data_hash: str
     threshold: float = DEFAULT_THRESHOLD
+    #: Where the rows came from (source, cutoffs, churn definition...): filled by callers
+    #: that build the table (``driftline train``), stored with the model as provenance.
+    dataset: dict[str, Any] = field(default_factory=dict)
 
     @property
     def feature_types(self) -> dict[str, str]:
@@ -204,11 +211,14 @@ def train_model(
     cv_folds: int = 5,
     seed: int = 42,
     progress: bool = True,
+    threshold: float | str = DEFAULT_THRESHOLD,
 ) -> TrainResult:
     """Split, cross-validate (or grid-search), fit, evaluate against a baseline, profile.
 
     ``X`` must hold exactly the ``numeric`` and ``categorical`` columns (any order); the
     model's feature list is ``X``'s column order.  ``y`` is binary: bool, or 0/1.
+    ``threshold`` is the decision threshold reported and registered, or ``"auto"``: the one
+    maximizing F1 on the out-of-fold cross-validation scores of the training part.
     """
     numeric, categorical = list(numeric), list(categorical)
     feature_names = _check_features(X, numeric, categorical)
@@ -218,6 +228,12 @@ def train_model(
         raise ValueError(f"test_size must be within (0, 1), got {test_size}")
     if cv_folds < 2:
         raise ValueError(f"cv_folds must be at least 2, got {cv_folds}")
+    auto_threshold = threshold == AUTO_THRESHOLD
+    if not auto_threshold:
+        if isinstance(threshold, str):
+            raise ValueError(f"threshold must be a number or {AUTO_THRESHOLD!r}, got {threshold!r}")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
 
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=test_size, stratify=y, random_state=seed
@@ -249,6 +265,12 @@ def train_model(
         best_params = dict(results["params"][best])
         cv_scores = np.array([results[f"split{k}_test_score"][best] for k in range(cv_folds)])
         pipeline.set_params(**best_params)
+        # The grid search kept no fold predictions: re-run the best candidate's folds.
+        oof_scores = (
+            _cross_validate(pipeline, X_train, y_train, folds, progress=progress, keep_oof=True)[1]
+            if auto_threshold
+            else None
+        )
         grid_summary = {
             "best_params": {k.removeprefix("model__"): v for k, v in best_params.items()},
             "candidates": [
@@ -261,20 +283,24 @@ def train_model(
             ],
         }
     else:
-        with tqdm(
-            total=cv_folds, desc="cross-validation", unit="fold", disable=not progress
-        ) as bar:
-            cv_scores = cross_val_score(
-                pipeline, X_train, y_train, cv=folds, scoring=_ProgressScorer(bar), n_jobs=1
-            )
+        cv_scores, oof_scores = _cross_validate(
+            pipeline, X_train, y_train, folds, progress=progress, keep_oof=auto_threshold
+        )
+
+    if oof_scores is not None:
+        chosen = best_f1_threshold(y_train.to_numpy(), oof_scores)
+        threshold_info = {"value": chosen, "method": "max F1 on out-of-fold CV scores (train)"}
+    else:
+        chosen = float(threshold)
+        threshold_info = {"value": chosen, "method": "fixed"}
 
     _fit_with_progress(pipeline, X_train, y_train, progress=progress)
     test_scores = positive_scores(pipeline, X_test)
-    model_metrics, model_text = _evaluate(y_test, test_scores, DEFAULT_THRESHOLD)
+    model_metrics, model_text = _evaluate(y_test, test_scores, chosen)
 
     baseline = DummyClassifier(strategy="most_frequent").fit(X_train, y_train)
     baseline_scores = positive_scores(baseline, X_test)
-    baseline_metrics, _ = _evaluate(y_test, baseline_scores, DEFAULT_THRESHOLD)
+    baseline_metrics, _ = _evaluate(y_test, baseline_scores, chosen)
 
     importances = _top_importances(pipeline, TOP_IMPORTANCES)
     forest: RandomForestClassifier = pipeline[-1]
@@ -301,6 +327,7 @@ def train_model(
                 "roc_auc_folds": [float(s) for s in cv_scores],
             },
             "grid_search": grid_summary,
+            "threshold": threshold_info,
             "test": model_metrics,
             "baseline": {"strategy": "most_frequent", **baseline_metrics},
             "top_importances": importances,
@@ -321,6 +348,7 @@ def train_model(
         feature_names=feature_names,
         reference_profile=profile,
         data_hash=dataset_hash(X, y),
+        threshold=chosen,
     )
 
 
@@ -408,6 +436,56 @@ def dataset_hash(X: pd.DataFrame, y: pd.Series | None = None) -> str:
     if y is not None:
         digest.update(pd.util.hash_pandas_object(pd.Series(y), index=False).to_numpy().tobytes())
     return digest.hexdigest()
+
+
+def best_f1_threshold(y: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold (``score >= t`` is positive) with the highest F1 on ``y``.
+
+    Candidates are the observed scores, so the threshold is one the model actually emits;
+    ties go to the highest threshold (fewer alerts for the same F1).
+    """
+    precision, recall, thresholds = precision_recall_curve(y, scores)
+    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    best = np.flatnonzero(f1 == f1.max())[-1]
+    return float(min(max(thresholds[best], 0.0), 1.0))
+
+
+def _cross_validate(
+    pipeline: Pipeline,
+    X: pd.DataFrame,
+    y: pd.Series,
+    folds: StratifiedKFold,
+    *,
+    progress: bool,
+    keep_oof: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-fold ROC AUC, and (``keep_oof``) every row's score from the fold that held it out.
+
+    Out-of-fold scores come from the fold models themselves (``return_estimator``), so
+    choosing a threshold on them costs predictions, not another round of fits.
+    """
+    with tqdm(
+        total=folds.get_n_splits(), desc="cross-validation", unit="fold", disable=not progress
+    ) as bar:
+        results = cross_validate(
+            pipeline,
+            X,
+            y,
+            cv=folds,
+            scoring=_ProgressScorer(bar),
+            n_jobs=1,
+            return_estimator=keep_oof,
+            return_indices=keep_oof,
+        )
+    scores = np.asarray(results["test_score"], dtype=np.float64)
+    if not keep_oof:
+        return scores, None
+    oof = np.full(len(X), np.nan)
+    for estimator, rows in zip(results["estimator"], results["indices"]["test"], strict=True):
+        oof[rows] = positive_scores(estimator, X.iloc[rows])
+    return scores, oof
 
 
 class _ProgressScorer:
@@ -505,6 +583,7 @@ def _report(metrics: dict[str, Any], model_text: str, importances: list[dict[str
     if metrics["grid_search"]:
         lines.append(f"Grid search best: {metrics['grid_search']['best_params']}")
     threshold = test["threshold"]
+    lines.append(f"Decision threshold: {threshold:.3f} ({metrics['threshold']['method']})")
     lines += [
         "",
         f"{'Test set':<28}{'model':>10}{'baseline':>10}",

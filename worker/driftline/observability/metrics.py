@@ -235,7 +235,8 @@ class WorkerMetrics:
         )  # fmt: skip
         self.event_to_prediction = BulkHistogram(
             f"{ns}_event_to_prediction_seconds",
-            "Prediction time minus event time, per event (negative skew clamped to 0).",
+            "Prediction time minus the input record's timestamp (producer create time), per event;"
+            " negative clock skew clamped to 0.",
             EVENT_LATENCY_BUCKETS,
             registry=reg,
         )

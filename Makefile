@@ -1,0 +1,44 @@
+# The two commands a fresh machine needs (see README.md):
+#   make demo   set up the virtualenv, then run the whole product on the embedded broker
+#   make test   set up the virtualenv, then lint, check the schemas and run every test
+# .ci/run calls `make test`, so CI proves the install steps too.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test test-fast bench lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==25.3
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/driftline demo $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check worker tests
+	$(BIN)/ruff format --check worker tests
+	$(BIN)/driftline schemas --check
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/driftline bench $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check worker tests
+
+format: $(STAMP)
+	$(BIN)/ruff format worker tests
+	$(BIN)/ruff check --fix worker tests
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,72 @@
+"""``driftline`` command line: one subcommand per job, each in ``driftline.commands``.
+
+Every flag can also be set by an environment variable ``DRIFTLINE_<FLAG>`` (dashes become
+underscores, e.g. ``--bootstrap-servers`` <- ``DRIFTLINE_BOOTSTRAP_SERVERS``); a flag given
+on the command line wins.  That makes the same image configurable by compose files and
+Kubernetes manifests without wrapper scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+#: subcommand -> module in driftline.commands exposing HELP, add_arguments(p), run(args)
+COMMANDS = (
+    "broker",
+    "topics",
+    "simulate",
+    "replay",
+    "train",
+    "worker",
+    "demo",
+    "bench",
+    "schemas",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="driftline",
+        description="Streaming churn scoring and drift monitoring on Kafka.",
+        epilog="Every flag also reads DRIFTLINE_<FLAG> from the environment.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity (env DRIFTLINE_LOG_LEVEL)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"driftline.commands.{name}")
+        command = sub.add_parser(
+            name,
+            help=module.HELP.splitlines()[0],
+            description=module.HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from driftline.commands._flags import apply_env_defaults
+
+    parser = build_parser()
+    apply_env_defaults(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Flags shared by several subcommands, and the DRIFTLINE_* environment defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from driftline import config
+from driftline.core.spec import FeatureSpec, load_default_spec, load_spec
+
+
+def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
+    """Let ``DRIFTLINE_<DEST>`` override each option's default, in every subparser.
+
+    The environment value is parsed by the option's own ``type`` so errors read the same
+    as on the command line.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                apply_env_defaults(subparser)
+            continue
+        if not action.option_strings or action.dest in ("help", argparse.SUPPRESS):
+            continue
+        raw = os.environ.get(f"DRIFTLINE_{action.dest.upper()}")
+        if raw is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+            action.default = raw.strip().lower() in ("1", "true", "yes", "on")
+        elif action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction):
+            action.default = [action.type(v) if action.type else v for v in raw.split(",")]
+        else:
+            action.default = action.type(raw) if action.type else raw
+        action.required = False
+        if action.help and "(env " not in action.help:
+            action.help += f" (env DRIFTLINE_{action.dest.upper()})"
+
+
+def add_bootstrap(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bootstrap-servers",
+        default=config.DEFAULT_BOOTSTRAP,
+        help="Kafka bootstrap servers, host:port[,host:port] (default: %(default)s)",
+    )
+
+
+def add_topics(parser: argparse.ArgumentParser, *, output: bool = True) -> None:
+    parser.add_argument(
+        "--input-topic",
+        default=config.INPUT_TOPIC,
+        help="customer events topic (default: %(default)s)",
+    )
+    if output:
+        parser.add_argument(
+            "--output-topic",
+            default=config.OUTPUT_TOPIC,
+            help="predictions topic (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--dead-letter-topic",
+            default=config.DEAD_LETTER_TOPIC,
+            help="dead-letter topic for rejected events (default: %(default)s)",
+        )
+
+
+def add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--registry",
+        default=config.DEFAULT_REGISTRY,
+        help="model registry directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model-name", default=config.DEFAULT_MODEL_NAME, help="model name (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--model-version",
+        default="latest",
+        help="model version to load, or 'latest' (default: %(default)s)",
+    )
+
+
+def add_spec(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--features",
+        default=None,
+        help="feature spec TOML file (default: the spec shipped with Driftline)",
+    )
+
+
+def load_spec_arg(args: argparse.Namespace) -> FeatureSpec:
+    """The spec named by ``--features``, or the one shipped with Driftline."""
+    return load_spec(args.features) if args.features else load_default_spec()

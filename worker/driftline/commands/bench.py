@@ -1,0 +1,43 @@
+"""Measure throughput: the worker against pass-through, per-event scoring and the model.
+
+Starts an embedded broker (or uses --bootstrap-servers), trains a RandomForest(100)
+churn model on simulated history, loads the input topic once, then measures side by side:
+(a) pass-through consume->produce, (b) the Driftline worker, (c) a per-event scoring loop
+(one-row DataFrame predict_proba per event), (d) the model alone at the worker's batch
+size; and prints events/s with the ratios b/a, b/c, b/d.  A benchmark, not a test:
+numbers depend on the machine, the ratios much less.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from driftline.bench import run_bench
+
+HELP = __doc__ or ""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=int, default=100_000, help="events for (a), (b), (d)")
+    parser.add_argument("--per-event-events", type=int, default=2_000, help="events for (c), slow")
+    parser.add_argument("--batch-size", type=int, default=2000, help="worker micro-batch size")
+    parser.add_argument("--partitions", type=int, default=4, help="input partitions")
+    parser.add_argument("--customers", type=int, default=5_000, help="simulated customers")
+    parser.add_argument(
+        "--bootstrap-servers", default=None, help="use this broker, not an embedded one"
+    )
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = run_bench(
+        events=args.events,
+        per_event_events=args.per_event_events,
+        batch_size=args.batch_size,
+        partitions=args.partitions,
+        customers=args.customers,
+        bootstrap=args.bootstrap_servers,
+        progress=not args.json,
+    )
+    print(result.to_json() if args.json else result.to_table())
+    return 0

@@ -1,0 +1,580 @@
+"""``driftline train``: build a training set, fit the churn model, register it.
+
+Two sources, because they answer different questions:
+
+* an **event log** (``--events``): the features are computed by replaying the log through
+  the same engine the worker runs (``core.offline.training_set``), so the model is trained
+  on exactly what it will be served, and it is registered with the feature spec's digest;
+  the worker refuses it under any other spec.  Labels come from a churn definition (no
+  ``target_event`` within ``horizon`` after a cutoff).
+* a **customer table** (``--table``): one row per customer with a label column, e.g. the
+  Telco sample.  Useful to exercise the training workflow on a classic tabular problem; the
+  model's inputs are the table's columns, not the spec's features, so the worker cannot
+  serve it (no spec digest is recorded).
+
+The library functions :func:`train_on_events` and :func:`register` are what the demo and
+the tests call; :func:`run` adds file reading, argument checking and printing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from driftline import config
+from driftline.commands._flags import add_spec
+from driftline.core.events import EVENT_TYPES
+from driftline.core.offline import ChurnDefinition, training_set
+from driftline.core.spec import DAY_MS, FeatureSpec, load_default_spec, load_spec
+from driftline.model.registry import ModelRegistry, ModelVersion
+from driftline.model.training import (
+    AUTO_THRESHOLD,
+    DEFAULT_THRESHOLD,
+    TrainResult,
+    _infer_positive_label,
+    _jsonable,
+    train_from_table,
+    train_model,
+)
+
+HELP = """Train a churn model on an event log or a customer table, and register it.
+
+Event log (--events): CSV or Parquet with event-field columns (customer_id, event_time,
+event_type, amount, ...); event_time as epoch millis or ISO dates/datetimes (naive = UTC).
+--mapping cdnow reads the raw CDNOW master file instead (its dates are replayed 28 years
+later, in 2025-26; --cutoff dates are given in the file's own calendar).  A customer active
+within --lookback-days before a cutoff is labelled churned when no --target-event follows
+within --horizon-days.  Without --cutoff, the latest date whose horizon fits in the history
+is used, plus --cutoffs - 1 earlier ones, one horizon apart.  A cutoff DATE is 00:00 UTC of
+that day; events stamped exactly then count as history.
+
+Customer table (--table): one row per customer, label in --label-column.  The model reads the
+table's columns, not the feature spec, so the worker will not serve it.
+
+--threshold auto picks the threshold with the best F1 on the out-of-fold cross-validation
+scores of the training part (never on the test set).
+"""
+
+#: Named mappings for raw logs; imported lazily (replay pulls in the Kafka client).
+MAPPINGS = ("cdnow",)
+#: Columns an event file must have (the rest of the event fields are optional).
+REQUIRED_EVENT_COLUMNS = ("customer_id", "event_time", "event_type")
+TELCO_NOTE = "Note: IBM describes the Telco company of this sample data as fictional."
+
+
+class UsageError(ValueError):
+    """Bad input the user can fix: reported as one line on stderr, exit status 2."""
+
+
+# --- library ------------------------------------------------------------------------------
+
+
+def auto_cutoffs(
+    event_time_ms: np.ndarray, horizon_ms: int, count: int = 1, *, calendar_shift_ms: int = 0
+) -> list[int]:
+    """The latest midnight (UTC) whose horizon fits in the history, and earlier ones.
+
+    Earlier cutoffs step back one horizon each, so their label windows do not overlap;
+    those at or before the first event (nobody could be active yet) are left out.
+    ``calendar_shift_ms`` only changes how dates read in error messages (see
+    :func:`train_on_events`).
+    """
+    if count < 1:
+        raise UsageError(f"--cutoffs must be at least 1, got {count}")
+    start, end = int(np.min(event_time_ms)), int(np.max(event_time_ms))
+    latest = (end - horizon_ms) // DAY_MS * DAY_MS
+    cutoffs = [latest - i * horizon_ms for i in range(count)]
+    kept = sorted(c for c in cutoffs if c > start)
+    if not kept:
+        raise UsageError(
+            f"the history ({_day(start, calendar_shift_ms)} .. {_day(end, calendar_shift_ms)}) "
+            f"is shorter than the "
+            f"{horizon_ms // DAY_MS}-day horizon: no cutoff has a complete label window"
+        )
+    return kept
+
+
+def train_on_events(
+    events: pd.DataFrame,
+    spec: FeatureSpec,
+    *,
+    cutoffs_ms: Sequence[int] | None = None,
+    n_cutoffs: int = 1,
+    horizon_days: int = 90,
+    target_event: str = "purchase",
+    lookback_days: int = 180,
+    calendar_shift_ms: int = 0,
+    **train_kwargs: Any,
+) -> TrainResult:
+    """Point-in-time training set from an event table, then :func:`train_model`.
+
+    ``events`` has the event-field columns with ``event_time`` in epoch millis (what
+    ``replay.load_events`` and ``simulate.generate_history`` return).  ``cutoffs_ms=None``
+    picks them with :func:`auto_cutoffs`.  The model's features are ``spec.feature_names``
+    in spec order, which is what the worker feeds it.  ``train_kwargs`` go to
+    :func:`train_model` (``n_estimators``, ``cv_folds``, ``threshold``, ``progress``...).
+    Raises :class:`UsageError` (a ``ValueError``) for inputs that cannot give labels.
+
+    ``calendar_shift_ms`` is how far a loader moved the times (``CDNOW_MAPPING`` moves
+    1997 to 2025): dates in messages and in ``result.dataset`` are shifted back by it, so
+    they read as in the source file.  ``cutoffs_ms`` are in the shifted (loaded) time.
+    """
+    missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in events.columns]
+    if missing:
+        raise UsageError(f"events lack column(s) {missing}")
+    if events.empty:
+        raise UsageError("no events")
+    if target_event not in EVENT_TYPES:
+        raise UsageError(f"unknown target event {target_event!r}; known: {', '.join(EVENT_TYPES)}")
+    if horizon_days <= 0 or lookback_days <= 0:
+        raise UsageError("horizon and lookback must be positive numbers of days")
+    if not (events["event_type"] == target_event).any():
+        raise UsageError(f"no {target_event!r} events in the history: every customer would churn")
+    times = events["event_time"].to_numpy(dtype=np.int64)
+    churn = ChurnDefinition(
+        horizon_ms=int(horizon_days) * DAY_MS,
+        target_event=target_event,
+        lookback_ms=int(lookback_days) * DAY_MS,
+    )
+    if cutoffs_ms is None:
+        cutoffs = auto_cutoffs(
+            times, churn.horizon_ms, n_cutoffs, calendar_shift_ms=calendar_shift_ms
+        )
+    else:
+        cutoffs = sorted({int(c) for c in cutoffs_ms})
+        _check_cutoffs(cutoffs, times, churn.horizon_ms, calendar_shift_ms)
+
+    X, y, keys = training_set(events, spec, cutoffs, churn)
+    X = X[spec.feature_names]
+    by_cutoff = y.groupby(keys["cutoff_ms"].to_numpy()).agg(["size", "mean"])
+    if y.nunique() < 2:
+        raise UsageError(
+            f"every one of the {len(y)} rows is labelled {'churned' if y.iloc[0] else 'retained'}"
+            ": nothing to learn; try another horizon, cutoff or target event"
+        )
+    result = train_model(X, y, spec.numeric_features, spec.categorical_features, **train_kwargs)
+
+    def day(ms: int) -> str:
+        return _day(ms, calendar_shift_ms)
+
+    result.dataset = _jsonable(
+        {
+            "source": "events",
+            "n_events": len(events),
+            "n_rows": len(X),
+            "n_customers": int(keys["customer_id"].nunique()),
+            "history": [day(int(times.min())), day(int(times.max()))],
+            "cutoffs": [day(c) for c in cutoffs],
+            "cutoffs_ms": cutoffs,
+            "rows_by_cutoff": {day(int(c)): int(r["size"]) for c, r in by_cutoff.iterrows()},
+            "churn_rate_by_cutoff": {
+                day(int(c)): float(r["mean"]) for c, r in by_cutoff.iterrows()
+            },
+            "churn_rate": float(y.mean()),
+            "churn_definition": {
+                "target_event": target_event,
+                "horizon_days": int(horizon_days),
+                "lookback_days": int(lookback_days),
+            },
+            "spec_digest": spec.digest,
+            "calendar_shift_days": calendar_shift_ms // DAY_MS,
+        }
+    )
+    return result
+
+
+def register(
+    result: TrainResult,
+    registry: ModelRegistry | str | Path,
+    name: str,
+    spec: FeatureSpec | None,
+) -> ModelVersion:
+    """Save the fitted pipeline with everything the worker and the drift monitor check.
+
+    With a ``spec``, the model must read exactly its features in its order (the worker
+    builds its frames that way) and records the spec digest; ``None`` is for table models,
+    which no spec describes.
+    """
+    if spec is not None and result.feature_names != spec.feature_names:
+        raise ValueError(
+            "the model's features are not the spec's (in order): "
+            f"{result.feature_names} vs {spec.feature_names}"
+        )
+    if not isinstance(registry, ModelRegistry):
+        registry = ModelRegistry(registry)
+    return registry.save(
+        name,
+        result.pipeline,
+        feature_names=result.feature_names,
+        feature_types=result.feature_types,
+        spec_digest=spec.digest if spec is not None else None,
+        metrics=result.metrics,
+        data_hash=result.data_hash,
+        reference_profile=result.reference_profile,
+        threshold=result.threshold,
+        extra={"trained_by": "driftline train", "dataset": _jsonable(result.dataset)},
+    )
+
+
+def read_event_file(path: str | Path, mapping: str | None = None) -> tuple[pd.DataFrame, int]:
+    """(events, calendar shift in ms) from an event-format file or a named raw log.
+
+    The shift is what the mapping added to every time (CDNOW is moved 28 years on so the
+    event contract accepts it); cutoffs typed by the user are in the file's calendar and
+    must be shifted the same way.
+    """
+    from driftline import replay
+
+    path = _existing_file(path)
+    if mapping is None:
+        header = _header(path)
+        missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in header]
+        if missing:
+            raise UsageError(
+                f"{path}: missing column(s) {missing} (has {header}); an event file needs "
+                f"{list(REQUIRED_EVENT_COLUMNS)}, or pass --mapping for a raw log"
+            )
+        return replay.load_events(path), 0
+    if mapping != "cdnow":
+        raise UsageError(f"unknown mapping {mapping!r}; known: {', '.join(MAPPINGS)}")
+    column_mapping = replay.CDNOW_MAPPING
+    header = _header(path)
+    missing = sorted({c for c in column_mapping.columns.values() if c not in header})
+    if missing:
+        raise UsageError(f"{path}: missing column(s) {missing} for --mapping {mapping}")
+    return replay.load_events(path, column_mapping), int(column_mapping.time_shift_ms)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A customer table from CSV or Parquet; ids and blank cells are kept as text."""
+    path = _existing_file(path)
+    if path.suffix.lower() == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+
+
+def parse_cutoff(text: str) -> int:
+    """``YYYY-MM-DD`` (or any ISO datetime; naive = UTC) -> epoch millis."""
+    try:
+        stamp = pd.Timestamp(text)
+    except ValueError:
+        raise UsageError(f"bad --cutoff {text!r}: use YYYY-MM-DD") from None
+    if pd.isna(stamp):
+        raise UsageError(f"bad --cutoff {text!r}: use YYYY-MM-DD")
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return int(stamp.value // 1_000_000)
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_argument_group("data (one of --events / --table)")
+    exclusive = source.add_mutually_exclusive_group(required=True)
+    exclusive.add_argument("--events", metavar="PATH", help="event log, CSV or Parquet")
+    exclusive.add_argument(
+        "--table", metavar="PATH", help="customer table with a label column, CSV or Parquet"
+    )
+    source.add_argument(
+        "--mapping", choices=MAPPINGS, default=None, help="read --events as this raw log format"
+    )
+    source.add_argument(
+        "--label-column", default="Churn", help="--table label column (default: %(default)s)"
+    )
+    source.add_argument(
+        "--positive-label",
+        default=None,
+        help="--table label value meaning churned (default: inferred for yes/no, 1/0, true/false)",
+    )
+
+    churn = parser.add_argument_group("churn definition (--events)")
+    churn.add_argument(
+        "--cutoff",
+        action="append",
+        default=None,
+        metavar="DATE",
+        help="label cutoff date, repeatable (default: chosen from the history)",
+    )
+    churn.add_argument(
+        "--cutoffs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="without --cutoff: use N automatic cutoffs, one horizon apart (default: %(default)s)",
+    )
+    churn.add_argument(
+        "--horizon-days",
+        type=int,
+        default=90,
+        help="churned = no target event within this many days (default: %(default)s)",
+    )
+    churn.add_argument(
+        "--target-event",
+        default="purchase",
+        choices=EVENT_TYPES,
+        help="the event that counts as 'still a customer' (default: %(default)s)",
+    )
+    churn.add_argument(
+        "--lookback-days",
+        type=int,
+        default=180,
+        help="only customers active this many days before a cutoff (default: %(default)s)",
+    )
+    add_spec(parser)
+
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--registry",
+        default=config.DEFAULT_REGISTRY,
+        help="model registry directory (default: %(default)s)",
+    )
+    model.add_argument(
+        "--model-name", default=config.DEFAULT_MODEL_NAME, help="model name (default: %(default)s)"
+    )
+    model.add_argument(
+        "--balanced", action="store_true", help="class_weight='balanced' for the forest"
+    )
+    model.add_argument(
+        "--grid-search", action="store_true", help="grid-search depth and leaf size (slower)"
+    )
+    model.add_argument(
+        "--n-estimators", type=int, default=100, help="trees in the forest (default: %(default)s)"
+    )
+    model.add_argument(
+        "--test-size", type=float, default=0.2, help="held-out share (default: %(default)s)"
+    )
+    model.add_argument(
+        "--cv-folds", type=int, default=5, help="cross-validation folds (default: %(default)s)"
+    )
+    model.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
+    model.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=DEFAULT_THRESHOLD,
+        help="decision threshold in [0, 1], or 'auto' (best out-of-fold F1) (default: %(default)s)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--json", action="store_true", help="print the metrics as JSON instead of the report"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result, spec = _train(args)
+        version = register(result, args.registry, args.model_name, spec)
+    except (UsageError, FileNotFoundError, ValueError) as error:
+        print(f"driftline train: error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        payload = {
+            **result.metrics,
+            "dataset": result.dataset,
+            "model": {
+                "registry": str(Path(args.registry)),
+                "name": version.name,
+                "version": version.version,
+                "path": str(version.path),
+                "sha256": version.sha256,
+            },
+        }
+        print(json.dumps(_jsonable(payload), indent=2, allow_nan=False))
+    else:
+        print(_summary(result.dataset))
+        print()
+        print(result.report)
+        print()
+        print(f"Registered {version.name} {version.version} at {version.path}")
+        print(f"  sha256 {version.sha256}")
+        if spec is not None:
+            print(f"  feature spec {spec.digest[:12]} ({len(spec.feature_names)} features)")
+        else:
+            print("  no feature spec: a table model, not servable by the worker")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> tuple[TrainResult, FeatureSpec | None]:
+    train_kwargs: dict[str, Any] = {
+        "class_weight_balanced": args.balanced,
+        "grid_search": args.grid_search,
+        "n_estimators": args.n_estimators,
+        "test_size": args.test_size,
+        "cv_folds": args.cv_folds,
+        "seed": args.seed,
+        "progress": not args.no_progress,
+        "threshold": args.threshold,
+    }
+    if args.n_estimators < 1:
+        raise UsageError("--n-estimators must be at least 1")
+    if args.table is not None:
+        if args.mapping is not None:
+            raise UsageError("--mapping applies to --events, not --table")
+        table = read_table(args.table)
+        if args.label_column not in table.columns:
+            raise UsageError(
+                f"{args.table}: no label column {args.label_column!r} "
+                f"(columns: {list(table.columns)})"
+            )
+        positive = _positive_label(table[args.label_column], args.positive_label)
+        labels = table[args.label_column]
+        if labels.isna().any():
+            raise UsageError(f"{int(labels.isna().sum())} rows have no {args.label_column!r} label")
+        if labels.nunique() < 2:
+            raise UsageError(
+                f"label column {args.label_column!r} has a single value "
+                f"{labels.iloc[0]!r}: nothing to learn"
+            )
+        if positive is None:
+            positive = _infer_positive_label(labels)
+        result = train_from_table(table, args.label_column, positive, **train_kwargs)
+        result.dataset = _jsonable(
+            {
+                "source": "table",
+                "path": str(args.table),
+                "n_rows": len(table),
+                "n_customers": len(table),
+                "label_column": args.label_column,
+                "positive_label": str(positive),
+                "churn_rate": float((labels == positive).mean()),
+                **({"note": TELCO_NOTE} if _looks_like_telco(args.table, table) else {}),
+            }
+        )
+        return result, None
+
+    spec = load_spec(args.features) if args.features else load_default_spec()
+    events, shift_ms = read_event_file(args.events, args.mapping)
+    cutoffs = (
+        [parse_cutoff(text) + shift_ms for text in args.cutoff] if args.cutoff is not None else None
+    )
+    result = train_on_events(
+        events,
+        spec,
+        cutoffs_ms=cutoffs,
+        n_cutoffs=args.cutoffs,
+        horizon_days=args.horizon_days,
+        target_event=args.target_event,
+        lookback_days=args.lookback_days,
+        calendar_shift_ms=shift_ms,
+        **train_kwargs,
+    )
+    result.dataset["path"] = str(args.events)
+    result.dataset["mapping"] = args.mapping
+    return result, spec
+
+
+def _summary(dataset: dict[str, Any]) -> str:
+    """The dataset part of the report; dates in the source file's own calendar."""
+    if dataset.get("source") == "table":
+        lines = [
+            f"Dataset: table {dataset['path']}: {dataset['n_rows']} customers, label "
+            f"{dataset['label_column']!r} positive={dataset['positive_label']!r}, churn rate "
+            f"{dataset['churn_rate']:.1%}"
+        ]
+        if "note" in dataset:
+            lines.append(dataset["note"])
+        return "\n".join(lines)
+    rates = dataset["churn_rate_by_cutoff"]
+    rows = dataset["rows_by_cutoff"]
+    definition = dataset["churn_definition"]
+    start, end = dataset["history"]
+    shown = dataset["cutoffs"]
+    lines = [
+        f"Dataset: events {dataset['path']}"
+        + (f" (mapping {dataset['mapping']})" if dataset.get("mapping") else "")
+        + f": {dataset['n_events']} events, history {start} .. {end}",
+        f"  churned = no {definition['target_event']!r} within {definition['horizon_days']} days "
+        f"after the cutoff; customers active in the {definition['lookback_days']} days before",
+        f"  {dataset['n_rows']} rows, {dataset['n_customers']} customers, "
+        f"{len(shown)} cutoff(s), churn rate {dataset['churn_rate']:.1%}",
+        *(
+            f"    cutoff {day}: {rows[day]} rows, churn rate {rates[day]:.1%}"
+            if day in rates
+            else f"    cutoff {day}: no active customer"
+            for day in shown
+        ),
+    ]
+    if dataset["calendar_shift_days"]:
+        lines.append(
+            f"  (dates as in the file; replayed {dataset['calendar_shift_days']} days later)"
+        )
+    return "\n".join(lines)
+
+
+def _check_cutoffs(cutoffs: list[int], times: np.ndarray, horizon_ms: int, shift_ms: int) -> None:
+    """Refuse cutoffs whose labels are unknown (horizon past the end) or empty (too early)."""
+    start, end = int(times.min()), int(times.max())
+    latest = (end - horizon_ms) // DAY_MS * DAY_MS
+    for cutoff in cutoffs:
+        if cutoff + horizon_ms > end:
+            raise UsageError(
+                f"cutoff {_day(cutoff, shift_ms)} + {horizon_ms // DAY_MS}-day horizon runs "
+                f"past the end of the history ({_day(end, shift_ms)}): labels would be "
+                f"unknown; the latest usable cutoff is {_day(latest, shift_ms)}"
+            )
+        if cutoff <= start:
+            raise UsageError(
+                f"cutoff {_day(cutoff, shift_ms)} is not after the first event "
+                f"({_day(start, shift_ms)}): nobody is a customer yet"
+            )
+
+
+def _positive_label(labels: pd.Series, text: str | None) -> object:
+    """The label value the user meant: ``"1"`` on the command line matches an int 1 column."""
+    if text is None:
+        return None
+    values = pd.unique(labels.dropna()).tolist()
+    for value in values:
+        if str(value).strip() == text.strip():
+            return value
+    raise UsageError(
+        f"--positive-label {text!r} never occurs in the label column; values: {values}"
+    )
+
+
+def _looks_like_telco(path: str | Path, table: pd.DataFrame) -> bool:
+    ibm_columns = {"customerID", "Contract", "MonthlyCharges", "TotalCharges", "Churn"}
+    return "telco" in Path(path).name.lower() or ibm_columns <= set(table.columns)
+
+
+def _threshold(text: str) -> float | str:
+    if text.strip().lower() == AUTO_THRESHOLD:
+        return AUTO_THRESHOLD
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'auto': {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"threshold must be within [0, 1], got {value}")
+    return value
+
+
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    if not path.is_file():
+        raise UsageError(f"{path}: not a file")
+    return path
+
+
+def _header(path: Path) -> list[str]:
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    return [str(c) for c in pd.read_csv(path, nrows=0, sep=sep).columns]
+
+
+def _day(ms: int, shift_ms: int = 0) -> str:
+    """Epoch millis (minus ``shift_ms``) as a UTC date, or a datetime when not midnight."""
+    ms = int(ms) - shift_ms
+    stamp = pd.Timestamp(ms, unit="ms", tz="UTC")
+    return stamp.strftime("%Y-%m-%d" if ms % DAY_MS == 0 else "%Y-%m-%dT%H:%M:%SZ")

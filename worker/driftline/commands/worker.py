@@ -1,0 +1,94 @@
+"""Run a scoring worker: consume customer events, keep features, publish predictions.
+
+The worker joins the consumer group, keeps windowed features per customer for the
+partitions it is assigned, scores every valid event with the registered model (one
+predict_proba per micro-batch) and publishes predictions keyed by customer id.  Events
+that cannot be decoded, fail validation or arrive later than the watermark go to the
+dead-letter topic with their original bytes and the reason.  Offsets are committed only
+after the predictions are delivered (at-least-once).
+
+Endpoints: /metrics (Prometheus), /healthz (loop heartbeat), /readyz (partitions
+assigned and model loaded).  SIGTERM/SIGINT finish the batch, commit and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from driftline.commands._flags import add_bootstrap, add_model, add_spec, add_topics, load_spec_arg
+from driftline.config import CONSUMER_GROUP, DEFAULT_METRICS_PORT
+from driftline.engine.kafka.worker import WorkerSettings, serve_worker
+
+HELP = __doc__ or ""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_bootstrap(parser)
+    add_topics(parser)
+    add_model(parser)
+    add_spec(parser)
+    parser.add_argument(
+        "--group-id", default=CONSUMER_GROUP, help="consumer group (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=2000,
+        help="most events per micro-batch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--poll-timeout",
+        type=float,
+        default=0.05,
+        help="seconds to wait for a batch to fill (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-host", default="0.0.0.0", help="HTTP bind address (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help="HTTP port for /metrics, /healthz, /readyz; 0 picks a free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-event-bytes",
+        type=int,
+        default=64 * 1024,
+        help="larger values are dead-lettered as oversized (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--native-threads",
+        type=int,
+        default=1,
+        help="BLAS/OpenMP threads for the model; run one worker per core (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--worker-id", default=None, help="name in logs and dead letters (default: host-pid)"
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    settings = WorkerSettings(
+        bootstrap_servers=args.bootstrap_servers,
+        input_topic=args.input_topic,
+        output_topic=args.output_topic,
+        dead_letter_topic=args.dead_letter_topic,
+        group_id=args.group_id,
+        registry=args.registry,
+        model_name=args.model_name,
+        model_version=args.model_version,
+        batch_size=args.batch_size,
+        poll_timeout_s=args.poll_timeout,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        max_event_bytes=args.max_event_bytes,
+        native_threads=args.native_threads,
+    )
+    if args.worker_id:
+        settings.worker_id = args.worker_id
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    return serve_worker(settings_from_args(args), load_spec_arg(args))

@@ -1,0 +1,338 @@
+"""The public JSON Schemas in ``schemas/``, generated from the msgspec structs.
+
+Other teams validate against ``schemas/*.schema.json`` without reading Python, so those
+files must say exactly what the decoder does.  Rather than keep a second, hand-written copy
+that drifts, each file is generated here from the struct the worker itself decodes or
+encodes with (``msgspec.json.schema``), then decorated with what a type cannot say: prose
+for people, examples, and the rules enforced in code (the ``event_time`` range on RFC 3339
+strings).  ``driftline schemas --check`` and ``tests/unit/test_contracts.py`` fail when the
+committed files differ from what this module generates.
+
+Every file is standalone (``$defs`` inlined): consumers load one URL or one file and need
+no resolver.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from driftline.core.events import (
+    DECODE_REASONS,
+    DEFAULT_MAX_EVENT_BYTES,
+    MAX_EPOCH_MS,
+    MIN_EPOCH_MS,
+    REASON_LATE,
+    CustomerEvent,
+)
+from driftline.core.predictions import DeadLetterHeaders, Prediction
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_BASE_URL = "https://driftline.dev/schemas/"
+SCHEMA_SUFFIX = ".schema.json"
+
+
+@dataclass(frozen=True)
+class Contract:
+    """One schema file: the struct it is generated from, plus the prose a type lacks."""
+
+    name: str  # file stem, also the last segment of ``$id``
+    struct: type[msgspec.Struct]
+    title: str
+    description: str
+    #: JSON property name -> description.  Every key must be a property of the struct
+    #: (checked at generation), so a renamed field cannot silently lose its doc.
+    fields: Mapping[str, str]
+    examples: tuple[Mapping[str, Any], ...] = field(default=())
+
+    @property
+    def file_name(self) -> str:
+        return self.name + SCHEMA_SUFFIX
+
+
+_EVENT_TIME_DOC = (
+    "When the event happened, in one of two forms: an RFC 3339 date-time WITH a zone "
+    '("2024-05-01T12:30:00Z", "2024-05-01T14:30:00.250+02:00"; a naive time without zone '
+    "is rejected), or an integer of epoch milliseconds (not seconds; written without "
+    "fraction or exponent: 1714566600000.0 and 1.7145666e12 are refused although JSON "
+    "Schema counts them as integers). Either way it must lie within "
+    f"2000-01-01T00:00:00Z ({MIN_EPOCH_MS}) .. 2100-01-01T00:00:00Z ({MAX_EPOCH_MS}) "
+    "inclusive: outside that a number is far more likely seconds, microseconds or a "
+    "default value than a real time. For strings the range is checked by the worker, not "
+    "by this schema. Sub-millisecond digits are dropped. The worker's windows and "
+    "lateness use this time, not the Kafka timestamp."
+)
+
+_PROFILE_DOC = (
+    " Profile attribute: absent or null means 'not known on this event' (it does not clear "
+    "an earlier value); the worker uses the value of the customer's latest event (by "
+    "event_time) that carries one."
+)
+
+CUSTOMER_EVENT = Contract(
+    name="customer-event",
+    struct=CustomerEvent,
+    title="Customer event",
+    description=(
+        "One thing a customer did: the value of a record on the Driftline input topic, "
+        "UTF-8 JSON, at most "
+        f"{DEFAULT_MAX_EVENT_BYTES} bytes (the worker's default limit). The record key "
+        "must be the event's customer_id (or null). Unknown extra properties are ignored, "
+        "so producers may add fields without coordinating (forward compatible); duplicate "
+        "property names are not allowed. A record that does not match is not scored: it "
+        "goes to the dead-letter topic unchanged, with a reason header (one of "
+        f"{', '.join(DECODE_REASONS)}; see dead-letter-headers.schema.json). Delivery is "
+        "at-least-once: the same event may be scored more than once, so consumers of "
+        "predictions deduplicate by event_id."
+    ),
+    fields={
+        "event_id": (
+            "Producer-assigned id, unique per event (1..128 characters). Used to deduplicate "
+            "redeliveries: a producer retrying a send must reuse it."
+        ),
+        "customer_id": (
+            "The customer (1..128 characters). Also the Kafka record key on the input "
+            "topic: the topic is partitioned by customer, and a record whose non-null key "
+            "differs from this value is dead-lettered (key_mismatch)."
+        ),
+        "event_time": _EVENT_TIME_DOC,
+        "event_type": (
+            "What happened. Any other value is dead-lettered (unknown_event_type); new "
+            "types are added to this list first, then produced."
+        ),
+        "amount": (
+            "Money involved (e.g. purchase, refund), in the account currency, >= 0 (a "
+            "refund is a positive amount with event_type refund). Absent or null when not "
+            "applicable."
+        ),
+        "quantity": "Items involved (purchase), >= 0. Absent or null when not applicable.",
+        "age": "Customer age in years, 0..150." + _PROFILE_DOC,
+        "income": "Customer yearly income, in the account currency, >= 0." + _PROFILE_DOC,
+        "tenure_months": "Months since the customer signed up, 0..1200." + _PROFILE_DOC,
+        "plan_type": 'Subscription plan, e.g. "basic", "premium" (1..64 characters).'
+        + _PROFILE_DOC,
+        "region": 'Customer region, e.g. "north" (1..64 characters).' + _PROFILE_DOC,
+    },
+    examples=(
+        {
+            "event_id": "evt-000001",
+            "customer_id": "cust-0042",
+            "event_time": 1714566600000,
+            "event_type": "purchase",
+            "amount": 49.9,
+            "quantity": 2,
+        },
+        {
+            "event_id": "evt-000002",
+            "customer_id": "cust-0042",
+            "event_time": "2024-05-01T14:30:00.250+02:00",
+            "event_type": "login",
+            "age": 37,
+            "income": 52000,
+            "tenure_months": 14,
+            "plan_type": "premium",
+            "region": "north",
+        },
+    ),
+)
+
+PREDICTION = Contract(
+    name="prediction",
+    struct=Prediction,
+    title="Churn prediction",
+    description=(
+        "One scored event: the value of a record on the Driftline predictions topic, "
+        "UTF-8 JSON. The record key is the customer_id (UTF-8), so a customer's "
+        "predictions stay in order on one partition. Delivery is at-least-once: after a "
+        "worker restart or rebalance the same input event can be scored again, so "
+        "deduplicate by event_id (source_partition/source_offset locate the input record). "
+        "Unknown extra properties may be added in later versions; ignore them."
+    ),
+    fields={
+        "event_id": "The scored input event's event_id; the deduplication key.",
+        "customer_id": "The customer; also the record key.",
+        "score": (
+            "Churn probability for the customer as of this event (features from the "
+            "customer's events up to and including it), 0..1."
+        ),
+        "decision": "score >= threshold.",
+        "threshold": "Decision threshold of the model version that scored, 0..1.",
+        "model_name": "Registry name of the model that scored.",
+        "model_version": 'Registry version of the model that scored, e.g. "v0003".',
+        "event_time": "The input event's event_time, as epoch milliseconds (UTC).",
+        "processed_at": "When the worker scored it, epoch milliseconds (UTC).",
+        "source_partition": "Input topic partition of the scored record.",
+        "source_offset": "Input topic offset of the scored record.",
+    },
+    examples=(
+        {
+            "event_id": "evt-000001",
+            "customer_id": "cust-0042",
+            "score": 0.8125,
+            "decision": True,
+            "threshold": 0.5,
+            "model_name": "churn",
+            "model_version": "v0003",
+            "event_time": 1714566600000,
+            "processed_at": 1714566600412,
+            "source_partition": 3,
+            "source_offset": 18231,
+        },
+    ),
+)
+
+DEAD_LETTER_HEADERS = Contract(
+    name="dead-letter-headers",
+    struct=DeadLetterHeaders,
+    title="Dead-letter record headers",
+    description=(
+        "The Driftline headers of a record on the dead-letter topic, shown as a JSON object "
+        "of header name -> value. In Kafka each is a record header whose value is UTF-8 "
+        "text (numbers in decimal). The dead-letter record's value is the original value, "
+        "byte for byte (it may not be JSON at all), and its key the original key, so a "
+        "fixed record can be re-produced to the input topic as it was. The original "
+        "record's own headers follow these ones, unchanged. driftline.error.reason is one "
+        f"of a closed set: {', '.join((*DECODE_REASONS, REASON_LATE))}."
+    ),
+    fields={
+        "driftline.source.topic": "Topic the rejected record was read from.",
+        "driftline.source.partition": "Its partition, decimal.",
+        "driftline.source.offset": "Its offset, decimal.",
+        "driftline.source.timestamp": (
+            "Its Kafka timestamp, epoch milliseconds, decimal; absent when it had none."
+        ),
+        "driftline.error.reason": (
+            "Why it was rejected, from a closed set (safe to group and alert on): "
+            + ", ".join((*DECODE_REASONS, REASON_LATE))
+            + "."
+        ),
+        "driftline.error.class": (
+            'Which stage rejected it: "decode" (value or key) or "watermark" (late).'
+        ),
+        "driftline.error.message": "Human-readable detail, at most 1024 characters.",
+        "driftline.failed_at": "When the worker rejected it, epoch milliseconds, decimal.",
+        "driftline.worker": "Id of the worker instance that rejected it (default host-pid).",
+    },
+    examples=(
+        {
+            "driftline.source.topic": "customer-events",
+            "driftline.source.partition": "3",
+            "driftline.source.offset": "18232",
+            "driftline.source.timestamp": "1714566600100",
+            "driftline.error.reason": "unknown_event_type",
+            "driftline.error.class": "decode",
+            "driftline.error.message": "Invalid enum value 'signup' - at `$.event_type`",
+            "driftline.failed_at": "1714566600415",
+            "driftline.worker": "worker-host-1-4711",
+        },
+    ),
+)
+
+CONTRACTS: tuple[Contract, ...] = (CUSTOMER_EVENT, PREDICTION, DEAD_LETTER_HEADERS)
+
+
+def schema_for(contract: Contract) -> dict[str, Any]:
+    """The standalone JSON Schema of one contract (see the module docstring)."""
+    generated = msgspec.json.schema(contract.struct)
+    definitions = generated.pop("$defs", {})
+    body = _inline(generated, definitions, ())
+    properties: dict[str, Any] = body.get("properties", {})
+    unknown = sorted(set(contract.fields) - set(properties))
+    if unknown:
+        raise ValueError(f"{contract.name}: documented fields not in the struct: {unknown}")
+    for name, doc in contract.fields.items():
+        properties[name] = {"description": doc, **properties[name]}
+    body.pop("title", None)
+    body.pop("description", None)  # the struct docstring is for Python readers
+    schema: dict[str, Any] = {
+        "$schema": JSON_SCHEMA_DIALECT,
+        "$id": SCHEMA_BASE_URL + contract.file_name,
+        "title": contract.title,
+        "description": contract.description,
+        **body,
+    }
+    if contract.examples:
+        schema["examples"] = [dict(example) for example in contract.examples]
+    return schema
+
+
+def _inline(node: Any, definitions: Mapping[str, Any], seen: tuple[str, ...]) -> Any:
+    """Replace every ``{"$ref": "#/$defs/X"}`` by a copy of ``X``, recursively."""
+    if isinstance(node, list):
+        return [_inline(item, definitions, seen) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        name = ref.removeprefix("#/$defs/")
+        if name in seen:  # a recursive type cannot be inlined; none of ours is
+            raise ValueError(f"recursive schema reference {' -> '.join((*seen, name))}")
+        target = _inline(copy.deepcopy(definitions[name]), definitions, (*seen, name))
+        siblings = {k: _inline(v, definitions, seen) for k, v in node.items() if k != "$ref"}
+        return {**target, **siblings}
+    return {key: _inline(value, definitions, seen) for key, value in node.items()}
+
+
+def all_schemas() -> dict[str, dict[str, Any]]:
+    """File name -> schema, for every public contract."""
+    return {contract.file_name: schema_for(contract) for contract in CONTRACTS}
+
+
+def render(schema: Mapping[str, Any]) -> str:
+    """The exact text written to disk: stable key order, 2-space indent, final newline."""
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_schemas(directory: str | Path) -> list[Path]:
+    """Write every schema file into ``directory`` (created if missing); return the paths."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file_name, schema in all_schemas().items():
+        path = out / file_name
+        path.write_text(render(schema), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def check_schemas(directory: str | Path) -> list[str]:
+    """Differences between the schema files in ``directory`` and the code; empty if none.
+
+    A stray ``*.schema.json`` no contract generates is reported too: a published schema
+    nobody maintains is worse than none.
+    """
+    root = Path(directory)
+    expected = all_schemas()
+    problems: list[str] = []
+    for file_name, schema in expected.items():
+        path = root / file_name
+        want = render(schema)
+        try:
+            have = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            problems.append(f"{path}: missing")
+            continue
+        if have != want:
+            problems.append(f"{path}: differs from the code: {_first_difference(have, want)}")
+    if root.is_dir():
+        for path in sorted(root.glob("*" + SCHEMA_SUFFIX)):
+            if path.name not in expected:
+                problems.append(f"{path}: not generated by any contract (stale?)")
+    return problems
+
+
+def _first_difference(have: str, want: str) -> str:
+    """A one-line hint of where the file and the code part ways."""
+    for line in difflib.unified_diff(
+        have.splitlines(), want.splitlines(), "file", "code", n=0, lineterm=""
+    ):
+        if line[:1] in "+-" and not line.startswith(("+++", "---")):
+            return f"first change {line[:160]!r}"
+    return "whitespace or line endings"

@@ -1,0 +1,82 @@
+"""Output contracts: the prediction record and the dead-letter record's headers.
+
+Like the input event, these structs are the source of the JSON Schemas in ``schemas/``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+EpochMillis = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Prediction(msgspec.Struct, forbid_unknown_fields=False):
+    """One scored event, keyed by customer id on the predictions topic.
+
+    ``score`` is the model's churn probability for the customer as of this event (features
+    from the customer's events up to and including it); ``decision`` is ``score >=
+    threshold``.  ``source_partition``/``source_offset`` locate the input record, so a
+    consumer can deduplicate redeliveries (at-least-once) by ``event_id``.
+    """
+
+    event_id: Id
+    customer_id: Id
+    score: Annotated[float, msgspec.Meta(ge=0, le=1)]
+    decision: bool
+    threshold: Annotated[float, msgspec.Meta(ge=0, le=1)]
+    model_name: Id
+    model_version: Id
+    event_time: EpochMillis
+    processed_at: EpochMillis
+    source_partition: Annotated[int, msgspec.Meta(ge=0)]
+    source_offset: Annotated[int, msgspec.Meta(ge=0)]
+
+
+#: Headers every dead-letter record carries; the value is the original bytes, unchanged,
+#: and the key the original key, so the record can be fixed and re-driven as it was.
+#: The original record's own headers follow these ones.
+DLQ_SOURCE_TOPIC = "driftline.source.topic"
+DLQ_SOURCE_PARTITION = "driftline.source.partition"
+DLQ_SOURCE_OFFSET = "driftline.source.offset"
+DLQ_SOURCE_TIMESTAMP = "driftline.source.timestamp"
+DLQ_REASON = "driftline.error.reason"
+DLQ_ERROR_CLASS = "driftline.error.class"
+DLQ_ERROR_MESSAGE = "driftline.error.message"
+DLQ_FAILED_AT = "driftline.failed_at"
+DLQ_WORKER = "driftline.worker"
+
+
+class DeadLetterHeaders(
+    msgspec.Struct,
+    rename={
+        "source_topic": DLQ_SOURCE_TOPIC,
+        "source_partition": DLQ_SOURCE_PARTITION,
+        "source_offset": DLQ_SOURCE_OFFSET,
+        "source_timestamp": DLQ_SOURCE_TIMESTAMP,
+        "reason": DLQ_REASON,
+        "error_class": DLQ_ERROR_CLASS,
+        "error_message": DLQ_ERROR_MESSAGE,
+        "failed_at": DLQ_FAILED_AT,
+        "worker": DLQ_WORKER,
+    },
+    forbid_unknown_fields=False,
+):
+    """The Driftline headers of a dead-letter record, as a JSON object of UTF-8 strings.
+
+    Kafka headers are bytes; Driftline writes each as UTF-8 text (numbers in decimal).
+    ``reason`` is one of a closed set (see ``core.events.DECODE_REASONS`` and ``late``);
+    ``error_class`` names the check that failed; ``error_message`` is for people.
+    """
+
+    source_topic: str
+    source_partition: Annotated[str, msgspec.Meta(pattern=r"^[0-9]+$")]
+    source_offset: Annotated[str, msgspec.Meta(pattern=r"^[0-9]+$")]
+    reason: str
+    error_class: str
+    error_message: Annotated[str, msgspec.Meta(max_length=1024)]
+    failed_at: Annotated[str, msgspec.Meta(pattern=r"^[0-9]+$")]
+    worker: str
+    source_timestamp: Annotated[str, msgspec.Meta(pattern=r"^-?[0-9]+$")] | None = None

@@ -1,0 +1,386 @@
+"""The confluent-kafka engine: consume a micro-batch, process it, produce, then commit.
+
+Delivery is at-least-once: input offsets are committed only after the producer has
+confirmed every prediction and dead letter of the batch (``flush`` returned with no
+delivery error).  A crash between produce and commit replays at most the uncommitted
+batch; a delivery failure stops the worker without committing, for the same reason.
+
+Shutdown on SIGTERM/SIGINT: the flag is checked between batches, so the current batch
+is finished, flushed and committed before the consumer leaves the group; exit code 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from driftline import config
+from driftline.core.predictions import (
+    DLQ_ERROR_CLASS,
+    DLQ_ERROR_MESSAGE,
+    DLQ_FAILED_AT,
+    DLQ_REASON,
+    DLQ_SOURCE_OFFSET,
+    DLQ_SOURCE_PARTITION,
+    DLQ_SOURCE_TIMESTAMP,
+    DLQ_SOURCE_TOPIC,
+    DLQ_WORKER,
+)
+from driftline.core.spec import FeatureSpec
+from driftline.model.registry import ModelRefused, ModelRegistry
+from driftline.model.scoring import Scorer, limit_native_threads
+from driftline.observability.http import HealthServer, HealthState
+from driftline.observability.metrics import WorkerMetrics
+from driftline.processor import BatchResult, RawBatch, Rejected, ScoringProcessor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerSettings:
+    bootstrap_servers: str = config.DEFAULT_BOOTSTRAP
+    input_topic: str = config.INPUT_TOPIC
+    output_topic: str = config.OUTPUT_TOPIC
+    dead_letter_topic: str = config.DEAD_LETTER_TOPIC
+    group_id: str = config.CONSUMER_GROUP
+    registry: str = config.DEFAULT_REGISTRY
+    model_name: str = config.DEFAULT_MODEL_NAME
+    model_version: str = "latest"
+    batch_size: int = 2000
+    poll_timeout_s: float = 0.05
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = config.DEFAULT_METRICS_PORT
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    max_event_bytes: int = 64 * 1024
+    eviction_interval_s: float = 30.0
+    native_threads: int = 1
+    consumer_config: dict[str, Any] = field(default_factory=dict)
+    producer_config: dict[str, Any] = field(default_factory=dict)
+
+
+class DeliveryFailed(RuntimeError):
+    """The producer could not deliver part of a batch: its offsets must not be committed."""
+
+
+class KafkaScoringWorker:
+    """One worker process: a consumer-group member that scores what it is assigned."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        spec: FeatureSpec,
+        metrics: WorkerMetrics | None = None,
+        health: HealthState | None = None,
+    ) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.metrics = metrics or WorkerMetrics()
+        self.health = health or HealthState()
+        self._stop = threading.Event()
+        self._delivery_errors: list[str] = []
+        self.processor: ScoringProcessor | None = None
+        self.batches = 0
+        self.events_processed = 0
+        self.first_batch_started: float | None = None  # perf_counter, for benchmarks
+        self.last_batch_done: float | None = None
+        self._assigned: set[int] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, commit and leave (thread- and signal-safe)."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def load_model(self) -> Scorer:
+        s = self.settings
+        try:
+            loaded = ModelRegistry(s.registry).load(
+                s.model_name,
+                s.model_version,
+                expected_features=self.spec.feature_names,
+                expected_spec_digest=self.spec.digest,
+            )
+        except ModelRefused as refused:
+            self.metrics.inc_model_load_failures(refused.reason)
+            self.health.set_model_loaded(False, f"{refused.reason}: {refused.message}")
+            raise
+        scorer = Scorer(loaded)
+        self.metrics.set_model(loaded.name, loaded.version, loaded.sha256)
+        self.health.set_model_loaded(True)
+        log.info("model %s %s loaded (sha256 %s)", loaded.name, loaded.version, loaded.sha256[:12])
+        return scorer
+
+    def _consumer_config(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "bootstrap.servers": s.bootstrap_servers,
+            "group.id": s.group_id,
+            "client.id": f"driftline-{s.worker_id}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1500,
+            "max.poll.interval.ms": 300000,
+            "fetch.wait.max.ms": 50,
+            "statistics.interval.ms": 5000,
+            "stats_cb": self.metrics.update_from_librdkafka_stats,
+            "error_cb": self._on_client_error,
+            **s.consumer_config,
+        }
+
+    def _producer_config(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "bootstrap.servers": s.bootstrap_servers,
+            "client.id": f"driftline-{s.worker_id}",
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "batch.num.messages": 10000,
+            "error_cb": self._on_client_error,
+            **s.producer_config,
+        }
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        log.warning("kafka client: %s", error)
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self.health.set_broker_ok(False, str(error))
+        if error.fatal():
+            self._delivery_errors.append(f"fatal client error: {error}")
+            self.stop()
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assert self.processor is not None
+        self.processor.assign([tp.partition for tp in partitions])
+        self._assigned.update(tp.partition for tp in partitions)
+        self._report_assignment()
+        log.info("assigned %s", sorted(tp.partition for tp in partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Callbacks run inside consume(), between batches: the last batch is already
+        # produced and committed, so the partitions' state can simply be dropped.
+        assert self.processor is not None
+        self.processor.revoke([tp.partition for tp in partitions])
+        self._assigned.difference_update(tp.partition for tp in partitions)
+        self._report_assignment()
+        log.info("revoked %s", sorted(tp.partition for tp in partitions))
+
+    def _report_assignment(self) -> None:
+        n = len(self._assigned)
+        self.health.set_assigned(n)
+        self.metrics.set_assigned_partitions(n)
+
+    # ------------------------------------------------------------------ loop
+    def run(self, ready: Callable[[], None] | None = None) -> int:
+        """Run until ``stop()``; returns the process exit code."""
+        s = self.settings
+        limit_native_threads(s.native_threads)
+        scorer = self.load_model()
+        self.processor = ScoringProcessor(self.spec, scorer, max_event_bytes=s.max_event_bytes)
+        consumer = Consumer(self._consumer_config())
+        producer = Producer(self._producer_config())
+        consumer.subscribe(
+            [s.input_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        self.metrics.set_up(True)
+        if ready:
+            ready()
+        last_eviction = time.monotonic()
+        exit_code = 0
+        try:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                messages = consumer.consume(num_messages=s.batch_size, timeout=s.poll_timeout_s)
+                poll_s = time.perf_counter() - t0
+                self.health.beat()
+                self.metrics.heartbeat()
+                records = [m for m in messages if not _is_error(m)]
+                if records:
+                    self.health.set_broker_ok(True)
+                    self.metrics.observe_stage("poll", poll_s)
+                    self._process(records, consumer, producer)
+                if time.monotonic() - last_eviction > s.eviction_interval_s:
+                    evicted = self.processor.evict_idle()
+                    self.metrics.inc_customers_evicted(evicted)
+                    self.metrics.set_customers_in_state(self.processor.customers_in_state)
+                    last_eviction = time.monotonic()
+        except DeliveryFailed as failed:
+            log.error("stopping without commit: %s", failed)
+            exit_code = 3
+        finally:
+            self.metrics.set_up(False)
+            remaining = producer.flush(30)
+            if remaining:
+                log.error("%d records still undelivered at shutdown", remaining)
+            consumer.close()  # leaves the group now, so partitions move without a timeout
+        log.info("worker stopped after %d batches", self.batches)
+        return exit_code
+
+    def _process(self, records: list[Message], consumer: Consumer, producer: Producer) -> None:
+        s = self.settings
+        m = self.metrics
+        started = time.perf_counter()
+        raw = RawBatch(
+            topic=s.input_topic,
+            values=[r.value() for r in records],
+            keys=[r.key() for r in records],
+            partitions=np.fromiter((r.partition() for r in records), np.int32, len(records)),
+            offsets=np.fromiter((r.offset() for r in records), np.int64, len(records)),
+            timestamps=np.fromiter((r.timestamp()[1] for r in records), np.int64, len(records)),
+        )
+        assert self.processor is not None
+        result = self.processor.process(raw)
+        m.observe_stage("decode", result.stage_seconds["decode"])
+        m.observe_stage("state", result.stage_seconds["state"])
+        m.observe_stage("predict", result.stage_seconds["predict"])
+
+        t0 = time.perf_counter()
+        self._produce(producer, result, records)
+        remaining = producer.flush(60)
+        if remaining or self._delivery_errors:
+            errors = self._delivery_errors[:3]
+            raise DeliveryFailed(f"{remaining} undelivered, errors: {errors}")
+        t1 = time.perf_counter()
+        m.observe_stage("produce", t1 - t0 + result.stage_seconds["encode"])
+
+        consumer.commit(offsets=_next_offsets(s.input_topic, raw), asynchronous=False)
+        m.observe_stage("commit", time.perf_counter() - t1)
+
+        self.batches += 1
+        self.events_processed += len(records)
+        self.first_batch_started = self.first_batch_started or started
+        self.last_batch_done = time.perf_counter()
+        m.inc_events_consumed(s.input_topic, len(records))
+        m.inc_predictions(
+            self.processor.scorer.name, self.processor.scorer.version, len(result.prediction_values)
+        )
+        for reason, count in _count_reasons(result.rejected).items():
+            m.inc_dead_letters(reason, count)
+        if result.n_late:
+            m.inc_late_events(result.n_late)
+        m.observe_event_latencies(result.event_latency_seconds)
+        m.set_customers_in_state(self.processor.customers_in_state)
+        m.record_batch(len(records), time.perf_counter() - started)
+
+    def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            self._delivery_errors.append(str(error))
+            self.metrics.inc_producer_delivery_errors()
+
+    def _produce(self, producer: Producer, result: BatchResult, records: list[Message]) -> None:
+        s = self.settings
+        produce = producer.produce
+        callback = self._on_delivery
+        for key, value in zip(result.prediction_keys, result.prediction_values, strict=True):
+            _produce_with_backpressure(producer, produce, s.output_topic, value, key, callback)
+        failed_at = str(int(time.time() * 1000)).encode()
+        for rejected in result.rejected:
+            record = records[rejected.index]
+            headers = _dead_letter_headers(record, rejected, s.input_topic, s.worker_id, failed_at)
+            _produce_with_backpressure(
+                producer,
+                produce,
+                s.dead_letter_topic,
+                record.value(),
+                record.key(),
+                callback,
+                headers,
+            )
+
+
+def _produce_with_backpressure(
+    producer: Producer,
+    produce: Callable[..., None],
+    topic: str,
+    value: bytes | None,
+    key: bytes | None,
+    callback: Callable[[KafkaError | None, Message], None],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    while True:
+        try:
+            produce(topic, value, key, on_delivery=callback, headers=headers)
+            return
+        except BufferError:
+            producer.poll(0.05)  # queue full: let deliveries drain, then retry
+
+
+def _dead_letter_headers(
+    record: Message, rejected: Rejected, topic: str, worker_id: str, failed_at: bytes
+) -> list[tuple[str, bytes]]:
+    timestamp_type, timestamp = record.timestamp()
+    headers = [
+        (DLQ_SOURCE_TOPIC, topic.encode()),
+        (DLQ_SOURCE_PARTITION, str(record.partition()).encode()),
+        (DLQ_SOURCE_OFFSET, str(record.offset()).encode()),
+        (DLQ_REASON, rejected.reason.encode()),
+        (DLQ_ERROR_CLASS, rejected.error_class.encode()),
+        (DLQ_ERROR_MESSAGE, rejected.message[:1024].encode("utf-8", "replace")),
+        (DLQ_FAILED_AT, failed_at),
+        (DLQ_WORKER, worker_id.encode()),
+    ]
+    if timestamp_type != 0:  # TIMESTAMP_NOT_AVAILABLE
+        headers.append((DLQ_SOURCE_TIMESTAMP, str(timestamp).encode()))
+    original = record.headers()
+    if original:
+        headers.extend(original)
+    return headers
+
+
+def _next_offsets(topic: str, raw: RawBatch) -> list[TopicPartition]:
+    """Offset to commit per partition: one past the last record consumed from it."""
+    offsets: dict[int, int] = {}
+    for p in np.unique(raw.partitions).tolist():
+        offsets[p] = int(raw.offsets[raw.partitions == p].max()) + 1
+    return [TopicPartition(topic, p, o) for p, o in offsets.items()]
+
+
+def _count_reasons(rejected: list[Rejected]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rejected:
+        counts[r.reason] = counts.get(r.reason, 0) + 1
+    return counts
+
+
+def _is_error(message: Message) -> bool:
+    error = message.error()
+    if error is None:
+        return False
+    if error.code() == KafkaError._PARTITION_EOF:
+        return True
+    if error.fatal():
+        raise KafkaException(error)
+    log.warning("consume error: %s", error)
+    return True
+
+
+def serve_worker(settings: WorkerSettings, spec: FeatureSpec) -> int:
+    """Run a worker with its HTTP endpoints until SIGTERM/SIGINT; the CLI entry."""
+    worker = KafkaScoringWorker(settings, spec)
+    worker.install_signal_handlers()
+    with HealthServer(
+        worker.metrics, settings.metrics_host, settings.metrics_port, worker.health
+    ) as server:
+        log.info("metrics and health on %s", server.url)
+        try:
+            return worker.run()
+        except ModelRefused as refused:
+            log.error("model refused (%s): %s", refused.reason, refused.message)
+            return 2
