@@ -188,7 +188,7 @@ def _produce_live(
     def records() -> Iterator[tuple[bytes | None, bytes, int | None]]:
         bad = iter(bad_payloads(100_000, seed=1))
         every = int(1 / bad_share) if bad_share > 0 else 0
-        for n, event in enumerate(population.stream_events(chunk_ms=60_000)):
+        for n, event in enumerate(population.stream_events()):
             # Event times stay simulated (the stream runs faster than real time), so the
             # features are those the model was trained on; latency is measured from the
             # record's timestamp, set by this producer.

@@ -211,11 +211,6 @@ class WorkerMetrics:
             "late_events_total", "Events older than the allowed lateness for their customer.",
             namespace=ns, registry=reg,
         )  # fmt: skip
-        self.redelivered_events = Counter(
-            "redelivered_events_total",
-            "Events seen again after a restart or rebalance (at-least-once redelivery).",
-            namespace=ns, registry=reg,
-        )  # fmt: skip
         self.producer_delivery_errors = Counter(
             "producer_delivery_errors_total", "Producer delivery reports carrying an error.",
             namespace=ns, registry=reg,
@@ -307,9 +302,6 @@ class WorkerMetrics:
 
     def inc_late_events(self, n: int = 1) -> None:
         self.late_events.inc(n)
-
-    def inc_redelivered(self, n: int = 1) -> None:
-        self.redelivered_events.inc(n)
 
     def inc_producer_delivery_errors(self, n: int = 1) -> None:
         self.producer_delivery_errors.inc(n)
