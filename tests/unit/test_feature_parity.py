@@ -161,3 +161,54 @@ def test_default_spec_parity_on_a_daily_stream() -> None:
     )
     spec = load_default_spec()
     assert_same(stream_features(events, [57, 130, 300], spec), reference_features(events, spec))
+
+
+def stream_with_restarts(
+    events: pd.DataFrame, restarts: list[int], spec=SMALL_SPEC
+) -> pd.DataFrame:
+    """Like a worker that is restarted at the given positions and restores its state.
+
+    Every batch writes the snapshots of the customers it touched (as the changelog does);
+    a restart rebuilds the state from the latest snapshot per customer only.
+    """
+    from driftline.processor import RawBatch, ScoringProcessor  # noqa: F401 - layering check
+
+    batch = EventBatch.from_frame(events)
+    bounds = sorted({0, len(events), *[c for c in restarts if 0 < c < len(events)]})
+    changelog: dict[str, bytes] = {}
+    mark = PartitionWatermark(spec.allowed_lateness_ms)
+    state = FeatureState(spec)
+    frames = []
+    for lo, hi in itertools.pairwise(bounds):
+        restored = FeatureState(spec)
+        restored.restore(list(changelog), list(changelog.values()))
+        state = restored
+        part = batch.take(np.arange(lo, hi))
+        late = mark.classify(part.event_time_ms)
+        on_time = part.take(np.flatnonzero(~late))
+        features = state.update(on_time, on_time.index.astype(np.int64))
+        features.index = events.index[on_time.index]
+        frames.append(features)
+        customers = list(dict.fromkeys(on_time.customer_id.tolist()))
+        changelog.update(zip(customers, state.export(customers), strict=True))
+    return pd.concat(frames).sort_index()
+
+
+@settings(max_examples=100, deadline=None)
+@given(events=event_streams(), restarts=st.lists(st.integers(0, 60), max_size=5))
+def test_state_restored_from_snapshots_gives_the_same_features(
+    events: pd.DataFrame, restarts: list[int]
+) -> None:
+    single = events.assign(partition=0)
+    assert_same(stream_with_restarts(single, restarts), stream_features(single, []))
+
+
+def test_snapshots_of_another_spec_are_not_restored() -> None:
+    state = FeatureState(SMALL_SPEC)
+    frame = pd.DataFrame(
+        {"customer_id": ["a"], "event_time": [T0], "event_type": ["purchase"], "amount": [3.0]}
+    )
+    state.update(EventBatch.from_frame(frame))
+    other = FeatureState(load_default_spec())
+    assert other.restore(["a"], state.export(["a"])) == 0
+    assert "a" not in other

@@ -71,6 +71,16 @@ class BatchResult:
     features: pd.DataFrame
     event_latency_seconds: np.ndarray
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: State snapshots to write: (input partition, customer id key, snapshot or None).
+    changelog: list[tuple[int, bytes, bytes | None]] = field(default_factory=list)
+    #: Events skipped because the restored state already held them (at-least-once replay).
+    n_redelivered: int = 0
+
+
+#: Changelog key of a partition's watermark record; customer ids are never empty.
+WATERMARK_KEY = b""
+_encode_watermark = msgspec.msgpack.Encoder().encode
+_decode_watermark = msgspec.msgpack.Decoder(tuple[int, int, int, int]).decode
 
 
 class ScoringProcessor:
@@ -82,6 +92,7 @@ class ScoringProcessor:
         scorer: Scorer,
         *,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        changelog: bool = True,
         clock: type[time.time] = time.time,  # type: ignore[valid-type]
     ) -> None:
         if scorer.feature_names != spec.feature_names:
@@ -92,6 +103,7 @@ class ScoringProcessor:
         self.spec = spec
         self.scorer = scorer
         self.max_event_bytes = max_event_bytes
+        self.changelog = changelog
         self._clock = clock
         self.states: dict[int, FeatureState] = {}
         self.watermarks: dict[int, PartitionWatermark] = {}
@@ -112,10 +124,40 @@ class ScoringProcessor:
     def customers_in_state(self) -> int:
         return sum(len(s) for s in self.states.values())
 
-    def evict_idle(self) -> int:
-        return sum(
-            state.evict_idle(self.watermarks[p].watermark_ms) for p, state in self.states.items()
-        )
+    def evict_idle(self) -> list[tuple[int, bytes, bytes | None]]:
+        """Evict idle customers; returns the changelog tombstones to write."""
+        tombstones: list[tuple[int, bytes, bytes | None]] = []
+        for p, state in self.states.items():
+            evicted = state.evict_idle(self.watermarks[p].watermark_ms)
+            tombstones.extend((p, c.encode(), None) for c in evicted)
+        return tombstones
+
+    def restore(
+        self, partition: int, records: Sequence[tuple[bytes, bytes | None]], committed: int
+    ) -> int:
+        """Rebuild a partition's state from its changelog records, oldest first.
+
+        ``committed`` is the partition's committed input offset.  The watermark record says
+        which batch it was written by; if that batch was not committed (a crash between
+        changelog and commit, at-least-once), its events come again, so the watermark as
+        it stood *before* that batch is the one to restore.  Customer snapshots remember
+        the offset they reflect; ``process`` skips events they already hold.
+        """
+        state = FeatureState(self.spec)
+        watermark = PartitionWatermark(self.spec.allowed_lateness_ms)
+        latest: dict[bytes, bytes | None] = {}
+        for key, value in records:
+            if key == WATERMARK_KEY:
+                if value is not None:
+                    _first, last, before, after = _decode_watermark(value)
+                    watermark.max_event_time_ms = after if committed > last else before
+            else:
+                latest[key] = value
+        live = [(k.decode(), v) for k, v in latest.items() if v is not None]
+        restored = state.restore([k for k, _ in live], [v for _, v in live])
+        self.states[partition] = state
+        self.watermarks[partition] = watermark
+        return restored
 
     # ------------------------------------------------------------ batch
     def process(self, raw: RawBatch) -> BatchResult:
@@ -129,30 +171,37 @@ class ScoringProcessor:
         partitions = raw.partitions[batch.index]
         frames: list[pd.DataFrame] = []
         kept_parts: list[EventBatch] = []
-        n_late = 0
+        changelog: list[tuple[int, bytes, bytes | None]] = []
+        n_late = n_redelivered = 0
         for p in np.unique(partitions).tolist():
             if p not in self.states:
                 self.assign([p])
             part = batch.take(np.flatnonzero(partitions == p))
-            late = self.watermarks[p].classify(part.event_time_ms)
+            watermark = self.watermarks[p]
+            before = watermark.max_event_time_ms
+            late = watermark.classify(part.event_time_ms)
             if late.any():
-                watermark = self.watermarks[p].watermark_ms
-                for i, t in zip(
-                    part.index[late].tolist(), part.event_time_ms[late].tolist(), strict=True
-                ):
-                    rejected.append(
-                        Rejected(
-                            i,
-                            REASON_LATE,
-                            "watermark",
-                            f"event_time {t} is older than partition {p}'s watermark {watermark}"
-                            f" (allowed lateness {self.spec.allowed_lateness_ms} ms)",
-                        )
-                    )
+                rejected.extend(self._late(part.take(np.flatnonzero(late)), p))
                 n_late += int(late.sum())
                 part = part.take(np.flatnonzero(~late))
-            frames.append(self.states[p].update(part))
+            state = self.states[p]
+            offsets = raw.offsets[part.index]
+            applied = state.already_applied(part.customer_id, offsets)
+            if applied.any():
+                n_redelivered += int(applied.sum())
+                part = part.take(np.flatnonzero(~applied))
+                offsets = offsets[~applied]
+            frames.append(state.update(part, offsets))
             kept_parts.append(part)
+            if self.changelog:
+                customers = list(dict.fromkeys(part.customer_id.tolist()))
+                snapshots = state.export(customers)
+                changelog.extend(
+                    (p, c.encode(), v) for c, v in zip(customers, snapshots, strict=True)
+                )
+                span = raw.offsets[raw.partitions == p]
+                record = (int(span.min()), int(span.max()), before, watermark.max_event_time_ms)
+                changelog.append((p, WATERMARK_KEY, _encode_watermark(record)))
         t2 = time.perf_counter()
         stages["state"] = t2 - t1
 
@@ -213,4 +262,20 @@ class ScoringProcessor:
             features=features,
             event_latency_seconds=(now_ms - sent_ms) / 1000.0,
             stage_seconds=stages,
+            changelog=changelog,
+            n_redelivered=n_redelivered,
         )
+
+    def _late(self, late: EventBatch, partition: int) -> list[Rejected]:
+        watermark = self.watermarks[partition].watermark_ms
+        lateness = self.spec.allowed_lateness_ms
+        return [
+            Rejected(
+                i,
+                REASON_LATE,
+                "watermark",
+                f"event_time {t} is older than partition {partition}'s watermark {watermark}"
+                f" (allowed lateness {lateness} ms)",
+            )
+            for i, t in zip(late.index.tolist(), late.event_time_ms.tolist(), strict=True)
+        ]

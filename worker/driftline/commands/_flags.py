@@ -25,7 +25,10 @@ def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
         raw = os.environ.get(f"DRIFTLINE_{action.dest.upper()}")
         if raw is None:
             continue
-        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+        if isinstance(
+            action,
+            argparse._StoreTrueAction | argparse._StoreFalseAction | argparse.BooleanOptionalAction,
+        ):
             action.default = raw.strip().lower() in ("1", "true", "yes", "on")
         elif action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction):
             action.default = [action.type(v) if action.type else v for v in raw.split(",")]

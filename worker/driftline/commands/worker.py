@@ -7,8 +7,13 @@ that cannot be decoded, fail validation or arrive later than the watermark go to
 dead-letter topic with their original bytes and the reason.  Offsets are committed only
 after the predictions are delivered (at-least-once).
 
+State survives restarts and rebalances: each partition's customer state is written to a
+compacted changelog topic and restored before the partition is processed.  With
+--exactly-once every batch is one transaction.
+
 Endpoints: /metrics (Prometheus), /healthz (loop heartbeat), /readyz (partitions
-assigned and model loaded).  SIGTERM/SIGINT finish the batch, commit and exit 0.
+assigned, state restored, model loaded).  SIGTERM/SIGINT finish the batch, commit and
+exit 0.
 """
 
 from __future__ import annotations
@@ -66,6 +71,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--worker-id", default=None, help="name in logs and dead letters (default: host-pid)"
     )
+    parser.add_argument(
+        "--exactly-once",
+        action="store_true",
+        help="one transaction per batch: predictions, dead letters, changelog and offsets "
+        "(consumers of the output must read with isolation.level=read_committed)",
+    )
+    parser.add_argument(
+        "--changelog",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep partition state in a compacted changelog topic and restore it on "
+        "assignment (default: on)",
+    )
+    parser.add_argument(
+        "--group-instance-id",
+        default=None,
+        help="static group membership: a restart within the session timeout keeps the "
+        "partitions without a rebalance",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
@@ -84,6 +108,9 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         metrics_port=args.metrics_port,
         max_event_bytes=args.max_event_bytes,
         native_threads=args.native_threads,
+        exactly_once=args.exactly_once,
+        changelog=args.changelog,
+        group_instance_id=args.group_instance_id,
     )
     if args.worker_id:
         settings.worker_id = args.worker_id

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 import pandas as pd
 
@@ -39,6 +40,8 @@ from driftline.core.spec import (
 )
 
 NO_TIME = np.iinfo(np.int64).min
+_SNAPSHOT = msgspec.msgpack.Encoder()
+_SNAPSHOT_DECODER = msgspec.msgpack.Decoder(tuple[bytes, bytes, bytes, list[str | None]])
 NO_BUCKET = np.iinfo(np.int64).min
 
 # Accumulator kinds over a set of events: count of events, count of events where the
@@ -110,6 +113,9 @@ class FeatureState:
         # Columns: allocated by _grow.
         self.clock = np.empty(0, dtype=np.int64)
         self.first_seen = np.empty(0, dtype=np.int64)
+        # Input offset of the customer's latest applied event: after an at-least-once
+        # crash, a restored customer may already reflect events that are delivered again.
+        self.applied_offset = np.empty(0, dtype=np.int64)
         self._bucket_ids: dict[int, np.ndarray] = {}
         self._acc: dict[_AccKey, np.ndarray] = {}
         self._last_time: dict[tuple[tuple[int, ...], str | None], np.ndarray] = {}
@@ -131,6 +137,7 @@ class FeatureState:
         n = self._n
         self.clock = extend(self.clock, NO_TIME)
         self.first_seen = extend(self.first_seen, NO_TIME)
+        self.applied_offset = extend(self.applied_offset, -1)
         for w in self._windows:
             self._bucket_ids[w] = extend(
                 self._bucket_ids.get(w, np.empty((0, n), np.int64)), NO_BUCKET
@@ -155,6 +162,7 @@ class FeatureState:
             return
         self.clock[rows] = NO_TIME
         self.first_seen[rows] = NO_TIME
+        self.applied_offset[rows] = -1
         for ids in self._bucket_ids.values():
             ids[rows] = NO_BUCKET
         for key, acc in self._acc.items():
@@ -209,8 +217,19 @@ class FeatureState:
         return sum(a.nbytes for a in arrays)
 
     # ------------------------------------------------------------------ update
-    def update(self, batch: EventBatch) -> pd.DataFrame:
-        """Apply the events in order; return each event's features (rows in batch order)."""
+    def already_applied(self, customer_ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Mask of events this state already reflects (redelivered after a crash)."""
+        get = self._slots.get
+        slots = np.fromiter((get(c, -1) for c in customer_ids), np.int64, len(customer_ids))
+        applied = np.where(slots >= 0, self.applied_offset[np.maximum(slots, 0)], -1)
+        return offsets <= applied
+
+    def update(self, batch: EventBatch, offsets: np.ndarray | None = None) -> pd.DataFrame:
+        """Apply the events in order; return each event's features (rows in batch order).
+
+        ``offsets`` (input offsets, one per event) are remembered per customer so that a
+        restore can tell which redelivered events it already holds.
+        """
         n_events = len(batch)
         out = _FeatureBuffer(self.spec, n_events)
         if n_events == 0:
@@ -222,6 +241,8 @@ class FeatureState:
         for r in range(len(bounds) - 1):
             rows = order[bounds[r] : bounds[r + 1]]
             self._apply_round(batch, rows, slots[rows])
+            if offsets is not None:
+                self.applied_offset[slots[rows]] = offsets[rows]
             self._read(slots[rows], rows, out)
         return out.frame()
 
@@ -363,25 +384,107 @@ class FeatureState:
             out.put(feature.name, rows, value)
 
     # ------------------------------------------------------------------ eviction
-    def evict_idle(self, watermark_ms: int) -> int:
+    def evict_idle(self, watermark_ms: int) -> list[str]:
         """Drop customers whose clock is older than ``watermark - eviction_after``.
 
         Safe at any time: a non-late event of an evicted customer is necessarily newer than
         its clock plus ``eviction_after``, so it would have started afresh anyway.
         """
         if not self._slots or watermark_ms == NO_TIME:
-            return 0
+            return []
         limit = watermark_ms - self._evict_after
         used = np.fromiter(self._slots.values(), dtype=np.int64, count=len(self._slots))
         stale = used[self.clock[used] < limit]
         if stale.size == 0:
-            return 0
+            return []
         stale_set = set(stale.tolist())
-        for customer in [c for c, s in self._slots.items() if s in stale_set]:
+        evicted = [c for c, s in self._slots.items() if s in stale_set]
+        for customer in evicted:
             del self._slots[customer]
         self._clear(stale)
         self._free.extend(stale.tolist())
-        return int(stale.size)
+        return evicted
+
+    # ------------------------------------------------------------------ snapshots
+    def _int_columns(self) -> list[np.ndarray]:
+        return [
+            self.clock,
+            self.first_seen,
+            self.applied_offset,
+            *(self._bucket_ids[w] for w in self._windows),
+            *(self._last_time[k] for k in self._last_keys),
+            *(self._profile_time[p] for p in self._profiles),
+        ]
+
+    def _float_columns(self) -> list[np.ndarray]:
+        return [
+            *(self._acc[k] for k in self._acc_keys),
+            *(self._last_value[k] for k in self._last_keys),
+            *(
+                self._profile_value[p]
+                for p in self._profiles
+                if p not in self._categorical_profiles
+            ),
+        ]
+
+    def _category_columns(self) -> list[np.ndarray]:
+        return [self._profile_value[p] for p in self._profiles if p in self._categorical_profiles]
+
+    @property
+    def layout(self) -> bytes:
+        """Identifies the snapshot layout: the spec's digest (8 bytes)."""
+        return bytes.fromhex(self.spec.digest[:16])
+
+    def export(self, customer_ids: list[str]) -> list[bytes]:
+        """One compact snapshot per customer (all its columns), for the changelog."""
+        slots = np.fromiter((self._slots[c] for c in customer_ids), np.int64, len(customer_ids))
+        ints = np.concatenate(
+            [c[slots].reshape(len(slots), -1) for c in self._int_columns()], axis=1
+        )
+        floats = np.concatenate(
+            [c[slots].reshape(len(slots), -1) for c in self._float_columns()], axis=1
+        )
+        cats = [c[slots].tolist() for c in self._category_columns()]
+        layout = self.layout
+        return [
+            _SNAPSHOT.encode((layout, ints[i].tobytes(), floats[i].tobytes(), [c[i] for c in cats]))
+            for i in range(len(slots))
+        ]
+
+    def restore(self, customer_ids: list[str], snapshots: list[bytes]) -> int:
+        """Load snapshots (latest per customer wins); returns how many were applied.
+
+        Snapshots of another layout (written under a different feature spec) are skipped:
+        those customers start afresh rather than being read with the wrong columns.
+        """
+        layout = self.layout
+        decoded = [_SNAPSHOT_DECODER.decode(v) for v in snapshots]
+        keep = [i for i, d in enumerate(decoded) if d[0] == layout]
+        if not keep:
+            return 0
+        slots = self._slots_for(np.array([customer_ids[i] for i in keep], dtype=object))
+        self._clear(slots)
+        ints = np.frombuffer(b"".join(decoded[i][1] for i in keep), np.int64).reshape(len(keep), -1)
+        floats = np.frombuffer(b"".join(decoded[i][2] for i in keep), np.float64)
+        floats = floats.reshape(len(keep), -1)
+        for block, columns in ((ints, self._int_columns()), (floats, self._float_columns())):
+            start = 0
+            for column in columns:
+                width = column[0].size if column.ndim > 1 else 1
+                part = block[:, start : start + width]
+                column[slots] = part if column.ndim > 1 else part[:, 0]
+                start += width
+        for j, column in enumerate(self._category_columns()):
+            column[slots] = np.array([decoded[i][3][j] for i in keep], dtype=object)
+        return len(keep)
+
+    def forget(self, customer_ids: list[str]) -> None:
+        """Drop customers (a changelog tombstone)."""
+        slots = [self._slots.pop(c) for c in customer_ids if c in self._slots]
+        if slots:
+            rows = np.asarray(slots, dtype=np.int64)
+            self._clear(rows)
+            self._free.extend(slots)
 
 
 class _FeatureBuffer:

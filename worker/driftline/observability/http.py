@@ -61,6 +61,8 @@ class HealthState:
     model_reason: str | None = "model not loaded yet"
     broker_reason: str | None = None
     assignment_reason: str | None = None
+    #: Set while assigned partitions' state is being restored from the changelog.
+    restoring_reason: str | None = None
     last_beat: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
@@ -70,6 +72,11 @@ class HealthState:
         """Call once per main-loop iteration, including idle polls."""
         with self._lock:
             self.last_beat = time.monotonic()
+
+    def set_restoring(self, reason: str | None) -> None:
+        """Not ready while ``reason`` is set: state of assigned partitions is being restored."""
+        with self._lock:
+            self.restoring_reason = reason
 
     def set_assigned(self, n: int, reason: str | None = None) -> None:
         """Record the current assignment size (call from on_assign / on_revoke / on_lost)."""
@@ -116,6 +123,7 @@ class HealthState:
                 ),
                 "model_loaded": (self.model_loaded, self.model_reason or "model not loaded"),
                 "broker_reachable": (self.broker_ok, self.broker_reason or "broker unreachable"),
+                "state_restored": (self.restoring_reason is None, self.restoring_reason or ""),
             }
         failing = {name: why for name, (ok, why) in checks.items() if not ok}
         return not failing, {

@@ -254,6 +254,25 @@ class WorkerMetrics:
             "customers_in_state", "Customers with live per-customer state.",
             namespace=ns, registry=reg,
         )  # fmt: skip
+        self.redelivered_events = Counter(
+            "redelivered_events_total",
+            "Events delivered again after a crash that the restored state already held "
+            "(at-least-once); they are skipped, their predictions were already delivered.",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.restore_records = Counter(
+            "restore_records_total", "Changelog records read to restore partition state.",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.restored_customers = Counter(
+            "restored_customers_total", "Customers whose state was restored from the changelog.",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.restore_duration = Histogram(
+            "restore_duration_seconds", "Time to restore one partition's state from the changelog.",
+            namespace=ns, registry=reg,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )  # fmt: skip
         self.customers_evicted = Counter(
             "customers_evicted_total", "Customers evicted from state (TTL or capacity).",
             namespace=ns, registry=reg,
@@ -308,6 +327,14 @@ class WorkerMetrics:
 
     def inc_model_load_failures(self, reason: str) -> None:
         self.model_load_failures.labels(reason=reason).inc()
+
+    def inc_redelivered(self, n: int = 1) -> None:
+        self.redelivered_events.inc(n)
+
+    def record_restore(self, records: int, customers: int, seconds: float) -> None:
+        self.restore_records.inc(records)
+        self.restored_customers.inc(customers)
+        self.restore_duration.observe(seconds)
 
     def inc_customers_evicted(self, n: int = 1) -> None:
         self.customers_evicted.inc(n)

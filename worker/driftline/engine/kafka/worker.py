@@ -1,9 +1,20 @@
 """The confluent-kafka engine: consume a micro-batch, process it, produce, then commit.
 
-Delivery is at-least-once: input offsets are committed only after the producer has
-confirmed every prediction and dead letter of the batch (``flush`` returned with no
-delivery error).  A crash between produce and commit replays at most the uncommitted
-batch; a delivery failure stops the worker without committing, for the same reason.
+State: each input partition's customer state is written to a compacted changelog topic
+(``<group>-<input>-changelog``, same partition numbers), one snapshot per customer the
+batch touched plus a watermark record, and restored from it when the partition is
+assigned, before any of its events is processed (``/readyz`` is false meanwhile).
+
+At-least-once (default): predictions and dead letters are produced and flushed, then the
+changelog, then the input offsets are committed.  A crash before the commit delivers the
+batch again; customers whose snapshot already reflects an event skip it (counted as
+redelivered), the others recompute the same predictions (duplicates, bounded by a batch).
+
+Exactly-once (``exactly_once``): one transaction per batch holds the predictions, the dead
+letters, the changelog records and the input offsets (``send_offsets_to_transaction``).
+Restores read the changelog ``read_committed``, so state always matches the committed
+offsets.  A failed or fenced transaction stops the worker (exit 3) without committing:
+whoever takes the partitions over restores them from the last committed batch.
 
 Shutdown on SIGTERM/SIGINT: the flag is checked between batches, so the current batch
 is finished, flushed and committed before the consumer leaves the group; exit code 0.
@@ -22,7 +33,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 
 from driftline import config
 from driftline.core.predictions import (
@@ -37,6 +57,7 @@ from driftline.core.predictions import (
     DLQ_WORKER,
 )
 from driftline.core.spec import FeatureSpec
+from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.model.registry import ModelRefused, ModelRegistry
 from driftline.model.scoring import Scorer, limit_native_threads
 from driftline.observability.http import HealthServer, HealthState
@@ -64,12 +85,28 @@ class WorkerSettings:
     max_event_bytes: int = 64 * 1024
     eviction_interval_s: float = 30.0
     native_threads: int = 1
+    changelog: bool = True
+    exactly_once: bool = False
+    group_instance_id: str | None = None
+    restore_timeout_s: float = 300.0
     consumer_config: dict[str, Any] = field(default_factory=dict)
     producer_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def changelog_topic(self) -> str:
+        return f"{self.group_id}-{self.input_topic}-changelog"
 
 
 class DeliveryFailed(RuntimeError):
     """The producer could not deliver part of a batch: its offsets must not be committed."""
+
+
+class TransactionFailed(RuntimeError):
+    """A batch's transaction was aborted or fenced: nothing of it is visible."""
+
+
+class RestoreFailed(RuntimeError):
+    """A partition's state could not be restored: processing it would give wrong scores."""
 
 
 class KafkaScoringWorker:
@@ -90,6 +127,7 @@ class KafkaScoringWorker:
         self._delivery_errors: list[str] = []
         self.processor: ScoringProcessor | None = None
         self.batches = 0
+        self._pending_changelog: list[tuple[int, bytes, bytes | None]] = []
         self.events_processed = 0
         self.first_batch_started: float | None = None  # perf_counter, for benchmarks
         self.last_batch_done: float | None = None
@@ -139,6 +177,8 @@ class KafkaScoringWorker:
             "statistics.interval.ms": 5000,
             "stats_cb": self.metrics.update_from_librdkafka_stats,
             "error_cb": self._on_client_error,
+            "isolation.level": "read_committed",
+            **({"group.instance.id": s.group_instance_id} if s.group_instance_id else {}),
             **s.consumer_config,
         }
 
@@ -152,6 +192,11 @@ class KafkaScoringWorker:
             "linger.ms": 5,
             "batch.num.messages": 10000,
             "error_cb": self._on_client_error,
+            **(
+                {"transactional.id": f"driftline-{s.group_id}-{s.worker_id}"}
+                if s.exactly_once
+                else {}
+            ),
             **s.producer_config,
         }
 
@@ -165,16 +210,86 @@ class KafkaScoringWorker:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self.processor is not None
-        self.processor.assign([tp.partition for tp in partitions])
-        self._assigned.update(tp.partition for tp in partitions)
+        numbers = sorted(tp.partition for tp in partitions)
+        if self.settings.changelog and numbers:
+            self.health.set_restoring(f"restoring state of partitions {numbers}")
+            committed = {
+                tp.partition: tp.offset
+                for tp in consumer.committed(
+                    [TopicPartition(self.settings.input_topic, p) for p in numbers], timeout=30
+                )
+            }
+            for p in numbers:
+                self._restore(p, committed.get(p, -1))
+            self.health.set_restoring(None)
+        else:
+            self.processor.assign(numbers)
+        self._assigned.update(numbers)
         self._report_assignment()
         log.info("assigned %s", sorted(tp.partition for tp in partitions))
+
+    def _restore(self, partition: int, committed: int) -> None:
+        """Read the partition's changelog to its end and rebuild its state.
+
+        The end is the partition EOF event, not a high watermark from ListOffsets (which
+        some brokers report short): a restore that stops early would silently lose state.
+        """
+        assert self.processor is not None
+        s = self.settings
+        started = time.perf_counter()
+        reader = Consumer(
+            {
+                "bootstrap.servers": s.bootstrap_servers,
+                "group.id": f"{s.group_id}-restore",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 10,
+                "error_cb": self._on_client_error,
+            }
+        )
+        latest: dict[bytes, bytes | None] = {}
+        records = 0
+        try:
+            reader.assign([TopicPartition(s.changelog_topic, partition, OFFSET_BEGINNING)])
+            deadline = time.monotonic() + s.restore_timeout_s
+            done = False
+            while not done:
+                if time.monotonic() > deadline:
+                    raise RestoreFailed(
+                        f"changelog {s.changelog_topic}[{partition}] not read to its end "
+                        f"within {s.restore_timeout_s:g} s"
+                    )
+                for message in reader.consume(10_000, 0.5):
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            done = True
+                            break
+                        raise KafkaException(error)
+                    latest[message.key() or b""] = message.value()
+                    records += 1
+                self.health.beat()
+        finally:
+            reader.close()
+        customers = self.processor.restore(partition, list(latest.items()), committed)
+        seconds = time.perf_counter() - started
+        self.metrics.record_restore(records, customers, seconds)
+        log.info(
+            "restored partition %d: %d customers from %d changelog records in %.2f s",
+            partition,
+            customers,
+            records,
+            seconds,
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Callbacks run inside consume(), between batches: the last batch is already
         # produced and committed, so the partitions' state can simply be dropped.
         assert self.processor is not None
-        self.processor.revoke([tp.partition for tp in partitions])
+        revoked = {tp.partition for tp in partitions}
+        self.processor.revoke(sorted(revoked))
+        self._pending_changelog = [r for r in self._pending_changelog if r[0] not in revoked]
         self._assigned.difference_update(tp.partition for tp in partitions)
         self._report_assignment()
         log.info("revoked %s", sorted(tp.partition for tp in partitions))
@@ -190,9 +305,15 @@ class KafkaScoringWorker:
         s = self.settings
         limit_native_threads(s.native_threads)
         scorer = self.load_model()
-        self.processor = ScoringProcessor(self.spec, scorer, max_event_bytes=s.max_event_bytes)
+        self.processor = ScoringProcessor(
+            self.spec, scorer, max_event_bytes=s.max_event_bytes, changelog=s.changelog
+        )
+        if s.changelog:
+            self._ensure_changelog_topic()
         consumer = Consumer(self._consumer_config())
         producer = Producer(self._producer_config())
+        if s.exactly_once:
+            producer.init_transactions(60)
         consumer.subscribe(
             [s.input_topic],
             on_assign=self._on_assign,
@@ -217,11 +338,13 @@ class KafkaScoringWorker:
                     self.metrics.observe_stage("poll", poll_s)
                     self._process(records, consumer, producer)
                 if time.monotonic() - last_eviction > s.eviction_interval_s:
-                    evicted = self.processor.evict_idle()
-                    self.metrics.inc_customers_evicted(evicted)
+                    tombstones = self.processor.evict_idle()
+                    if s.changelog:
+                        self._pending_changelog.extend(tombstones)
+                    self.metrics.inc_customers_evicted(len(tombstones))
                     self.metrics.set_customers_in_state(self.processor.customers_in_state)
                     last_eviction = time.monotonic()
-        except DeliveryFailed as failed:
+        except (DeliveryFailed, TransactionFailed, RestoreFailed) as failed:
             log.error("stopping without commit: %s", failed)
             exit_code = 3
         finally:
@@ -252,16 +375,23 @@ class KafkaScoringWorker:
         m.observe_stage("predict", result.stage_seconds["predict"])
 
         t0 = time.perf_counter()
-        self._produce(producer, result, records)
-        remaining = producer.flush(60)
-        if remaining or self._delivery_errors:
-            errors = self._delivery_errors[:3]
-            raise DeliveryFailed(f"{remaining} undelivered, errors: {errors}")
-        t1 = time.perf_counter()
-        m.observe_stage("produce", t1 - t0 + result.stage_seconds["encode"])
-
-        consumer.commit(offsets=_next_offsets(s.input_topic, raw), asynchronous=False)
-        m.observe_stage("commit", time.perf_counter() - t1)
+        changelog = self._pending_changelog + result.changelog
+        self._pending_changelog = []
+        offsets = _next_offsets(s.input_topic, raw)
+        if s.exactly_once:
+            self._commit_transaction(consumer, producer, result, records, changelog, offsets)
+            m.observe_stage("produce", time.perf_counter() - t0 + result.stage_seconds["encode"])
+        else:
+            self._produce(producer, result, records)
+            self._flush(producer)
+            self._produce_changelog(producer, changelog)
+            self._flush(producer)
+            t1 = time.perf_counter()
+            m.observe_stage("produce", t1 - t0 + result.stage_seconds["encode"])
+            consumer.commit(offsets=offsets, asynchronous=False)
+            m.observe_stage("commit", time.perf_counter() - t1)
+        if result.n_redelivered:
+            m.inc_redelivered(result.n_redelivered)
 
         self.batches += 1
         self.events_processed += len(records)
@@ -278,6 +408,72 @@ class KafkaScoringWorker:
         m.observe_event_latencies(result.event_latency_seconds)
         m.set_customers_in_state(self.processor.customers_in_state)
         m.record_batch(len(records), time.perf_counter() - started)
+
+    def _flush(self, producer: Producer) -> None:
+        remaining = producer.flush(60)
+        if remaining or self._delivery_errors:
+            errors = self._delivery_errors[:3]
+            raise DeliveryFailed(f"{remaining} undelivered, errors: {errors}")
+
+    def _commit_transaction(
+        self,
+        consumer: Consumer,
+        producer: Producer,
+        result: BatchResult,
+        records: list[Message],
+        changelog: list[tuple[int, bytes, bytes | None]],
+        offsets: list[TopicPartition],
+    ) -> None:
+        """Predictions, dead letters, changelog and input offsets: all or nothing."""
+        try:
+            producer.begin_transaction()
+            self._produce(producer, result, records)
+            self._produce_changelog(producer, changelog)
+            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 60)
+            producer.commit_transaction(60)
+        except KafkaException as error:
+            kafka_error = error.args[0] if error.args else None
+            if isinstance(kafka_error, KafkaError) and kafka_error.txn_requires_abort():
+                try:
+                    producer.abort_transaction(30)
+                except KafkaException as abort_error:
+                    log.error("abort failed: %s", abort_error)
+            raise TransactionFailed(f"transaction not committed: {error}") from error
+        if self._delivery_errors:
+            raise TransactionFailed(
+                f"delivery errors in a committed transaction: {self._delivery_errors[:3]}"
+            )
+
+    def _produce_changelog(
+        self, producer: Producer, changelog: list[tuple[int, bytes, bytes | None]]
+    ) -> None:
+        topic = self.settings.changelog_topic
+        callback = self._on_delivery
+        for partition, key, value in changelog:
+            while True:
+                try:
+                    producer.produce(topic, value, key, partition=partition, on_delivery=callback)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+
+    def _ensure_changelog_topic(self) -> None:
+        s = self.settings
+        admin = AdminClient({"bootstrap.servers": s.bootstrap_servers})
+        metadata = admin.list_topics(s.input_topic, timeout=30).topics[s.input_topic]
+        if metadata.error is not None:
+            raise KafkaException(metadata.error)
+        partitions = len(metadata.partitions)
+        ensure_topics(
+            s.bootstrap_servers,
+            [
+                TopicSpec(
+                    s.changelog_topic,
+                    partitions,
+                    {"cleanup.policy": "compact", "retention.ms": "-1"},
+                )
+            ],
+        )
 
     def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
         if error is not None:
