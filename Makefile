@@ -1,6 +1,7 @@
 # The two commands a fresh machine needs (see README.md):
 #   make demo   set up the virtualenv, then run the whole product on the embedded broker
-#   make test   set up the virtualenv, then lint, check the schemas and run every test
+#   make test   set up the virtualenv (and promtool), then lint, check schemas and alert
+#               rules, and run every test
 # .ci/run calls `make test`, so CI proves the install steps too.
 
 PYTHON ?= python3
@@ -8,7 +9,18 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench lint format clean
+.PHONY: install system-deps demo test test-fast bench lint format clean
+
+# Debian packages the tests use: promtool checks the alert rules.
+system-deps:
+	@if ! command -v promtool >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian package prometheus (promtool)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else \
+	    echo "promtool missing: install the Debian package 'prometheus' (apt-get install prometheus)" >&2; exit 1; \
+	  fi; \
+	fi
 
 install: $(STAMP)
 
@@ -21,10 +33,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/driftline demo $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/ruff check worker tests
 	$(BIN)/ruff format --check worker tests
 	$(BIN)/driftline schemas --check
+	promtool check rules monitoring/rules/*.yml
+	promtool test rules monitoring/tests/*.yml
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

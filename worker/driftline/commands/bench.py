@@ -1,4 +1,6 @@
-"""Measure throughput: the worker against pass-through, per-event scoring and the model.
+"""Benchmarks.  `driftline bench` (throughput) or `driftline bench state`.
+
+throughput (default): the worker against pass-through, per-event scoring and the model.
 
 Starts an embedded broker (or uses --bootstrap-servers), trains a RandomForest(100)
 churn model on simulated history, loads the input topic once, then measures side by side:
@@ -6,6 +8,10 @@ churn model on simulated history, loads the input topic once, then measures side
 (one-row DataFrame predict_proba per event), (d) the model alone at the worker's batch
 size; and prints events/s with the ratios b/a, b/c, b/d.  A benchmark, not a test:
 numbers depend on the machine, the ratios much less.
+
+state: bytes per customer in state (numpy columns, and all traced allocations), update,
+snapshot and restore speed at --customers-sizes, and the time to restore a changelog
+partition through the broker at --changelog-sizes.
 """
 
 from __future__ import annotations
@@ -18,6 +24,25 @@ HELP = __doc__ or ""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "suite",
+        nargs="?",
+        default="throughput",
+        choices=["throughput", "state"],
+        help="what to measure",
+    )
+    parser.add_argument(
+        "--customer-sizes",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[100_000, 1_000_000],
+        help="state suite: customers in state, comma-separated (default: 100000,1000000)",
+    )
+    parser.add_argument(
+        "--changelog-sizes",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1_000_000],
+        help="state suite: sizes also restored through a changelog topic",
+    )
     parser.add_argument("--events", type=int, default=100_000, help="events for (a), (b), (d)")
     parser.add_argument("--per-event-events", type=int, default=2_000, help="events for (c), slow")
     parser.add_argument("--batch-size", type=int, default=2000, help="worker micro-batch size")
@@ -30,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.suite == "state":
+        from driftline.bench_state import run_state_bench, to_json, to_table
+
+        figures = run_state_bench(args.customer_sizes, args.changelog_sizes)
+        print(to_json(figures) if args.json else to_table(figures))
+        return 0
     result = run_bench(
         events=args.events,
         per_event_events=args.per_event_events,

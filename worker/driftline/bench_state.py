@@ -1,0 +1,165 @@
+"""State benchmark: memory per customer, snapshot and restore speed, changelog restore.
+
+Customers are given a realistic spread of events (several event types over the longest
+window) so that every bucket column is in use; memory is measured two ways: the numpy
+columns alone, and the process's traced allocations (columns plus the id -> slot dict and
+the id strings), both divided by the number of customers.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+import tracemalloc
+import uuid
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from driftline.broker import EmbeddedBroker
+from driftline.core.events import EVENT_TYPES, EventBatch
+from driftline.core.spec import DAY_MS, load_default_spec
+from driftline.core.state import FeatureState
+from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+
+
+@dataclass
+class StateFigures:
+    customers: int
+    events: int
+    column_bytes_per_customer: float
+    traced_bytes_per_customer: float
+    update_events_per_s: float
+    snapshot_bytes_per_customer: float
+    export_customers_per_s: float
+    restore_customers_per_s: float
+    changelog_restore_seconds: float | None
+
+
+def synthetic_events(customers: int, events_per_customer: int, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = customers * events_per_customer
+    start = 1_760_000_000_000
+    width = len(str(customers))
+    ids = np.array([f"c{i:0{width}d}" for i in range(customers)], dtype=object)
+    return pd.DataFrame(
+        {
+            "event_id": np.arange(n).astype(str),
+            "customer_id": ids[rng.integers(0, customers, n)],
+            "event_time": np.sort(start + rng.integers(0, 90 * DAY_MS, n)),
+            "event_type": rng.choice(np.asarray(EVENT_TYPES[:5], dtype=object), n),
+            "amount": rng.gamma(2.0, 30.0, n).round(2),
+            "quantity": rng.integers(1, 4, n).astype(float),
+            "plan_type": rng.choice(np.asarray(["basic", "pro", "family"], dtype=object), n),
+            "age": rng.integers(18, 80, n).astype(float),
+        }
+    )
+
+
+def measure(customers: int, events_per_customer: int = 8, changelog: bool = False) -> StateFigures:
+    spec = load_default_spec()
+    frame = synthetic_events(customers, events_per_customer)
+    batch = EventBatch.from_frame(frame)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    state = FeatureState(spec, capacity=customers)
+    started = time.perf_counter()
+    for lo in range(0, len(batch), 20_000):
+        state.update(batch.take(np.arange(lo, min(lo + 20_000, len(batch)))))
+    update_s = time.perf_counter() - started
+    gc.collect()
+    traced = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+
+    ids = list(state._slots)
+    started = time.perf_counter()
+    snapshots = state.export(ids)
+    export_s = time.perf_counter() - started
+    snapshot_bytes = sum(map(len, snapshots)) / len(ids)
+    fresh = FeatureState(spec, capacity=customers)
+    started = time.perf_counter()
+    fresh.restore(ids, snapshots)
+    restore_s = time.perf_counter() - started
+    changelog_s = _changelog_restore(ids, snapshots) if changelog else None
+    return StateFigures(
+        customers=len(state),
+        events=len(batch),
+        column_bytes_per_customer=state.nbytes / len(state),
+        traced_bytes_per_customer=traced / len(state),
+        update_events_per_s=len(batch) / update_s,
+        snapshot_bytes_per_customer=snapshot_bytes,
+        export_customers_per_s=len(ids) / export_s,
+        restore_customers_per_s=len(ids) / restore_s,
+        changelog_restore_seconds=changelog_s,
+    )
+
+
+def _changelog_restore(ids: list[str], snapshots: list[bytes]) -> float:
+    """Write the snapshots to a changelog partition, then time a worker-style restore."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+    with EmbeddedBroker() as broker:
+        topic = f"bench-changelog-{uuid.uuid4().hex[:8]}"
+        ensure_topics(broker.bootstrap, [TopicSpec(topic, 1, {"cleanup.policy": "compact"})])
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
+        for key, value in zip(ids, snapshots, strict=True):
+            while True:
+                try:
+                    producer.produce(topic, value, key.encode(), partition=0)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.flush()
+        spec = load_default_spec()
+        started = time.perf_counter()
+        reader = Consumer(
+            {
+                "bootstrap.servers": broker.bootstrap,
+                "group.id": "bench-restore",
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        reader.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        latest: dict[bytes, bytes] = {}
+        done = False
+        while not done:
+            for message in reader.consume(10_000, 0.5):
+                if message.error() is not None:
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        done = True
+                        break
+                    continue
+                latest[message.key()] = message.value()
+        reader.close()
+        state = FeatureState(spec, capacity=len(latest))
+        state.restore([k.decode() for k in latest], list(latest.values()))
+        return time.perf_counter() - started
+
+
+def run_state_bench(sizes: list[int], changelog_sizes: list[int]) -> list[StateFigures]:
+    return [measure(n, changelog=n in changelog_sizes) for n in sizes]
+
+
+def to_table(figures: list[StateFigures]) -> str:
+    lines = [
+        f"{'customers':>10} {'events':>10} {'col B/cust':>11} {'traced B/cust':>14} "
+        f"{'update ev/s':>12} {'snap B/cust':>12} {'export c/s':>11} {'restore c/s':>12} "
+        f"{'changelog restore s':>20}"
+    ]
+    for f in figures:
+        restore = f"{f.changelog_restore_seconds:.1f}" if f.changelog_restore_seconds else "-"
+        lines.append(
+            f"{f.customers:>10,} {f.events:>10,} {f.column_bytes_per_customer:>11,.0f} "
+            f"{f.traced_bytes_per_customer:>14,.0f} {f.update_events_per_s:>12,.0f} "
+            f"{f.snapshot_bytes_per_customer:>12,.0f} {f.export_customers_per_s:>11,.0f} "
+            f"{f.restore_customers_per_s:>12,.0f} {restore:>20}"
+        )
+    return "\n".join(lines)
+
+
+def to_json(figures: list[StateFigures]) -> str:
+    return json.dumps([asdict(f) for f in figures], indent=2)
