@@ -196,7 +196,7 @@ def test_initial_load_refusal_raises(tmp_path: Path, fitted: Any) -> None:
 
 
 def test_tampered_bytes_are_refused_without_unpickling_and_current_stays(
-    tmp_path: Path, fitted: Any
+    tmp_path: Path, fitted: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry = ModelRegistry(tmp_path)
     saved = save(registry, fitted)
@@ -210,6 +210,8 @@ def test_tampered_bytes_are_refused_without_unpickling_and_current_stays(
     assert result.version == "v0001" and "sha256" in (result.message or "")
     assert not sentinel.exists(), "the tampered pickle was executed"
     assert watcher.current is first and watcher.last_failure == result
+    assert "model refused (checksum_mismatch)" in caplog.text
+    assert "churn v0001 keeps serving" in caplog.text
 
 
 def test_a_different_feature_list_is_refused(tmp_path: Path, fitted: Any) -> None:

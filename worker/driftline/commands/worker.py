@@ -85,6 +85,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "assignment (default: on)",
     )
     parser.add_argument(
+        "--model-poll-interval",
+        type=float,
+        default=5.0,
+        help="seconds between registry checks for a new or replaced model; a new version is "
+        "swapped in between batches once verified, a refused one leaves the current model "
+        "serving (default: %(default)s)",
+    )
+    parser.add_argument(
         "--group-instance-id",
         default=None,
         help="static group membership: a restart within the session timeout keeps the "
@@ -111,6 +119,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         exactly_once=args.exactly_once,
         changelog=args.changelog,
         group_instance_id=args.group_instance_id,
+        model_poll_interval_s=args.model_poll_interval,
     )
     if args.worker_id:
         settings.worker_id = args.worker_id

@@ -437,6 +437,8 @@ class FeatureState:
 
     def export(self, customer_ids: list[str]) -> list[bytes]:
         """One compact snapshot per customer (all its columns), for the changelog."""
+        if not customer_ids:
+            return []
         slots = np.fromiter((self._slots[c] for c in customer_ids), np.int64, len(customer_ids))
         ints = np.concatenate(
             [c[slots].reshape(len(slots), -1) for c in self._int_columns()], axis=1

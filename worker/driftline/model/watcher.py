@@ -210,12 +210,12 @@ class ModelWatcher:
             self._failed_fp = fingerprint.to_keep()
             self.last_failure = result = _refusal(refused, fingerprint.version)
             serving = self.current.version if self.current else "none"
+            # "model refused (reason)": the line the ModelLoadFailed runbook points to.
             log.error(
-                "model %s %s refused (%s): %s; model %s keeps serving",
-                self.name,
-                fingerprint.version or "(none)",
+                "model refused (%s): %s; model %s %s keeps serving",
                 refused.reason,
                 refused.message,
+                self.name,
                 serving,
             )
             return result

@@ -789,8 +789,8 @@ def kill_loop(
 
     Each start: wait for /readyz, then for progress (``progress_metric`` > 0), then a
     random delay (``rng.uniform(min_delay, max_delay)``), then SIGKILL.  Stops early when
-    ``done()`` says there is nothing left to process (a kill then would prove nothing).
-    Leaves the worker stopped; returns the crashes.
+    ``done()`` says there is nothing left to process (a kill then would prove nothing),
+    leaving that last start running; otherwise the worker is left killed.
     """
     crashes: list[Crash] = []
     while len(crashes) < kills:
@@ -798,28 +798,28 @@ def kill_loop(
         ready_after = worker.wait_ready(ready_timeout)
         deadline = time.monotonic() + ready_timeout
         while worker.metric(progress_metric) <= 0:
-            if done() or time.monotonic() > deadline:
-                break
+            if done():
+                return crashes
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{worker.name} made no progress:\n{worker.log_tail()}")
             if not worker.alive:
                 raise RuntimeError(f"{worker.name} exited on its own:\n{worker.log_tail()}")
             time.sleep(0.02)
-        else:
-            delay = rng.uniform(min_delay, max_delay)
-            time.sleep(delay)
-            if not worker.alive:
-                raise RuntimeError(f"{worker.name} exited on its own:\n{worker.log_tail()}")
-            metrics = worker.metrics()
-            worker.kill9()
-            crashes.append(
-                Crash(
-                    start=worker.starts,
-                    ready_after_s=round(ready_after, 2),
-                    delay_s=round(delay, 2),
-                    consumed_before_kill=metrics.get(progress_metric, 0.0),
-                    redelivered=metrics.get("driftline_redelivered_events_total", 0.0),
-                )
+        delay = rng.uniform(min_delay, max_delay)
+        time.sleep(delay)
+        if not worker.alive:
+            raise RuntimeError(f"{worker.name} exited on its own:\n{worker.log_tail()}")
+        metrics = worker.metrics()
+        if done():
+            return crashes
+        worker.kill9()
+        crashes.append(
+            Crash(
+                start=worker.starts,
+                ready_after_s=round(ready_after, 2),
+                delay_s=round(delay, 2),
+                consumed_before_kill=metrics.get(progress_metric, 0.0),
+                redelivered=metrics.get("driftline_redelivered_events_total", 0.0),
             )
-            continue
-        worker.close()  # nothing left to do, or no progress: stop here
-        break
+        )
     return crashes

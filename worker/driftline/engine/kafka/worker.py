@@ -58,8 +58,9 @@ from driftline.core.predictions import (
 )
 from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
-from driftline.model.registry import ModelRefused, ModelRegistry
+from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
 from driftline.model.scoring import Scorer, limit_native_threads
+from driftline.model.watcher import ModelWatcher
 from driftline.observability.http import HealthServer, HealthState
 from driftline.observability.metrics import WorkerMetrics
 from driftline.processor import BatchResult, RawBatch, Rejected, ScoringProcessor
@@ -85,6 +86,7 @@ class WorkerSettings:
     max_event_bytes: int = 64 * 1024
     eviction_interval_s: float = 30.0
     native_threads: int = 1
+    model_poll_interval_s: float = 5.0
     changelog: bool = True
     exactly_once: bool = False
     group_instance_id: str | None = None
@@ -126,6 +128,7 @@ class KafkaScoringWorker:
         self._stop = threading.Event()
         self._delivery_errors: list[str] = []
         self.processor: ScoringProcessor | None = None
+        self.model_watcher: ModelWatcher | None = None
         self.batches = 0
         self._pending_changelog: list[tuple[int, bytes, bytes | None]] = []
         self.events_processed = 0
@@ -144,22 +147,40 @@ class KafkaScoringWorker:
 
     def load_model(self) -> Scorer:
         s = self.settings
+        self.model_watcher = ModelWatcher(
+            ModelRegistry(s.registry),
+            s.model_name,
+            s.model_version,
+            expected_features=self.spec.feature_names,
+            expected_spec_digest=self.spec.digest,
+            interval_s=s.model_poll_interval_s,
+        )
         try:
-            loaded = ModelRegistry(s.registry).load(
-                s.model_name,
-                s.model_version,
-                expected_features=self.spec.feature_names,
-                expected_spec_digest=self.spec.digest,
-            )
+            loaded = self.model_watcher.load()
         except ModelRefused as refused:
             self.metrics.inc_model_load_failures(refused.reason)
             self.health.set_model_loaded(False, f"{refused.reason}: {refused.message}")
             raise
+        return self._use_model(loaded)
+
+    def _use_model(self, loaded: LoadedModel) -> Scorer:
         scorer = Scorer(loaded)
         self.metrics.set_model(loaded.name, loaded.version, loaded.sha256)
         self.health.set_model_loaded(True)
         log.info("model %s %s loaded (sha256 %s)", loaded.name, loaded.version, loaded.sha256[:12])
         return scorer
+
+    def _check_model(self) -> None:
+        """Between batches: swap in a new verified model; a refused one is only counted."""
+        watcher = self.model_watcher
+        if watcher is None or self.processor is None or not watcher.due():
+            return
+        result = watcher.poll()  # logs loads and refusals itself
+        if result.kind == "loaded" and result.model is not None:
+            self.processor.scorer = self._use_model(result.model)
+        elif result.kind == "refused" and result.reason is not None:
+            # The previous model keeps serving: health stays ready, the alert fires on this.
+            self.metrics.inc_model_load_failures(result.reason)
 
     def _consumer_config(self) -> dict[str, Any]:
         s = self.settings
@@ -344,6 +365,7 @@ class KafkaScoringWorker:
                     self.metrics.inc_customers_evicted(len(tombstones))
                     self.metrics.set_customers_in_state(self.processor.customers_in_state)
                     last_eviction = time.monotonic()
+                self._check_model()
         except (DeliveryFailed, TransactionFailed, RestoreFailed) as failed:
             log.error("stopping without commit: %s", failed)
             exit_code = 3
