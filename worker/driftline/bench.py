@@ -5,7 +5,7 @@ ratios hold on a noisy shared machine even when the absolute numbers move:
 
 (a) pass-through: consume -> produce -> commit with no work, the transport limit;
 (b) the Driftline worker (decode, state, features, one predict_proba per batch, produce,
-    commit after delivery);
+    changelog, commit after delivery), at-least-once and (b') exactly-once;
 (c) the usual hand-written loop: per event, decode, update state, a one-row DataFrame
     and ``predict_proba``, produce;
 (d) the model alone: ``predict_proba`` on ready feature frames at the worker's batch
@@ -51,6 +51,7 @@ class BenchResult:
     partitions: int
     passthrough_eps: float
     worker_eps: float
+    worker_exactly_once_eps: float
     per_event_eps: float
     model_only_eps: float
     machine: str
@@ -61,6 +62,7 @@ class BenchResult:
             "worker/passthrough": self.worker_eps / self.passthrough_eps,
             "worker/per_event": self.worker_eps / self.per_event_eps,
             "worker/model_only": self.worker_eps / self.model_only_eps,
+            "exactly_once/at_least_once": self.worker_exactly_once_eps / self.worker_eps,
         }
 
     def to_json(self) -> str:
@@ -69,7 +71,8 @@ class BenchResult:
     def to_table(self) -> str:
         rows = [
             ("(a) pass-through consume->produce", self.passthrough_eps, self.events),
-            ("(b) driftline worker", self.worker_eps, self.events),
+            ("(b) driftline worker, at-least-once", self.worker_eps, self.events),
+            ("(b') driftline worker, exactly-once", self.worker_exactly_once_eps, self.events),
             ("(c) per-event scoring loop", self.per_event_eps, self.per_event_events),
             ("(d) model alone (predict_proba)", self.model_only_eps, self.events),
         ]
@@ -245,6 +248,9 @@ def run_bench(
                 metrics_port=0,
             )
             worker_eps = worker_throughput(settings, spec, events)
+            settings.group_id = f"bench-worker-eos-{run_id}"
+            settings.exactly_once = True
+            eos_eps = worker_throughput(settings, spec, events)
             single_eps = per_event(servers, topic, out, per_event_events, spec, scorer)
     return BenchResult(
         events=events,
@@ -253,6 +259,7 @@ def run_bench(
         partitions=partitions,
         passthrough_eps=pass_eps,
         worker_eps=worker_eps,
+        worker_exactly_once_eps=eos_eps,
         per_event_eps=single_eps,
         model_only_eps=model_eps,
         machine=machine_description(),

@@ -91,6 +91,7 @@ class WorkerSettings:
     exactly_once: bool = False
     group_instance_id: str | None = None
     restore_timeout_s: float = 300.0
+    broker_probe_interval_s: float = 2.0
     consumer_config: dict[str, Any] = field(default_factory=dict)
     producer_config: dict[str, Any] = field(default_factory=dict)
 
@@ -223,11 +224,28 @@ class KafkaScoringWorker:
 
     def _on_client_error(self, error: KafkaError) -> None:
         log.warning("kafka client: %s", error)
-        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+        if error.code() in (
+            KafkaError._ALL_BROKERS_DOWN,
+            KafkaError._TRANSPORT,
+            KafkaError._TIMED_OUT,
+        ):
             self.health.set_broker_ok(False, str(error))
         if error.fatal():
             self._delivery_errors.append(f"fatal client error: {error}")
             self.stop()
+
+    def _probe_broker(self, consumer: Consumer) -> None:
+        """While idle, ask the broker for metadata: readiness must notice a dead broker.
+
+        With no records flowing nothing else talks to the broker from this thread, and a
+        frozen broker (connection open, no answers) raises no client error for a long time.
+        """
+        try:
+            consumer.list_topics(self.settings.input_topic, timeout=1.0)
+        except KafkaException as error:
+            self.health.set_broker_ok(False, f"metadata request failed: {error}")
+        else:
+            self.health.set_broker_ok(True)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self.processor is not None
@@ -344,7 +362,7 @@ class KafkaScoringWorker:
         self.metrics.set_up(True)
         if ready:
             ready()
-        last_eviction = time.monotonic()
+        last_eviction = last_contact = time.monotonic()
         exit_code = 0
         try:
             while not self._stop.is_set():
@@ -356,8 +374,12 @@ class KafkaScoringWorker:
                 records = [m for m in messages if not _is_error(m)]
                 if records:
                     self.health.set_broker_ok(True)
+                    last_contact = time.monotonic()
                     self.metrics.observe_stage("poll", poll_s)
                     self._process(records, consumer, producer)
+                elif time.monotonic() - last_contact > s.broker_probe_interval_s:
+                    self._probe_broker(consumer)
+                    last_contact = time.monotonic()
                 if time.monotonic() - last_eviction > s.eviction_interval_s:
                     tombstones = self.processor.evict_idle()
                     if s.changelog:
