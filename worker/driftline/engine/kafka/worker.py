@@ -258,8 +258,7 @@ class KafkaScoringWorker:
                     [TopicPartition(self.settings.input_topic, p) for p in numbers], timeout=30
                 )
             }
-            for p in numbers:
-                self._restore(p, committed.get(p, -1))
+            self._restore(numbers, committed)
             self.health.set_restoring(None)
         else:
             self.processor.assign(numbers)
@@ -267,11 +266,12 @@ class KafkaScoringWorker:
         self._report_assignment()
         log.info("assigned %s", sorted(tp.partition for tp in partitions))
 
-    def _restore(self, partition: int, committed: int) -> None:
-        """Read the partition's changelog to its end and rebuild its state.
+    def _restore(self, partitions: list[int], committed: dict[int, int]) -> None:
+        """Read the partitions' changelogs to their ends and rebuild their state.
 
-        The end is the partition EOF event, not a high watermark from ListOffsets (which
-        some brokers report short): a restore that stops early would silently lose state.
+        One reader for all of them, so partitions restore in parallel.  The end is each
+        partition's EOF event, not a high watermark from ListOffsets (which some brokers
+        report short): a restore that stops early would silently lose state.
         """
         assert self.processor is not None
         s = self.settings
@@ -287,40 +287,43 @@ class KafkaScoringWorker:
                 "error_cb": self._on_client_error,
             }
         )
-        latest: dict[bytes, bytes | None] = {}
-        records = 0
+        latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in partitions}
+        records = dict.fromkeys(partitions, 0)
+        pending = set(partitions)
         try:
-            reader.assign([TopicPartition(s.changelog_topic, partition, OFFSET_BEGINNING)])
+            reader.assign(
+                [TopicPartition(s.changelog_topic, p, OFFSET_BEGINNING) for p in partitions]
+            )
             deadline = time.monotonic() + s.restore_timeout_s
-            done = False
-            while not done:
+            while pending:
                 if time.monotonic() > deadline:
                     raise RestoreFailed(
-                        f"changelog {s.changelog_topic}[{partition}] not read to its end "
-                        f"within {s.restore_timeout_s:g} s"
+                        f"changelog {s.changelog_topic} partitions {sorted(pending)} not read to "
+                        f"their end within {s.restore_timeout_s:g} s"
                     )
-                for message in reader.consume(10_000, 0.5):
+                for message in reader.consume(10_000, 0.2):
                     error = message.error()
                     if error is not None:
                         if error.code() == KafkaError._PARTITION_EOF:
-                            done = True
-                            break
+                            pending.discard(message.partition())
+                            continue
                         raise KafkaException(error)
-                    latest[message.key() or b""] = message.value()
-                    records += 1
+                    p = message.partition()
+                    latest[p][message.key() or b""] = message.value()
+                    records[p] += 1
                 self.health.beat()
         finally:
             reader.close()
-        customers = self.processor.restore(partition, list(latest.items()), committed)
-        seconds = time.perf_counter() - started
-        self.metrics.record_restore(records, customers, seconds)
-        log.info(
-            "restored partition %d: %d customers from %d changelog records in %.2f s",
-            partition,
-            customers,
-            records,
-            seconds,
-        )
+        for p in partitions:
+            customers = self.processor.restore(p, list(latest[p].items()), committed.get(p, -1))
+            self.metrics.record_restore(records[p], customers, time.perf_counter() - started)
+            log.info(
+                "restored partition %d: %d customers from %d changelog records",
+                p,
+                customers,
+                records[p],
+            )
+        log.info("restore of %s took %.2f s", partitions, time.perf_counter() - started)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Callbacks run inside consume(), between batches: the last batch is already
