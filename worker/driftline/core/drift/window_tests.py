@@ -1,0 +1,149 @@
+"""Windowed goodness-of-fit test of a categorical feature against its reference shares.
+
+A CUSUM watches one rate; a categorical feature's drift can move mass between any of its
+~20 categories, so each tumbling window of ``window_size`` observed values is tested as a
+whole with the G (likelihood-ratio) statistic.  The critical value is resampled from the
+reference multinomial at exactly that window size
+(:func:`driftline.core.drift.calibration.window_test_threshold`), because the chi2(B - 1)
+asymptotic is wrong for small windows and rare categories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from driftline.core.drift.calibration import window_test_threshold
+from driftline.core.drift.divergence import chi2_statistic, g_statistic, smooth_shares
+from driftline.model.profile import OTHER
+
+
+@dataclass(frozen=True)
+class WindowTestResult:
+    """One completed window: its counts, statistics and whether G exceeded the threshold."""
+
+    index: int  # ordinal of the window (0, 1, ...)
+    counts: dict[str, int]
+    g: float
+    chi2: float
+    threshold: float  # critical value of G
+    chi2_threshold: float
+    alarm: bool
+
+
+class CategoricalWindowTest:
+    """G test of consecutive windows of ``window_size`` observed values vs the reference.
+
+    ``reference_shares`` is the profile's category -> share mapping including ``"__other__"``;
+    values outside the vocabulary count as ``"__other__"``; missing values (None/NaN) are
+    skipped (their rate has its own detector).  Categories are compared as strings, like the
+    profile.  Shares are smoothed (:func:`smooth_shares`) so that a category with reference
+    share 0 — typically ``"__other__"`` — gives a large but finite statistic.
+    """
+
+    def __init__(
+        self,
+        reference_shares: Mapping[str, float],
+        window_size: int,
+        alpha: float,
+        *,
+        n_resamples: int = 20000,
+        seed: int | None = 0,
+        thresholds: tuple[float, float] | None = None,
+    ) -> None:
+        """``thresholds`` = (G, chi2) critical values already calibrated (checkpoint restore);
+        otherwise they are resampled here with ``n_resamples`` and ``seed``."""
+        shares = {str(c): float(v) for c, v in reference_shares.items()}
+        shares.setdefault(OTHER, 0.0)
+        self.reference_shares = shares
+        self.categories = list(shares)
+        raw = np.array([shares[c] for c in self.categories], dtype=np.float64)
+        if raw.sum() <= 0:
+            raise ValueError("reference shares are empty")
+        self.reference = smooth_shares(raw / raw.sum())
+        self.window_size = window_size
+        self.alpha = alpha
+        if thresholds is None:
+            calibrated = window_test_threshold(
+                self.reference, window_size, alpha, n_resamples=n_resamples, seed=seed, eps=0.0
+            )
+            thresholds = (calibrated.g, calibrated.chi2)
+        self.threshold, self.chi2_threshold = (float(t) for t in thresholds)
+        self._index = pd.Index(self.categories)
+        self._other = self.categories.index(OTHER)
+        self._counts = np.zeros(len(self.categories), dtype=np.int64)
+        self._filled = 0
+        self.n_windows = 0
+
+    def category_codes(self, values: Sequence[object] | np.ndarray | pd.Series) -> np.ndarray:
+        """Category index of each observed value (unknown -> ``"__other__"``), missing dropped."""
+        series = pd.Series(values, dtype=object)
+        observed = series[series.notna()].map(str)
+        codes = self._index.get_indexer(observed)
+        return np.where(codes < 0, self._other, codes)
+
+    def update(self, values: Sequence[object] | np.ndarray | pd.Series) -> list[WindowTestResult]:
+        """Add a batch of values; return the windows it completed (usually none or one)."""
+        codes = self.category_codes(values)
+        results: list[WindowTestResult] = []
+        position = 0
+        while position < codes.size:
+            take = min(self.window_size - self._filled, codes.size - position)
+            chunk = codes[position : position + take]
+            self._counts += np.bincount(chunk, minlength=len(self.categories))
+            self._filled += take
+            position += take
+            if self._filled == self.window_size:
+                results.append(self._close())
+        return results
+
+    def _close(self) -> WindowTestResult:
+        g = float(g_statistic(self._counts, self.reference))
+        pearson = float(chi2_statistic(self._counts, self.reference))
+        result = WindowTestResult(
+            index=self.n_windows,
+            counts={c: int(n) for c, n in zip(self.categories, self._counts, strict=True)},
+            g=g,
+            chi2=pearson,
+            threshold=self.threshold,
+            chi2_threshold=self.chi2_threshold,
+            alarm=g > self.threshold,
+        )
+        self._counts = np.zeros_like(self._counts)
+        self._filled = 0
+        self.n_windows += 1
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able checkpoint, thresholds included (no resampling on restore)."""
+        return {
+            "type": "CategoricalWindowTest",
+            "version": 1,
+            "reference_shares": dict(self.reference_shares),
+            "window_size": self.window_size,
+            "alpha": self.alpha,
+            "thresholds": [self.threshold, self.chi2_threshold],
+            "counts": self._counts.tolist(),
+            "filled": self._filled,
+            "n_windows": self.n_windows,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> CategoricalWindowTest:
+        if state.get("type") != "CategoricalWindowTest" or state.get("version") != 1:
+            raise ValueError("not a CategoricalWindowTest v1 state")
+        g, pearson = state["thresholds"]
+        test = cls(
+            state["reference_shares"],
+            int(state["window_size"]),
+            float(state["alpha"]),
+            thresholds=(g, pearson),
+        )
+        test._counts = np.asarray(state["counts"], dtype=np.int64)
+        test._filled = int(state["filled"])
+        test.n_windows = int(state["n_windows"])
+        return test
