@@ -1,0 +1,824 @@
+"""Drift monitor: every detector of :mod:`driftline.core.drift` wired to one reference profile.
+
+Pure orchestration (no Kafka, no metrics): the worker calls :meth:`DriftMonitor.update` with
+each scored micro-batch and exports the returned :class:`DriftUpdate`; the retrain trigger
+(:mod:`driftline.core.drift.trigger`) consumes the same object.
+
+Detectors, per feature (names used in :attr:`DriftUpdate.statistics` and alarms):
+
+=============== ===================== ================================================
+feature kind    detector              what it watches
+=============== ===================== ================================================
+numeric         ``mean``              CUSUM on ``z = (x - mean) / std`` (k = 0.5: 1 sigma)
+numeric         ``variance``          CUSUM on ``(z**2 - 1) / sqrt(2)`` (chi2 calibration)
+numeric         ``missing``           Bernoulli CUSUM on the missing indicator
+categorical     ``category_mix``      G test per window of observed values
+categorical     ``unseen``            Bernoulli CUSUM on "value outside the vocabulary"
+categorical     ``missing``           Bernoulli CUSUM on the missing indicator
+score           ``mean``/``variance`` the model score treated as a numeric feature
+=============== ===================== ================================================
+
+False-alarm budget (union bound)
+--------------------------------
+All ``D = 3 * numeric + 3 * categorical + 2`` alarming detectors draw on one budget of
+``false_triggers`` per ``period_days``.  By linearity of expectation the expected number of
+false alarms summed over the detectors is ``D * period_days * events_per_day / ARL0``, so
+every CUSUM gets ``ARL0 = D * period_days * events_per_day / false_triggers`` and every
+windowed test the level ``alpha = false_triggers / (D * windows per period)``
+(:class:`~driftline.core.drift.calibration.FalseAlarmBudget`).  For one trigger this is the
+union bound on "any detector false-alarms"; it is conservative because detectors of one row
+are positively correlated and missing values are skipped.  ADWIN on the score stream is
+*not* in the budget (its ``delta`` is a per-check confidence, not a rate): its flag is
+reported for dashboards and never moves a state.
+
+States
+------
+``OK (0) -> WARN (1)`` while any current statistic of the feature exceeds
+``warn_fraction * threshold`` (not latched: WARN follows the statistics).  ``DRIFT (2)`` as
+soon as a detector alarms; the alarmed CUSUM restarts from 0 (so a persisting shift alarms
+again, which keeps the latch closed) and the feature stays in DRIFT until ``clear_windows``
+consecutive completed event windows were *clean*: no alarm of the feature inside the window
+and, at the window's last event, every statistic of the feature below half its threshold.
+A batch is cut at event-window boundaries before the CUSUMs run so that "at the window's
+last event" is exact whatever the batch size.
+
+PSI and Jensen-Shannon per feature over tumbling event windows (``window_events``) and
+event-time windows (``window_seconds``) against the frozen reference bins are reported for
+dashboards; they never alarm.
+
+ADWIN cost: river's ``ADWIN.update`` measured ~0.2 us per event (it only re-checks its cut
+every ``clock = 32`` updates), i.e. ~0.4 ms for a batch of 2000, so every score is fed in
+order; no subsampling is needed.  It is checkpointed as a pickled, base64 string because
+river exposes no plain-data state (the checkpoint store is the worker's own, trusted).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+from river import drift as river_drift
+
+from driftline.core.drift.calibration import (
+    FalseAlarmBudget,
+    bernoulli_cusum_threshold,
+    cusum_threshold,
+)
+from driftline.core.drift.cusum import (
+    BernoulliCusum,
+    CusumBank,
+    CusumResult,
+    default_shift,
+    variance_increments,
+)
+from driftline.core.drift.divergence import (
+    EventWindow,
+    TimeWindow,
+    WindowCounts,
+    jensen_shannon,
+    pad_shares,
+    psi,
+)
+from driftline.core.drift.window_tests import CategoricalWindowTest
+from driftline.model.profile import OTHER, assign_bins
+
+OK, WARN, DRIFT = 0, 1, 2
+#: Pseudo-feature name of the model score in statistics, alarms and states.
+SCORE = "__score__"
+STATE_VERSION = 1
+#: Floor of a reference standard deviation, relative to ``max(1, |mean|)``: a feature constant
+#: in training would otherwise divide by zero (any live change is then a huge z, i.e. drift).
+STD_FLOOR = 1e-6
+
+
+class BudgetLike(Protocol):
+    """The three operator numbers of a false-alarm budget (a ``FalseAlarmBudget`` fits)."""
+
+    false_triggers: float
+    period_days: float
+    events_per_day: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitorBudget:
+    """Budget without a detector count: the monitor counts its own detectors."""
+
+    false_triggers: float = 1.0
+    period_days: float = 30.0
+    events_per_day: float
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """One detector crossing its threshold.  ``event_index`` is the ordinal of the event (since
+    the monitor started on this reference) at which it crossed, for measuring delays."""
+
+    feature: str
+    detector: str
+    statistic: float
+    threshold: float
+    event_index: int
+    event_time_ms: int
+
+
+@dataclass(frozen=True)
+class PredictionDrift:
+    """Score-stream summary of one batch; ``state`` is the score's latched state."""
+
+    mean_score: float
+    positive_rate: float
+    state: int
+    adwin_change: bool
+    adwin_mean: float
+
+
+@dataclass(frozen=True)
+class DriftUpdate:
+    """Everything one :meth:`DriftMonitor.update` learned; JSON-able via :meth:`to_dict`."""
+
+    reference_hash: str
+    n_events: int  # events in this batch
+    events_seen: int  # events since the monitor (re)started on this reference
+    event_time_min_ms: int | None
+    event_time_max_ms: int | None
+    states: dict[str, int]  # per feature, score included under SCORE
+    statistics: dict[str, dict[str, float]]  # feature -> detector -> current statistic
+    thresholds: dict[str, dict[str, float]]
+    psi: dict[str, float]  # latest completed event window
+    js: dict[str, float]
+    psi_time: dict[str, float]  # latest completed time window
+    js_time: dict[str, float]
+    missing_ratio: dict[str, float]  # latest completed event window
+    unseen_ratio: dict[str, float]  # categorical features, latest completed event window
+    alarms: list[Alarm]
+    drifted: list[str]  # input features in DRIFT (score excluded: see ``prediction``)
+    drifted_share: float  # importance-weighted share of input features in DRIFT
+    prediction: PredictionDrift
+    late_events: int = 0  # events dropped by the time window so far
+    windows_closed: int = 0  # event windows completed in this batch
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-able; NaN stays a float NaN, which ``json`` writes as NaN)."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("alarms", "prediction")}
+        out["alarms"] = [a.__dict__.copy() for a in self.alarms]
+        out["prediction"] = self.prediction.__dict__.copy()
+        return out
+
+
+def reference_hash(profile: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON (sorted keys, no whitespace) of a reference profile: the
+    identity of "what we compare against", shared by every worker serving the same model."""
+    canonical = json.dumps(profile, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# Thresholds depend only on (ARL0, rates): cache them so that a restart, a second monitor on
+# the same model (tests, several partitions) or a reset does not pay the chi2 Markov-chain
+# solve (~1 s) again.
+@lru_cache(maxsize=64)
+def _cusum_h(arl0: float, increments: str) -> float:
+    return cusum_threshold(arl0, k=0.5, increments=increments)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=1024)
+def _bernoulli_h(arl0: float, p0: float, p1: float) -> float:
+    return bernoulli_cusum_threshold(arl0, p0, p1)
+
+
+#: Critical values of categorical window tests by (vocabulary, window, alpha, resamples).
+_WINDOW_THRESHOLDS: dict[tuple[Any, ...], tuple[float, float]] = {}
+
+
+def _vocabulary(shares: Mapping[str, float]) -> dict[str, float]:
+    """Category -> share with ``__other__`` present, in the order CategoricalWindowTest uses."""
+    vocabulary = {str(c): float(v) for c, v in shares.items()}
+    vocabulary.setdefault(OTHER, 0.0)
+    return vocabulary
+
+
+class DriftMonitor:
+    """Drift detectors of all features and of the score against one reference profile.
+
+    ``thresholds`` (optional) are calibrated values from :meth:`thresholds_dict` of a monitor
+    with the same reference and budget; they skip the calibration (used by checkpoints).
+    """
+
+    def __init__(
+        self,
+        reference_profile: Mapping[str, Any],
+        numeric: Sequence[str],
+        categorical: Sequence[str],
+        budget: BudgetLike,
+        importances: Mapping[str, float] | None = None,
+        *,
+        window_events: int = 5000,
+        window_seconds: float = 300.0,
+        clear_windows: int = 3,
+        warn_fraction: float = 0.5,
+        category_window: int = 1000,
+        decision_threshold: float = 0.5,
+        allowed_lateness_seconds: float = 0.0,
+        adwin_delta: float = 0.002,
+        window_test_resamples: int = 20000,
+        thresholds: Mapping[str, Any] | None = None,
+    ) -> None:
+        if window_events < 1 or category_window < 1 or clear_windows < 1:
+            raise ValueError("window sizes and clear_windows must be positive")
+        if not 0.0 < warn_fraction <= 1.0:
+            raise ValueError("warn_fraction must be in (0, 1]")
+        self.numeric = [str(n) for n in numeric]
+        self.categorical = [str(c) for c in categorical]
+        features = [*self.numeric, *self.categorical]
+        if len(set(features)) != len(features) or SCORE in features:
+            raise ValueError("feature names must be unique and differ from the score name")
+        self.budget = MonitorBudget(
+            false_triggers=float(budget.false_triggers),
+            period_days=float(budget.period_days),
+            events_per_day=float(budget.events_per_day),
+        )
+        self.importances = None if importances is None else dict(importances)
+        self.window_events = int(window_events)
+        self.window_seconds = float(window_seconds)
+        self.clear_windows = int(clear_windows)
+        self.warn_fraction = float(warn_fraction)
+        self.category_window = int(category_window)
+        self.decision_threshold = float(decision_threshold)
+        self.allowed_lateness_seconds = float(allowed_lateness_seconds)
+        self.adwin_delta = float(adwin_delta)
+        self.window_test_resamples = int(window_test_resamples)
+        self._setup(reference_profile, thresholds)
+
+    # ------------------------------------------------------------------ construction
+
+    @property
+    def n_detectors(self) -> int:
+        """Alarming detectors sharing the budget (see the module docstring)."""
+        return 3 * len(self.numeric) + 3 * len(self.categorical) + 2
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    def _setup(self, profile: Mapping[str, Any], thresholds: Mapping[str, Any] | None) -> None:
+        """(Re)build every detector for ``profile``; all dynamic state starts empty."""
+        profile = json.loads(json.dumps(profile))  # private, JSON-normalized copy
+        numeric_ref, categorical_ref = profile.get("numeric", {}), profile.get("categorical", {})
+        absent = [n for n in self.numeric if n not in numeric_ref] + [
+            c for c in self.categorical if c not in categorical_ref
+        ]
+        if absent or "score" not in profile:
+            raise ValueError(f"reference profile lacks {absent or ['score']}")
+        self.reference = profile
+        self.reference_hash = reference_hash(profile)
+        fab = FalseAlarmBudget(
+            false_triggers=self.budget.false_triggers,
+            period_days=self.budget.period_days,
+            events_per_day=self.budget.events_per_day,
+            detectors=self.n_detectors,
+        )
+        self.arl0 = fab.arl0
+        self.window_alpha = fab.window_alpha(window_size=self.category_window)
+
+        # Standardization of numeric features and of the score (last column).
+        stats = [numeric_ref[n] for n in self.numeric] + [profile["score"]]
+        self._mean = np.array([_or(s.get("mean"), 0.0) for s in stats])
+        std = np.array([_or(s.get("std"), 1.0) for s in stats])
+        self._std = np.maximum(std, STD_FLOOR * np.maximum(1.0, np.abs(self._mean)))
+        streams = [*self.numeric, SCORE]
+
+        given = dict(thresholds or {})
+        h_mean = float(given.get("mean", _cusum_h(self.arl0, "normal")))
+        h_var = float(given.get("variance", _cusum_h(self.arl0, "chi2")))
+        self.mean_bank = CusumBank(streams, 0.5, h=h_mean)
+        self.variance_bank = CusumBank(streams, 0.5, h=h_var)
+
+        # Bernoulli streams: numeric missing, categorical missing, categorical unseen.
+        self._vocab = {
+            c: _vocabulary(categorical_ref[c].get("shares", {})) for c in self.categorical
+        }
+        self._bern_streams: list[tuple[str, str]] = (
+            [(n, "missing") for n in self.numeric]
+            + [(c, "missing") for c in self.categorical]
+            + [(c, "unseen") for c in self.categorical]
+        )
+        rates = (
+            [float(numeric_ref[n].get("missing_rate") or 0.0) for n in self.numeric]
+            + [float(categorical_ref[c].get("missing_rate") or 0.0) for c in self.categorical]
+            + [self._vocab[c][OTHER] for c in self.categorical]
+        )
+        p0 = np.maximum(np.array(rates, dtype=np.float64), 1e-4)
+        p1 = default_shift(p0)
+        if "bernoulli" in given:
+            h_bern = np.asarray(given["bernoulli"], dtype=np.float64)
+        else:
+            h_bern = np.array(
+                [_bernoulli_h(self.arl0, float(a), float(b)) for a, b in zip(p0, p1, strict=True)]
+            )
+        names = [f"{f}:{d}" for f, d in self._bern_streams]
+        self.bernoulli = (
+            BernoulliCusum(names, p0, p1, h=h_bern) if names else None
+        )  # no stream without features
+
+        cat_thresholds = dict(given.get("category_mix", {}))
+        self.category_tests = {}
+        for c in self.categorical:
+            # Resampling costs ~1 s per feature at small alpha; a new model version usually
+            # keeps the vocabulary, so reuse critical values computed for the same inputs.
+            key = (
+                tuple(self._vocab[c].items()),
+                self.category_window,
+                self.window_alpha,
+                self.window_test_resamples,
+            )
+            known = cat_thresholds.get(c) or _WINDOW_THRESHOLDS.get(key)
+            test = CategoricalWindowTest(
+                self._vocab[c],
+                self.category_window,
+                self.window_alpha,
+                n_resamples=self.window_test_resamples,
+                thresholds=None if known is None else (float(known[0]), float(known[1])),
+            )
+            _WINDOW_THRESHOLDS[key] = (test.threshold, test.chi2_threshold)
+            self.category_tests[c] = test
+        self._category_index = {c: pd.Index(list(self._vocab[c])) for c in self.categorical}
+
+        # Binning for PSI / JS: numeric, categorical, then the score.
+        self._columns = [*self.numeric, *self.categorical, SCORE]
+        ref_shares: list[list[float]] = []
+        self._edges: list[np.ndarray] = []
+        for name in [*self.numeric, SCORE]:
+            entry = profile["score"] if name == SCORE else numeric_ref[name]
+            edges = np.asarray(entry.get("edges") or [], dtype=np.float64)
+            self._edges.append(edges)
+            shares = list(entry.get("shares") or [])
+            ref_shares.append(shares if shares else [0.0] * (len(edges) + 1))
+        categorical_shares = [list(self._vocab[c].values()) for c in self.categorical]
+        ref_shares = ref_shares[:-1] + categorical_shares + ref_shares[-1:]
+        self._ref_shares, self._ref_mask = pad_shares(ref_shares)
+        n_bins = [len(s) for s in ref_shares]
+        self.event_window = EventWindow(self.window_events, n_bins)
+        self.time_window = TimeWindow(self.window_seconds, n_bins, self.allowed_lateness_seconds)
+
+        self.adwin = river_drift.ADWIN(delta=self.adwin_delta)
+
+        # Dynamic state of the orchestration itself.
+        tracked = [*self.features, SCORE]
+        self.events_seen = 0
+        self.states = dict.fromkeys(tracked, OK)
+        self.clean_windows = dict.fromkeys(tracked, 0)
+        self._alarmed_in_window = dict.fromkeys(tracked, False)
+        self._last_g = dict.fromkeys(self.categorical, 0.0)
+        nan = dict.fromkeys(self._columns, math.nan)
+        self._latest: dict[str, dict[str, float]] = {
+            "psi": dict(nan),
+            "js": dict(nan),
+            "psi_time": dict(nan),
+            "js_time": dict(nan),
+            "missing_ratio": dict.fromkeys(self.features, math.nan),
+            "unseen_ratio": dict.fromkeys(self.categorical, math.nan),
+        }
+
+    def thresholds_dict(self) -> dict[str, Any]:
+        """Calibrated thresholds (JSON-able), reusable through ``thresholds=``."""
+        return {
+            "mean": float(self.mean_bank.h[0]),
+            "variance": float(self.variance_bank.h[0]),
+            "bernoulli": [] if self.bernoulli is None else self.bernoulli.h.tolist(),
+            "category_mix": {
+                c: [t.threshold, t.chi2_threshold] for c, t in self.category_tests.items()
+            },
+        }
+
+    def reset_for(self, new_reference: Mapping[str, Any]) -> None:
+        """Swap the reference (a new model version) and restart every detector and window.
+
+        Statistics accumulated against the old reference say nothing about the new model, and
+        a latched DRIFT of the old model must not trigger a retrain of the new one.
+        """
+        self._setup(new_reference, None)
+
+    # ------------------------------------------------------------------ update
+
+    def update(
+        self, features: pd.DataFrame, scores: np.ndarray, event_time_ms: np.ndarray
+    ) -> DriftUpdate:
+        """Advance every detector over one batch (rows in arrival order)."""
+        n = len(features)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        times = np.asarray(event_time_ms, dtype=np.int64).reshape(-1)
+        if len(scores) != n or len(times) != n:
+            raise ValueError(f"{n} feature rows, {len(scores)} scores, {len(times)} times")
+
+        numeric = _numeric_matrix(features, self.numeric)
+        z = (np.column_stack([numeric, scores]) - self._mean[None, :]) / self._std[None, :]
+        v = variance_increments(z)
+        bern, cat_bins = self._indicators(features, numeric)
+        bins = np.column_stack(
+            [
+                self._bin_numeric(numeric),
+                cat_bins,
+                self._bin_values(scores, self._edges[-1])[:, None],
+            ]
+        )
+
+        alarms: list[Alarm] = []
+        windows_closed = 0
+        start = 0
+        for stop in self._segment_ends(n):
+            alarms += self._run_segment(z, v, bern, features, times, start, stop)
+            self.events_seen += stop - start
+            start = stop
+            if self.events_seen % self.window_events == 0 and stop > 0:
+                self._close_event_window()
+                windows_closed += 1
+
+        for window in self.event_window.update(bins):
+            self._record_window(window, "psi", "js", with_ratios=True)
+        for window in self.time_window.update(bins, times):
+            self._record_window(window, "psi_time", "js_time", with_ratios=False)
+
+        adwin_change = False
+        for value in scores[~np.isnan(scores)].tolist():
+            self.adwin.update(value)
+            adwin_change = adwin_change or bool(self.adwin.drift_detected)
+
+        self._refresh_warn()
+        statistics, thresholds = self._statistics()
+        drifted = [f for f in self.features if self.states[f] == DRIFT]
+        observed_scores = scores[~np.isnan(scores)]
+        prediction = PredictionDrift(
+            mean_score=float(observed_scores.mean()) if observed_scores.size else math.nan,
+            positive_rate=float((observed_scores >= self.decision_threshold).mean())
+            if observed_scores.size
+            else math.nan,
+            state=self.states[SCORE],
+            adwin_change=adwin_change,
+            adwin_mean=float(self.adwin.estimation),
+        )
+        return DriftUpdate(
+            reference_hash=self.reference_hash,
+            n_events=n,
+            events_seen=self.events_seen,
+            event_time_min_ms=int(times.min()) if n else None,
+            event_time_max_ms=int(times.max()) if n else None,
+            states=dict(self.states),
+            statistics=statistics,
+            thresholds=thresholds,
+            psi=dict(self._latest["psi"]),
+            js=dict(self._latest["js"]),
+            psi_time=dict(self._latest["psi_time"]),
+            js_time=dict(self._latest["js_time"]),
+            missing_ratio=dict(self._latest["missing_ratio"]),
+            unseen_ratio=dict(self._latest["unseen_ratio"]),
+            alarms=alarms,
+            drifted=drifted,
+            drifted_share=self.drifted_share(drifted),
+            prediction=prediction,
+            late_events=int(self.time_window.n_late),
+            windows_closed=windows_closed,
+        )
+
+    def drifted_share(self, drifted: Sequence[str]) -> float:
+        """Importance-weighted share of features in DRIFT: a drifted feature the model barely
+        uses should not trigger a retrain the way a top feature does.  Without importances
+        (or if they sum to 0 over the monitored features) every feature weighs the same."""
+        weights = {f: 1.0 for f in self.features}
+        if self.importances is not None:
+            given = {f: max(0.0, float(self.importances.get(f, 0.0))) for f in self.features}
+            if sum(given.values()) > 0:
+                weights = given
+        total = sum(weights.values())
+        return float(sum(weights[f] for f in drifted) / total) if total > 0 else 0.0
+
+    # ------------------------------------------------------------------ batch helpers
+
+    def _segment_ends(self, n: int) -> list[int]:
+        """Row offsets where the batch is cut: every event-window boundary, then ``n``."""
+        first = self.window_events - self.events_seen % self.window_events
+        ends = list(range(first, n, self.window_events))
+        return [*ends, n] if not ends or ends[-1] != n else ends
+
+    def _indicators(
+        self, features: pd.DataFrame, numeric: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """0/1 Bernoulli inputs (n, streams; NaN = not applicable) and categorical bins."""
+        n = len(features)
+        numeric_missing = np.isnan(numeric).astype(np.float64)
+        cat_missing = np.zeros((n, len(self.categorical)))
+        unseen = np.zeros((n, len(self.categorical)))
+        cat_bins = np.full((n, len(self.categorical)), -1, dtype=np.int64)
+        for j, name in enumerate(self.categorical):
+            series = pd.Series(features[name].to_numpy(dtype=object), dtype=object)
+            missing = series.isna().to_numpy()
+            codes = self._category_index[name].get_indexer(series.map(str))
+            other = self._category_index[name].get_loc(OTHER)
+            outside = (codes < 0) | (codes == other)
+            cat_missing[:, j] = missing
+            unseen[:, j] = np.where(missing, np.nan, outside)
+            cat_bins[:, j] = np.where(missing, -1, np.where(codes < 0, other, codes))
+        return np.column_stack([numeric_missing, cat_missing, unseen]), cat_bins
+
+    def _bin_numeric(self, numeric: np.ndarray) -> np.ndarray:
+        columns = [self._bin_values(numeric[:, j], self._edges[j]) for j in range(numeric.shape[1])]
+        return np.column_stack(columns) if columns else np.zeros((len(numeric), 0), np.int64)
+
+    @staticmethod
+    def _bin_values(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+        """Frozen right-closed bins (``assign_bins``), -1 for a missing value."""
+        out = np.full(len(values), -1, dtype=np.int64)
+        observed = ~np.isnan(values)
+        out[observed] = assign_bins(values[observed], edges)
+        return out
+
+    def _run_segment(
+        self,
+        z: np.ndarray,
+        v: np.ndarray,
+        bern: np.ndarray,
+        features: pd.DataFrame,
+        times: np.ndarray,
+        start: int,
+        stop: int,
+    ) -> list[Alarm]:
+        """Advance the detectors over rows ``[start, stop)`` (never across a window end)."""
+        alarms: list[Alarm] = []
+        base = self.events_seen - start  # global ordinal of row 0 of the batch
+
+        def collect(result: CusumResult, streams: Sequence[tuple[str, str]], h: np.ndarray) -> None:
+            for j in np.flatnonzero(result.n_alarms > 0):
+                feature, detector = streams[j]
+                row = start + int(result.first_alarm[j])
+                alarms.append(
+                    Alarm(
+                        feature,
+                        detector,
+                        float(max(result.peak[j], h[j])),
+                        float(h[j]),
+                        base + row,
+                        int(times[row]),
+                    )
+                )
+
+        columns = [*self.numeric, SCORE]
+        collect(
+            self.mean_bank.update(z[start:stop]),
+            [(c, "mean") for c in columns],
+            self.mean_bank.h,
+        )
+        collect(
+            self.variance_bank.update(v[start:stop]),
+            [(c, "variance") for c in columns],
+            self.variance_bank.h,
+        )
+        if self.bernoulli is not None:
+            collect(self.bernoulli.update(bern[start:stop]), self._bern_streams, self.bernoulli.h)
+        for name, test in self.category_tests.items():
+            values = features[name].to_numpy(dtype=object)[start:stop]
+            # Observed values still needed to complete the open window (``_filled`` is the
+            # test's fill level): the i-th window completed here ends at observed value
+            # ``need - 1 + i * window_size``, which is where its alarm becomes known.
+            need = test.window_size - test._filled
+            observed = np.flatnonzero(pd.notna(values))
+            for i, result in enumerate(test.update(values)):
+                self._last_g[name] = result.g
+                if result.alarm:
+                    row = start + int(observed[need - 1 + i * test.window_size])
+                    alarms.append(
+                        Alarm(
+                            name,
+                            "category_mix",
+                            result.g,
+                            result.threshold,
+                            base + row,
+                            int(times[row]),
+                        )
+                    )
+        for alarm in alarms:
+            self.states[alarm.feature] = DRIFT
+            self.clean_windows[alarm.feature] = 0
+            self._alarmed_in_window[alarm.feature] = True
+        return alarms
+
+    def _close_event_window(self) -> None:
+        """End of an event window: count it clean or not for every latched feature."""
+        statistics, thresholds = self._statistics()
+        for feature, state in self.states.items():
+            if state == DRIFT:
+                below = all(
+                    statistics[feature][d] < 0.5 * thresholds[feature][d]
+                    for d in statistics[feature]
+                )
+                if below and not self._alarmed_in_window[feature]:
+                    self.clean_windows[feature] += 1
+                    if self.clean_windows[feature] >= self.clear_windows:
+                        self.states[feature] = OK
+                        self.clean_windows[feature] = 0
+                else:
+                    self.clean_windows[feature] = 0
+            self._alarmed_in_window[feature] = False
+
+    def _record_window(
+        self, window: WindowCounts, psi_key: str, js_key: str, *, with_ratios: bool
+    ) -> None:
+        counts = window.counts[:, : self._ref_shares.shape[1]]
+        psi_values = psi(self._ref_shares, counts, self._ref_mask)
+        js_values = jensen_shannon(self._ref_shares, counts)
+        for j, name in enumerate(self._columns):
+            self._latest[psi_key][name] = float(psi_values[j])
+            self._latest[js_key][name] = float(js_values[j])
+        if not with_ratios:
+            return
+        for j, name in enumerate(self.features):
+            self._latest["missing_ratio"][name] = float(window.n_missing[j] / window.n_events)
+        for j, name in enumerate(self.categorical):
+            column = len(self.numeric) + j
+            observed = int(window.counts[column].sum())
+            other = list(self._vocab[name]).index(OTHER)
+            self._latest["unseen_ratio"][name] = (
+                float(window.counts[column, other] / observed) if observed else math.nan
+            )
+
+    def _statistics(self) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+        """Current statistic and threshold of every (feature, detector)."""
+        stats: dict[str, dict[str, float]] = {f: {} for f in [*self.features, SCORE]}
+        limits: dict[str, dict[str, float]] = {f: {} for f in [*self.features, SCORE]}
+        for bank, detector in ((self.mean_bank, "mean"), (self.variance_bank, "variance")):
+            for j, name in enumerate(bank.names):
+                stats[name][detector] = float(bank.statistic[j])
+                limits[name][detector] = float(bank.h[j])
+        if self.bernoulli is not None:
+            for j, (name, detector) in enumerate(self._bern_streams):
+                stats[name][detector] = float(self.bernoulli.state[j])
+                limits[name][detector] = float(self.bernoulli.h[j])
+        for name, test in self.category_tests.items():
+            stats[name]["category_mix"] = float(self._last_g[name])
+            limits[name]["category_mix"] = float(test.threshold)
+        return stats, limits
+
+    def _refresh_warn(self) -> None:
+        """WARN follows the current statistics for features not latched in DRIFT."""
+        statistics, thresholds = self._statistics()
+        for feature, state in self.states.items():
+            if state == DRIFT:
+                continue
+            high = any(
+                statistics[feature][d] > self.warn_fraction * thresholds[feature][d]
+                for d in statistics[feature]
+            )
+            self.states[feature] = WARN if high else OK
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able checkpoint: config, calibrated thresholds and every detector's state.
+
+        Restoring it continues exactly where the monitor stopped: a latched DRIFT stays
+        latched (the restarted worker must neither raise a duplicate nor lose an alarm).
+        """
+        return {
+            "type": "DriftMonitor",
+            "version": STATE_VERSION,
+            "reference": self.reference,
+            "reference_hash": self.reference_hash,
+            "numeric": self.numeric,
+            "categorical": self.categorical,
+            "budget": self.budget.__dict__.copy(),
+            "importances": self.importances,
+            "config": {
+                "window_events": self.window_events,
+                "window_seconds": self.window_seconds,
+                "clear_windows": self.clear_windows,
+                "warn_fraction": self.warn_fraction,
+                "category_window": self.category_window,
+                "decision_threshold": self.decision_threshold,
+                "allowed_lateness_seconds": self.allowed_lateness_seconds,
+                "adwin_delta": self.adwin_delta,
+                "window_test_resamples": self.window_test_resamples,
+            },
+            "thresholds": self.thresholds_dict(),
+            "mean_bank": self.mean_bank.state_dict(),
+            "variance_bank": self.variance_bank.state_dict(),
+            "bernoulli": None if self.bernoulli is None else self.bernoulli.state_dict(),
+            "category_tests": {c: t.state_dict() for c, t in self.category_tests.items()},
+            "event_window": _event_window_state(self.event_window),
+            "time_window": _time_window_state(self.time_window),
+            "adwin": base64.b64encode(pickle.dumps(self.adwin)).decode("ascii"),
+            "events_seen": self.events_seen,
+            "states": dict(self.states),
+            "clean_windows": dict(self.clean_windows),
+            "alarmed_in_window": dict(self._alarmed_in_window),
+            "last_g": dict(self._last_g),
+            "latest": {
+                k: {n: _json_float(x) for n, x in v.items()} for k, v in self._latest.items()
+            },
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> DriftMonitor:
+        if state.get("type") != "DriftMonitor" or state.get("version") != STATE_VERSION:
+            raise ValueError("not a DriftMonitor v1 state")
+        monitor = cls(
+            state["reference"],
+            state["numeric"],
+            state["categorical"],
+            MonitorBudget(**state["budget"]),
+            state["importances"],
+            thresholds=state["thresholds"],
+            **state["config"],
+        )
+        if monitor.reference_hash != state["reference_hash"]:
+            raise ValueError("checkpoint reference does not match its hash")
+        monitor.mean_bank = CusumBank.from_state_dict(state["mean_bank"])
+        monitor.variance_bank = CusumBank.from_state_dict(state["variance_bank"])
+        if state["bernoulli"] is not None:
+            monitor.bernoulli = BernoulliCusum.from_state_dict(state["bernoulli"])
+        monitor.category_tests = {
+            c: CategoricalWindowTest.from_state_dict(s) for c, s in state["category_tests"].items()
+        }
+        _load_event_window(monitor.event_window, state["event_window"])
+        _load_time_window(monitor.time_window, state["time_window"])
+        monitor.adwin = pickle.loads(base64.b64decode(state["adwin"]))  # own, trusted checkpoint
+        monitor.events_seen = int(state["events_seen"])
+        monitor.states = {k: int(v) for k, v in state["states"].items()}
+        monitor.clean_windows = {k: int(v) for k, v in state["clean_windows"].items()}
+        monitor._alarmed_in_window = {k: bool(v) for k, v in state["alarmed_in_window"].items()}
+        monitor._last_g = {k: float(v) for k, v in state["last_g"].items()}
+        monitor._latest = {
+            k: {n: math.nan if x is None else float(x) for n, x in v.items()}
+            for k, v in state["latest"].items()
+        }
+        return monitor
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _json_float(value: float) -> float | None:
+    """NaN (no window yet) as null: strict JSON has no NaN."""
+    return None if math.isnan(value) else float(value)
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else float(value)
+
+
+def _numeric_matrix(features: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """(n, F) float matrix of the numeric features; non-numeric and inf become NaN."""
+    if not names:
+        return np.zeros((len(features), 0))
+    frame = features[list(names)].apply(pd.to_numeric, errors="coerce")
+    matrix = frame.to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(np.isinf(matrix), np.nan, matrix)
+
+
+# EventWindow / TimeWindow have no checkpoint API of their own; their state is a handful of
+# attributes, read and written here so the monitor's checkpoint is complete.
+def _event_window_state(window: EventWindow) -> dict[str, Any]:
+    return {
+        "counts": window._counts.tolist(),
+        "missing": window._missing.tolist(),
+        "filled": window._filled,
+        "start": window._start,
+    }
+
+
+def _load_event_window(window: EventWindow, state: Mapping[str, Any]) -> None:
+    window._counts = np.asarray(state["counts"], dtype=np.int64).reshape(window._counts.shape)
+    window._missing = np.asarray(state["missing"], dtype=np.int64)
+    window._filled = int(state["filled"])
+    window._start = int(state["start"])
+
+
+def _time_window_state(window: TimeWindow) -> dict[str, Any]:
+    return {
+        "open": [
+            [index, counts.tolist(), missing.tolist(), n]
+            for index, (counts, missing, n) in window._open.items()
+        ],
+        "max_time": window._max_time,
+        "closed_below": window._closed_below,
+        "n_late": window.n_late,
+    }
+
+
+def _load_time_window(window: TimeWindow, state: Mapping[str, Any]) -> None:
+    window._open = {
+        int(index): (
+            np.asarray(counts, dtype=np.int64).reshape(window.n_features, window.width),
+            np.asarray(missing, dtype=np.int64),
+            int(n),
+        )
+        for index, counts, missing, n in state["open"]
+    }
+    window._max_time = None if state["max_time"] is None else int(state["max_time"])
+    window._closed_below = int(state["closed_below"])
+    window.n_late = int(state["n_late"])
