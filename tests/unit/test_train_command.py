@@ -256,3 +256,27 @@ def test_telco_table_through_the_cli(
     )
     assert metrics["test"]["roc_auc"] > 0.78
     assert metrics["test"]["pr_auc"] > metrics["baseline"]["pr_auc"] + 0.2
+
+
+def test_the_reference_profile_describes_what_the_worker_scores_after_the_cutoff() -> None:
+    """Per-event features after the last cutoff, not the per-customer training rows."""
+    from driftline.commands.train import train_on_events
+    from driftline.core.offline import history_features
+    from driftline.core.spec import load_default_spec
+    from driftline.simulate import Population
+
+    spec = load_default_spec()
+    history = Population(n_customers=300, seed=4).generate_history(days=200)
+    result = train_on_events(
+        history, spec, horizon_days=60, n_estimators=10, cv_folds=3, progress=False
+    )
+    profile = result.reference_profile
+    start, end = profile["window_ms"]
+    features, late = history_features(history, spec)
+    times = history.sort_values("event_time", kind="stable")["event_time"].to_numpy()
+    served = features[(times > start) & (times <= end) & ~late]
+    assert profile["n_rows"] == len(served)
+    assert profile["events_per_day"] == pytest.approx(len(served) / 30)
+    assert profile["numeric"]["purchases_30d"]["mean"] == pytest.approx(
+        served["purchases_30d"].mean()
+    )

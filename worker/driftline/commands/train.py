@@ -31,8 +31,9 @@ import pandas as pd
 from driftline import config
 from driftline.commands._flags import add_spec
 from driftline.core.events import EVENT_TYPES
-from driftline.core.offline import ChurnDefinition, training_set
+from driftline.core.offline import ChurnDefinition, history_features, training_set
 from driftline.core.spec import DAY_MS, FeatureSpec, load_default_spec, load_spec
+from driftline.model.profile import build_reference_profile
 from driftline.model.registry import ModelRegistry, ModelVersion
 from driftline.model.training import (
     AUTO_THRESHOLD,
@@ -40,6 +41,7 @@ from driftline.model.training import (
     TrainResult,
     _infer_positive_label,
     _jsonable,
+    positive_scores,
     train_from_table,
     train_model,
 )
@@ -160,6 +162,9 @@ def train_on_events(
             ": nothing to learn; try another horizon, cutoff or target event"
         )
     result = train_model(X, y, spec.numeric_features, spec.categorical_features, **train_kwargs)
+    result.reference_profile = serving_reference_profile(
+        events, spec, result.pipeline, start_ms=max(cutoffs), days=min(horizon_days, 30)
+    )
 
     def day(ms: int) -> str:
         return _day(ms, calendar_shift_ms)
@@ -188,6 +193,47 @@ def train_on_events(
         }
     )
     return result
+
+
+def serving_reference_profile(
+    events: pd.DataFrame,
+    spec: FeatureSpec,
+    pipeline: Any,
+    *,
+    start_ms: int,
+    days: int = 30,
+    max_rows: int = 50_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The drift monitor's reference: what the worker sees in the days after the cutoff.
+
+    The worker scores every event with the customer's features as of that event, so its
+    input distribution is per event (active customers weigh more), not the per customer
+    distribution of the training rows.  A reference built from training rows would report
+    drift on the first day.  So the profile is built from the point-in-time features of
+    every on-time event in ``(start, start + days]``: events after the last cutoff, which
+    are no training rows (a forest's scores on its own training rows are overconfident).
+    """
+    ordered = events.sort_values("event_time", kind="stable").reset_index(drop=True)
+    features, late = history_features(ordered, spec)
+    times = ordered["event_time"].to_numpy(dtype=np.int64)
+    window = (times > start_ms) & (times <= start_ms + days * DAY_MS) & ~late
+    rows = np.flatnonzero(window)
+    if rows.size == 0:
+        raise UsageError(f"no events in the {days} days after the cutoff to build a reference")
+    if rows.size > max_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
+    frame = features.iloc[rows][spec.feature_names].reset_index(drop=True)
+    scores = positive_scores(pipeline, frame)
+    profile = build_reference_profile(
+        frame, scores, spec.numeric_features, spec.categorical_features
+    )
+    profile["basis"] = (
+        f"point-in-time features of on-time events in the {days} days after the last cutoff"
+    )
+    profile["window_ms"] = [int(start_ms), int(start_ms + days * DAY_MS)]
+    profile["events_per_day"] = float(window.sum()) / days
+    return profile
 
 
 def register(
