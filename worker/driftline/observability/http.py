@@ -63,6 +63,10 @@ class HealthState:
     assignment_reason: str | None = None
     #: Set while assigned partitions' state is being restored from the changelog.
     restoring_reason: str | None = None
+    #: Monotonic start of the batch being produced/committed, None between batches.
+    batch_started: float | None = None
+    #: A batch stuck longer than this (a broker that stopped answering) makes it unready.
+    max_batch_seconds: float = 10.0
     last_beat: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
@@ -72,6 +76,14 @@ class HealthState:
         """Call once per main-loop iteration, including idle polls."""
         with self._lock:
             self.last_beat = time.monotonic()
+
+    def begin_batch(self) -> None:
+        with self._lock:
+            self.batch_started = time.monotonic()
+
+    def end_batch(self) -> None:
+        with self._lock:
+            self.batch_started = None
 
     def set_restoring(self, reason: str | None) -> None:
         """Not ready while ``reason`` is set: state of assigned partitions is being restored."""
@@ -124,6 +136,12 @@ class HealthState:
                 "model_loaded": (self.model_loaded, self.model_reason or "model not loaded"),
                 "broker_reachable": (self.broker_ok, self.broker_reason or "broker unreachable"),
                 "state_restored": (self.restoring_reason is None, self.restoring_reason or ""),
+                "batch_progressing": (
+                    self.batch_started is None
+                    or time.monotonic() - self.batch_started <= self.max_batch_seconds,
+                    f"a batch has been in flight for more than {self.max_batch_seconds:g} s "
+                    "(broker not answering?)",
+                ),
             }
         failing = {name: why for name, (ok, why) in checks.items() if not ok}
         return not failing, {

@@ -327,6 +327,19 @@ class WorkerProcess:
         answer = self._get("/readyz", timeout)
         return None if answer is None else (answer[0], answer[1].decode(errors="replace"))
 
+    def healthz(self, timeout: float = 1.0) -> tuple[int, dict[str, Any]] | None:
+        """``(status, body)`` of /healthz (liveness, JSON), or None when nothing answers."""
+        import json
+
+        answer = self._get("/healthz", timeout)
+        if answer is None:
+            return None
+        try:
+            body = json.loads(answer[1])
+        except ValueError:
+            body = {"raw": answer[1].decode(errors="replace")}
+        return answer[0], body
+
     def ready(self) -> bool:
         answer = self.readyz()
         return answer is not None and answer[0] == 200

@@ -215,7 +215,12 @@ class KafkaScoringWorker:
             "batch.num.messages": 10000,
             "error_cb": self._on_client_error,
             **(
-                {"transactional.id": f"driftline-{s.group_id}-{s.worker_id}"}
+                {
+                    "transactional.id": f"driftline-{s.group_id}-{s.worker_id}",
+                    # An abandoned transaction (a killed worker that does not come back
+                    # under the same id) blocks read_committed readers until it times out.
+                    "transaction.timeout.ms": 15000,
+                }
                 if s.exactly_once
                 else {}
             ),
@@ -404,6 +409,15 @@ class KafkaScoringWorker:
         return exit_code
 
     def _process(self, records: list[Message], consumer: Consumer, producer: Producer) -> None:
+        self.health.begin_batch()
+        try:
+            self._process_batch(records, consumer, producer)
+        finally:
+            self.health.end_batch()
+
+    def _process_batch(
+        self, records: list[Message], consumer: Consumer, producer: Producer
+    ) -> None:
         s = self.settings
         m = self.metrics
         started = time.perf_counter()
@@ -435,7 +449,7 @@ class KafkaScoringWorker:
             self._flush(producer)
             t1 = time.perf_counter()
             m.observe_stage("produce", t1 - t0 + result.stage_seconds["encode"])
-            consumer.commit(offsets=offsets, asynchronous=False)
+            self._commit(consumer, offsets)
             m.observe_stage("commit", time.perf_counter() - t1)
         if result.n_redelivered:
             m.inc_redelivered(result.n_redelivered)
@@ -455,6 +469,23 @@ class KafkaScoringWorker:
         m.observe_event_latencies(result.event_latency_seconds)
         m.set_customers_in_state(self.processor.customers_in_state)
         m.record_batch(len(records), time.perf_counter() - started)
+
+    def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+        """Commit a delivered batch's offsets; a group that moved on is not an error.
+
+        When the broker was unreachable longer than the session timeout, the group has
+        already given these partitions to another member (or will at the next poll): the
+        commit is refused, the batch is delivered again to the new owner (at-least-once),
+        and this worker's ``on_lost`` drops the partitions at its next poll.
+        """
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as error:
+            kafka_error = error.args[0] if error.args else None
+            code = kafka_error.code() if isinstance(kafka_error, KafkaError) else None
+            if code not in _GROUP_MOVED_ON:
+                raise
+            log.warning("commit refused (%s): the partitions moved; the batch comes again", error)
 
     def _flush(self, producer: Producer) -> None:
         remaining = producer.flush(60)
@@ -585,6 +616,17 @@ def _dead_letter_headers(
     if original:
         headers.extend(original)
     return headers
+
+
+#: Commit errors meaning "you are no longer the owner": not fatal at-least-once.
+_GROUP_MOVED_ON = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+    }
+)
 
 
 def _next_offsets(topic: str, raw: RawBatch) -> list[TopicPartition]:
