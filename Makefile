@@ -11,14 +11,17 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: install system-deps demo test test-fast bench lint format clean
 
-# Debian packages the tests use: promtool checks the alert rules.
+# Debian packages the tests use: prometheus (the server the dashboard queries run on,
+# and promtool for the alert rules) and prometheus-alertmanager (amtool checks its config).
 system-deps:
-	@if ! command -v promtool >/dev/null 2>&1; then \
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian package prometheus (promtool)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	    echo "installing Debian packages prometheus prometheus-alertmanager"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      prometheus prometheus-alertmanager >/dev/null; \
 	  else \
-	    echo "promtool missing: install the Debian package 'prometheus' (apt-get install prometheus)" >&2; exit 1; \
+	    echo "missing promtool/amtool: apt-get install prometheus prometheus-alertmanager" >&2; \
+	    exit 1; \
 	  fi; \
 	fi
 
