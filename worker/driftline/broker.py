@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -41,11 +40,12 @@ from typing import IO
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from driftline._subprocess import die_with_parent as child_dies_with_parent
+
 __all__ = ["BrokerError", "EmbeddedBroker", "free_port", "run_foreground", "tansu_binary"]
 
 _KAFKA_LOGGER = logging.getLogger("driftline.kafka")
 _LIVE: weakref.WeakSet[EmbeddedBroker] = weakref.WeakSet()
-_PR_SET_PDEATHSIG = 1
 #: On SIGTERM Tansu waits up to ~5 s for connected clients to hang up.  Its storage is in
 #: memory, so a graceful drain saves nothing: after this long it is SIGKILLed.
 STOP_TIMEOUT = 2.0
@@ -81,30 +81,6 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _resolve_prctl() -> object | None:
-    """libc's ``prctl``, looked up in the parent: dlopen in a forked child can deadlock."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _resolve_prctl()
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    """Ask Linux to SIGTERM the broker when the process that started it dies.
-
-    Best effort: elsewhere (or without libc) it is a no-op and ``atexit`` remains the net.
-    Note the kernel ties this to the *thread* that forked, so start brokers from a
-    long-lived thread (the main thread in the CLI and in pytest).
-    """
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)  # type: ignore[operator]
 
 
 class EmbeddedBroker:
@@ -215,7 +191,7 @@ class EmbeddedBroker:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: signals to ours do not reach it
-            preexec_fn=_die_with_parent if self._die_with_parent and _PRCTL else None,
+            preexec_fn=child_dies_with_parent(signal.SIGTERM) if self._die_with_parent else None,
             close_fds=True,
         )
         _LIVE.add(self)

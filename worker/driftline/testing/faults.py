@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -37,6 +36,7 @@ from typing import IO, Any
 
 import msgspec
 
+from driftline._subprocess import die_with_parent as child_dies_with_parent
 from driftline.broker import free_port
 from driftline.core.predictions import Prediction
 
@@ -62,26 +62,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 _KAFKA_LOGGER = logging.getLogger("driftline.kafka")
 _LIVE: weakref.WeakSet[WorkerProcess] = weakref.WeakSet()
-_PR_SET_PDEATHSIG = 1
 _decode_prediction = msgspec.json.Decoder(Prediction).decode
-
-
-def _resolve_prctl() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _resolve_prctl()
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    """SIGKILL the worker when the thread that started it dies (Linux; best effort)."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 def rss_kb(pid: int) -> int | None:
@@ -199,7 +180,7 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self._env},
             start_new_session=True,  # a Ctrl-C aimed at pytest is not a SIGINT to it
-            preexec_fn=_die_with_parent if _PRCTL is not None else None,
+            preexec_fn=child_dies_with_parent(signal.SIGKILL),
             close_fds=True,
         )
         if self._log_file is not None:  # the child has its own descriptor now
