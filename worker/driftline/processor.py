@@ -17,6 +17,8 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from driftline.core.drift.monitor import DriftMonitor, DriftUpdate
+from driftline.core.drift.trigger import RetrainRequest, RetrainTrigger
 from driftline.core.events import (
     DEFAULT_MAX_EVENT_BYTES,
     REASON_LATE,
@@ -25,7 +27,7 @@ from driftline.core.events import (
 )
 from driftline.core.predictions import Prediction
 from driftline.core.spec import FeatureSpec
-from driftline.core.state import FeatureState
+from driftline.core.state import NO_TIME, FeatureState
 from driftline.core.watermark import PartitionWatermark
 from driftline.model.scoring import Scorer
 
@@ -75,6 +77,9 @@ class BatchResult:
     changelog: list[tuple[int, bytes, bytes | None]] = field(default_factory=list)
     #: Events skipped because the restored state already held them (at-least-once replay).
     n_redelivered: int = 0
+    #: What the drift monitor learned from this batch, and a retrain request if it fired.
+    drift: DriftUpdate | None = None
+    retrain_request: RetrainRequest | None = None
 
 
 #: Changelog key of a partition's watermark record; customer ids are never empty.
@@ -93,6 +98,8 @@ class ScoringProcessor:
         *,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         changelog: bool = True,
+        drift: DriftMonitor | None = None,
+        trigger: RetrainTrigger | None = None,
         clock: type[time.time] = time.time,  # type: ignore[valid-type]
     ) -> None:
         if scorer.feature_names != spec.feature_names:
@@ -104,6 +111,11 @@ class ScoringProcessor:
         self.scorer = scorer
         self.max_event_bytes = max_event_bytes
         self.changelog = changelog
+        self.drift = drift
+        self.trigger = trigger
+        #: Event time from which drift is monitored: the start of the model's reference
+        #: period (earlier events are history replayed to warm the state up).
+        self.drift_since_ms = NO_TIME
         self._clock = clock
         self.states: dict[int, FeatureState] = {}
         self.watermarks: dict[int, PartitionWatermark] = {}
@@ -215,6 +227,25 @@ class ScoringProcessor:
         t3 = time.perf_counter()
         stages["predict"] = t3 - t2
 
+        drift_update = retrain_request = None
+        if self.drift is not None:
+            # Events from before the reference period are the history the model was
+            # trained on (a backfill warming the state up): not monitored.
+            recent = valid.event_time_ms > self.drift_since_ms
+            if recent.all():
+                drift_update = self.drift.update(features, scores, valid.event_time_ms)
+            else:
+                rows = np.flatnonzero(recent)
+                drift_update = self.drift.update(
+                    features.iloc[rows].reset_index(drop=True),
+                    scores[rows],
+                    valid.event_time_ms[rows],
+                )
+            if self.trigger is not None:
+                retrain_request = self.trigger.observe(drift_update)
+            t_drift = time.perf_counter()
+            stages["drift"] = t_drift - t3
+            t3 = t_drift
         now_ms = int(self._clock() * 1000)
         decisions = self.scorer.decide(scores)
         src = valid.index
@@ -264,6 +295,8 @@ class ScoringProcessor:
             stage_seconds=stages,
             changelog=changelog,
             n_redelivered=n_redelivered,
+            drift=drift_update,
+            retrain_request=retrain_request,
         )
 
     def _late(self, late: EventBatch, partition: int) -> list[Rejected]:

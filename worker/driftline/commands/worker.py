@@ -93,6 +93,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "serving (default: %(default)s)",
     )
     parser.add_argument(
+        "--drift",
+        action="store_true",
+        help="monitor feature and prediction drift against the model's reference profile, "
+        "export it on /metrics and send retrain requests (preview: see docs/drift-detection.md)",
+    )
+    parser.add_argument(
+        "--retrain-topic",
+        default="retrain-requests",
+        help="topic of retrain requests (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--drift-events-per-day",
+        type=float,
+        default=None,
+        help="expected events/day for the false-alarm budget (default: from the reference)",
+    )
+    parser.add_argument(
+        "--retrain-persistence",
+        type=float,
+        default=600.0,
+        help="seconds drift must persist before a retrain request (default: %(default)s)",
+    )
+    parser.add_argument(
         "--group-instance-id",
         default=None,
         help="static group membership: a restart within the session timeout keeps the "
@@ -120,6 +143,10 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         changelog=args.changelog,
         group_instance_id=args.group_instance_id,
         model_poll_interval_s=args.model_poll_interval,
+        drift=args.drift,
+        retrain_topic=args.retrain_topic,
+        drift_events_per_day=args.drift_events_per_day,
+        retrain_persistence_s=args.retrain_persistence,
     )
     if args.worker_id:
         settings.worker_id = args.worker_id

@@ -57,7 +57,16 @@ NAMESPACE = "driftline"
 
 #: The pipeline stages timed by ``driftline_stage_duration_seconds``. Fixed so that the
 #: ``stage`` label stays bounded and every stage has a series (at zero) from the first scrape.
-STAGES: tuple[str, ...] = ("poll", "decode", "state", "features", "predict", "produce", "commit")
+STAGES: tuple[str, ...] = (
+    "poll",
+    "decode",
+    "state",
+    "features",
+    "predict",
+    "drift",
+    "produce",
+    "commit",
+)
 
 #: Events per batch, 1-2-5 log spacing from 1 to 10 000.
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (

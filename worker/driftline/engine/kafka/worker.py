@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -45,6 +46,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from driftline import config
+from driftline.core.drift.monitor import DriftMonitor, MonitorBudget
+from driftline.core.drift.trigger import RetrainPolicy, RetrainTrigger
 from driftline.core.predictions import (
     DLQ_ERROR_CLASS,
     DLQ_ERROR_MESSAGE,
@@ -57,10 +60,12 @@ from driftline.core.predictions import (
     DLQ_WORKER,
 )
 from driftline.core.spec import FeatureSpec
+from driftline.core.state import NO_TIME
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
 from driftline.model.scoring import Scorer, limit_native_threads
 from driftline.model.watcher import ModelWatcher
+from driftline.observability.drift_metrics import DriftMetrics
 from driftline.observability.http import HealthServer, HealthState
 from driftline.observability.metrics import WorkerMetrics
 from driftline.processor import BatchResult, RawBatch, Rejected, ScoringProcessor
@@ -92,6 +97,12 @@ class WorkerSettings:
     group_instance_id: str | None = None
     restore_timeout_s: float = 300.0
     broker_probe_interval_s: float = 2.0
+    #: Drift monitoring against the model's reference profile (off until it is complete).
+    drift: bool = False
+    retrain_topic: str = "retrain-requests"
+    drift_events_per_day: float | None = None  # default: from the reference profile
+    retrain_persistence_s: float = 600.0
+    retrain_cooldown_s: float = 86400.0
     consumer_config: dict[str, Any] = field(default_factory=dict)
     producer_config: dict[str, Any] = field(default_factory=dict)
 
@@ -130,6 +141,7 @@ class KafkaScoringWorker:
         self._delivery_errors: list[str] = []
         self.processor: ScoringProcessor | None = None
         self.model_watcher: ModelWatcher | None = None
+        self.drift_metrics = DriftMetrics(self.metrics.registry) if settings.drift else None
         self.batches = 0
         self._pending_changelog: list[tuple[int, bytes, bytes | None]] = []
         self.events_processed = 0
@@ -164,8 +176,44 @@ class KafkaScoringWorker:
             raise
         return self._use_model(loaded)
 
+    def _drift_for(self, loaded: LoadedModel) -> tuple[DriftMonitor | None, RetrainTrigger | None]:
+        """Monitor and trigger for a model, from the reference profile in its metadata."""
+        s = self.settings
+        profile = loaded.metadata.get("reference_profile")
+        if not s.drift or not profile:
+            if s.drift:
+                log.warning(
+                    "model %s %s has no reference profile: no drift monitoring",
+                    loaded.name,
+                    loaded.version,
+                )
+            return None, None
+        per_day = s.drift_events_per_day or profile.get("events_per_day") or 100_000.0
+        monitor = DriftMonitor(
+            profile,
+            self.spec.numeric_features,
+            self.spec.categorical_features,
+            MonitorBudget(false_triggers=1.0, period_days=30.0, events_per_day=float(per_day)),
+            importances=_feature_importances(loaded, self.spec),
+        )
+        trigger = RetrainTrigger(
+            RetrainPolicy(persistence_s=s.retrain_persistence_s, cooldown_s=s.retrain_cooldown_s),
+            loaded.name,
+            loaded.version,
+            s.worker_id,
+        )
+        if self.drift_metrics is not None:
+            self.drift_metrics.set_reference(
+                loaded.name, loaded.version, int(profile.get("n_rows", 0))
+            )
+        return monitor, trigger
+
     def _use_model(self, loaded: LoadedModel) -> Scorer:
         scorer = Scorer(loaded)
+        if self.processor is not None:
+            # A new model brings its own reference: detectors restart against it.
+            self.processor.drift, self.processor.trigger = self._drift_for(loaded)
+            self.processor.drift_since_ms = _reference_start(loaded)
         self.metrics.set_model(loaded.name, loaded.version, loaded.sha256)
         self.health.set_model_loaded(True)
         log.info("model %s %s loaded (sha256 %s)", loaded.name, loaded.version, loaded.sha256[:12])
@@ -352,9 +400,18 @@ class KafkaScoringWorker:
         s = self.settings
         limit_native_threads(s.native_threads)
         scorer = self.load_model()
+        monitor, trigger = self._drift_for(scorer.model) if s.drift else (None, None)
         self.processor = ScoringProcessor(
-            self.spec, scorer, max_event_bytes=s.max_event_bytes, changelog=s.changelog
+            self.spec,
+            scorer,
+            max_event_bytes=s.max_event_bytes,
+            changelog=s.changelog,
+            drift=monitor,
+            trigger=trigger,
         )
+        self.processor.drift_since_ms = _reference_start(scorer.model)
+        if s.drift:
+            ensure_topics(s.bootstrap_servers, [TopicSpec(s.retrain_topic, 1)])
         if s.changelog:
             self._ensure_changelog_topic()
         consumer = Consumer(self._consumer_config())
@@ -434,6 +491,14 @@ class KafkaScoringWorker:
         m.observe_stage("decode", result.stage_seconds["decode"])
         m.observe_stage("state", result.stage_seconds["state"])
         m.observe_stage("predict", result.stage_seconds["predict"])
+        if result.drift is not None and self.drift_metrics is not None:
+            m.observe_stage("drift", result.stage_seconds["drift"])
+            scorer = self.processor.scorer
+            self.drift_metrics.publish(result.drift, scorer.name, scorer.version, result.scores)
+            if self.processor.trigger is not None:
+                self.drift_metrics.publish_trigger(
+                    scorer.name, scorer.version, self.processor.trigger, result.retrain_request
+                )
 
         t0 = time.perf_counter()
         changelog = self._pending_changelog + result.changelog
@@ -564,6 +629,22 @@ class KafkaScoringWorker:
         callback = self._on_delivery
         for key, value in zip(result.prediction_keys, result.prediction_values, strict=True):
             _produce_with_backpressure(producer, produce, s.output_topic, value, key, callback)
+        if result.retrain_request is not None:
+            request = result.retrain_request
+            log.warning(
+                "retrain requested (%s, incident %s): %s",
+                request.reason,
+                request.incident_id,
+                [f.feature for f in request.drifted_features],
+            )
+            _produce_with_backpressure(
+                producer,
+                produce,
+                s.retrain_topic,
+                msgspec.json.encode(request),
+                request.incident_id.encode(),
+                callback,
+            )
         failed_at = str(int(time.time() * 1000)).encode()
         for rejected in result.rejected:
             record = records[rejected.index]
@@ -627,6 +708,36 @@ _GROUP_MOVED_ON = frozenset(
         KafkaError.FENCED_INSTANCE_ID,
     }
 )
+
+
+def _reference_start(loaded: LoadedModel) -> int:
+    """Start of the period the model's reference profile describes (epoch ms)."""
+    window = (loaded.metadata.get("reference_profile") or {}).get("window_ms")
+    return int(window[0]) if window else NO_TIME
+
+
+def _feature_importances(loaded: LoadedModel, spec: FeatureSpec) -> dict[str, float] | None:
+    """Importance per spec feature, summed over its encoded columns (``num__x``, ``cat__x_a``).
+
+    None (equal weights) when the model recorded none.
+    """
+    recorded = loaded.metadata.get("metrics", {}).get("top_importances") or []
+    if not recorded:
+        return None
+    totals = dict.fromkeys(spec.feature_names, 0.0)
+    for entry in recorded:
+        column = str(entry.get("feature", "")).split("__", 1)[-1]
+        owner = next(
+            (
+                f
+                for f in sorted(totals, key=len, reverse=True)
+                if column == f or column.startswith(f"{f}_")
+            ),
+            None,
+        )
+        if owner is not None:
+            totals[owner] += float(entry.get("importance", 0.0))
+    return totals if any(totals.values()) else None
 
 
 def _next_offsets(topic: str, raw: RawBatch) -> list[TopicPartition]:

@@ -1,0 +1,157 @@
+"""Prometheus export of the drift monitor and the retrain trigger.
+
+Labels are only ``model``, ``model_version``, ``feature``, ``detector`` and ``reason``: a
+bounded set (features come from the spec, detectors from the monitor), never a customer.
+Gauges are set from each batch's ``DriftUpdate``; counters count alarms and triggers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from driftline.core.drift.monitor import SCORE, DriftUpdate
+from driftline.core.drift.trigger import RetrainRequest, RetrainTrigger
+from driftline.observability.metrics import BulkHistogram
+
+_NS = "driftline"
+SCORE_BUCKETS = tuple(round(x, 2) for x in np.linspace(0.05, 1.0, 20))
+
+
+class DriftMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        mv = ["model", "model_version"]
+        feature = [*mv, "feature"]
+        detector = [*feature, "detector"]
+
+        def gauge(name: str, doc: str, labels: list[str]) -> Gauge:
+            return Gauge(name, doc, labels, namespace=_NS, registry=registry)
+
+        self.score = gauge(
+            "feature_drift_score", "Current drift statistic per feature and detector.", detector
+        )
+        self.threshold = gauge(
+            "feature_drift_threshold",
+            "Alarm threshold of the detector, from the false-alarm budget.",
+            detector,
+        )
+        self.state = gauge("feature_drift_state", "0 OK, 1 WARN, 2 DRIFT (latched).", feature)
+        self.psi = gauge(
+            "feature_psi",
+            "PSI of the last completed window against the frozen reference bins "
+            "(detector: event_window or time_window). Shown, not used as the alarm.",
+            detector,
+        )
+        self.js = gauge(
+            "feature_js_divergence",
+            "Jensen-Shannon divergence (base 2) of the last completed window.",
+            detector,
+        )
+        self.missing = gauge(
+            "feature_missing_ratio", "Missing share in the last event window.", feature
+        )
+        self.unseen = gauge(
+            "feature_unseen_category_ratio",
+            "Share of categories not in the reference vocabulary, last event window.",
+            feature,
+        )
+        self.prediction_state = gauge(
+            "prediction_drift_state", "Score drift: 0 OK, 1 WARN, 2 DRIFT.", mv
+        )
+        self.positive_rate = gauge(
+            "prediction_positive_rate", "Share of positive decisions in the last batch.", mv
+        )
+        self.mean_score = gauge("prediction_mean_score", "Mean score in the last batch.", mv)
+        self.scores = BulkHistogram(
+            f"{_NS}_prediction_score",
+            "Scores produced (all models of this worker).",
+            SCORE_BUCKETS,
+            registry=registry,
+        )
+        self.alarms = Counter(
+            "drift_alarms_total", "Detector alarms.", detector, namespace=_NS, registry=registry
+        )
+        self.drifted = gauge("drifted_features", "Input features in DRIFT.", mv)
+        self.drifted_share = gauge(
+            "drifted_importance_share", "Importance-weighted share of features in DRIFT.", mv
+        )
+        self.reference_rows = gauge(
+            "reference_rows", "Rows the model's reference profile was built from.", mv
+        )
+        self.triggers = Counter(
+            "retrain_triggers_total",
+            "Retrain requests sent, by reason.",
+            [*mv, "reason"],
+            namespace=_NS,
+            registry=registry,
+        )
+        self.last_trigger = gauge(
+            "retrain_last_trigger_timestamp_seconds", "When the last retrain request was sent.", mv
+        )
+        self.cooldown = gauge(
+            "retrain_cooldown_remaining_seconds", "Seconds before another request may be sent.", mv
+        )
+        self.required = gauge(
+            "retrain_required", "1 while a retrain request is in flight for this model.", mv
+        )
+
+    def set_reference(self, model: str, version: str, rows: int) -> None:
+        """A model (re)loaded: its series start at 0, so rate/increase see the first step."""
+        self.reference_rows.labels(model, version).set(rows)
+        for reason in ("prediction_drift", "feature_drift"):
+            self.triggers.labels(model, version, reason)
+        self.required.labels(model, version).set(0)
+
+    def publish(self, update: DriftUpdate, model: str, version: str, scores: np.ndarray) -> None:
+        """Set the gauges from one batch's update (cheap: a few hundred label lookups)."""
+        for feature, by_detector in update.statistics.items():
+            limits = update.thresholds.get(feature, {})
+            for name, value in by_detector.items():
+                self.score.labels(model, version, feature, name).set(_finite(value))
+                self.threshold.labels(model, version, feature, name).set(
+                    _finite(limits.get(name, math.nan))
+                )
+        for feature, state in update.states.items():
+            if feature == SCORE:
+                self.prediction_state.labels(model, version).set(state)
+            else:
+                self.state.labels(model, version, feature).set(state)
+        for values, window in ((update.psi, "event_window"), (update.psi_time, "time_window")):
+            for feature, value in values.items():
+                self.psi.labels(model, version, feature, window).set(_finite(value))
+        for values, window in ((update.js, "event_window"), (update.js_time, "time_window")):
+            for feature, value in values.items():
+                self.js.labels(model, version, feature, window).set(_finite(value))
+        for feature, value in update.missing_ratio.items():
+            self.missing.labels(model, version, feature).set(_finite(value))
+        for feature, value in update.unseen_ratio.items():
+            self.unseen.labels(model, version, feature).set(_finite(value))
+        for alarm in update.alarms:
+            self.alarms.labels(model, version, alarm.feature, alarm.detector).inc()
+        prediction = update.prediction
+        if update.n_events:
+            self.positive_rate.labels(model, version).set(_finite(prediction.positive_rate))
+            self.mean_score.labels(model, version).set(_finite(prediction.mean_score))
+        self.drifted.labels(model, version).set(len(update.drifted))
+        self.drifted_share.labels(model, version).set(_finite(update.drifted_share))
+        self.scores.observe_many(scores)
+
+    def publish_trigger(
+        self, model: str, version: str, trigger: RetrainTrigger, request: RetrainRequest | None
+    ) -> None:
+        if request is not None:
+            self.triggers.labels(model, version, request.reason).inc()
+            self.last_trigger.labels(model, version).set(request.created_at)
+        self.required.labels(model, version).set(1 if trigger.in_flight else 0)
+        remaining = 0.0
+        if trigger.fired_at:
+            remaining = trigger.policy.cooldown_s - (trigger.clock() - trigger.fired_at[-1])
+        self.cooldown.labels(model, version).set(max(remaining, 0.0))
+
+
+def _finite(value: float | None) -> float:
+    if value is None:
+        return math.nan
+    return float(value)
