@@ -172,3 +172,16 @@ def test_interleave_keeps_each_side_in_order_and_accepts_pairs_or_bare_payloads(
     assert [p for p, r in mixed if r is None] == valid
     assert [(p, r) for p, r in mixed if r is not None] == bad
     assert mixed != [(v, None) for v in valid] + bad  # actually mixed
+
+
+def test_a_record_keyed_by_another_customer_is_rejected_and_a_null_key_accepted() -> None:
+    from driftline.core.events import REASON_KEY_MISMATCH, decode_batch
+
+    values = valid_events(3, seed=9)
+    batch, _ = decode_batch(values)
+    ids = [c.encode() for c in batch.customer_id]
+    kept, rejected = decode_batch(values, keys=[ids[0], b"someone-else", None])
+    assert [r.index for r in rejected] == [1]
+    assert rejected[0].reason == REASON_KEY_MISMATCH
+    assert kept.index.tolist() == [0, 2]
+    assert kept.customer_id.tolist() == [batch.customer_id[0], batch.customer_id[2]]

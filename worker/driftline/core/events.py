@@ -307,26 +307,31 @@ def decode_batch(
         index = np.asarray(good, dtype=np.int64)
     else:
         index = np.arange(len(events), dtype=np.int64)
-    if keys is not None and events:
-        kept_events: list[CustomerEvent] = []
-        kept: list[int] = []
-        for i, event in zip(index.tolist(), events, strict=True):
-            key = keys[i]
-            if key is not None and key != event.customer_id.encode():
+    batch = EventBatch.from_events(events, index)
+    if keys is not None and len(batch):
+        # One pass, no per-event lists: the common batch has every key right.
+        row_keys = [keys[i] for i in batch.index.tolist()]
+        mismatch = np.fromiter(
+            (
+                k is not None and k != c.encode()
+                for k, c in zip(row_keys, batch.customer_id, strict=True)
+            ),
+            dtype=bool,
+            count=len(batch),
+        )
+        if mismatch.any():
+            for row in np.flatnonzero(mismatch).tolist():
+                key, customer = row_keys[row], batch.customer_id[row]
                 rejections.append(
                     Rejection(
-                        i,
+                        int(batch.index[row]),
                         REASON_KEY_MISMATCH,
-                        f"record key {key[:64]!r} != customer_id {event.customer_id[:64]!r}",
+                        f"record key {key[:64]!r} != customer_id {customer[:64]!r}",
                     )
                 )
-            else:
-                kept_events.append(event)
-                kept.append(i)
-        if len(kept) != len(events):
-            events, index = kept_events, np.asarray(kept, dtype=np.int64)
+            batch = batch.take(np.flatnonzero(~mismatch))
     rejections.sort(key=lambda r: r.index)
-    return EventBatch.from_events(events, index), rejections
+    return batch, rejections
 
 
 def _decode_all_or_none(

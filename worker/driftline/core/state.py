@@ -219,6 +219,8 @@ class FeatureState:
     # ------------------------------------------------------------------ update
     def already_applied(self, customer_ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Mask of events this state already reflects (redelivered after a crash)."""
+        if len(offsets) == 0 or offsets.min() > self.applied_offset.max(initial=-1):
+            return np.zeros(len(offsets), dtype=bool)  # the usual case: no id lookups
         get = self._slots.get
         slots = np.fromiter((get(c, -1) for c in customer_ids), np.int64, len(customer_ids))
         applied = np.where(slots >= 0, self.applied_offset[np.maximum(slots, 0)], -1)
