@@ -352,7 +352,7 @@ def scenario_rebalance(
 def test_rebalance_after_a_kill9_and_a_join_moves_state_with_the_partitions(
     topics: Topics, spec: FeatureSpec, loaded_model: LoadedModel, aborted_records_hidden: bool
 ) -> None:
-    check, figures = scenario_rebalance(topics, spec, loaded_model, n_events=50_000, rate=1_500)
+    check, figures = scenario_rebalance(topics, spec, loaded_model, n_events=50_000, rate=1_000)
     assert check.lost == 0 and check.unexpected == 0, check.summary()
     assert figures["c_partitions"] > 0 and figures["b_partitions"] > 0, figures
     assert figures["stream_still_flowing_when_c_worked"], f"c joined too late: {figures}"
