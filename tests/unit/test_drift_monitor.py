@@ -229,6 +229,7 @@ def test_reference_hash_and_reset_for(monitor: DriftMonitor, profile: dict) -> N
     assert old == DriftMonitor.from_state_dict(monitor.state_dict()).reference_hash
     new_profile = json.loads(json.dumps(profile))
     new_profile["numeric"]["x4"]["mean"] += 3.0
+    new_profile["numeric"]["x4"]["edges"] = [e + 3.0 for e in new_profile["numeric"]["x4"]["edges"]]
     monitor.reset_for(new_profile)
     assert monitor.reference_hash != old
     assert monitor.events_seen == 0 and set(monitor.states.values()) == {OK}

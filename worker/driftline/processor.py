@@ -233,13 +233,16 @@ class ScoringProcessor:
             # trained on (a backfill warming the state up): not monitored.
             recent = valid.event_time_ms > self.drift_since_ms
             if recent.all():
-                drift_update = self.drift.update(features, scores, valid.event_time_ms)
+                drift_update = self.drift.update(
+                    features, scores, valid.event_time_ms, valid.customer_id
+                )
             else:
                 rows = np.flatnonzero(recent)
                 drift_update = self.drift.update(
                     features.iloc[rows].reset_index(drop=True),
                     scores[rows],
                     valid.event_time_ms[rows],
+                    valid.customer_id[rows],
                 )
             if self.trigger is not None:
                 retrain_request = self.trigger.observe(drift_update)

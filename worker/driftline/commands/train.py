@@ -232,6 +232,8 @@ def serving_reference_profile(
         f"point-in-time features of on-time events in the {days} days after the last cutoff"
     )
     profile["window_ms"] = [int(start_ms), int(start_ms + days * DAY_MS)]
+    # Distinct customers behind the rows: the effective size of a clustered sample.
+    profile["n_customers"] = int(ordered["customer_id"].iloc[rows].nunique())
     profile["events_per_day"] = float(window.sum()) / days
     return profile
 

@@ -8,6 +8,7 @@ then into each detector's threshold.  The formulas are collected in ``docs/drift
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -15,7 +16,7 @@ from typing import Literal
 import numpy as np
 from scipy import sparse
 from scipy.optimize import brentq
-from scipy.sparse.linalg import spsolve
+from scipy.sparse.linalg import MatrixRankWarning, spsolve
 from scipy.stats import chi2, norm
 
 from driftline.core.drift.divergence import chi2_statistic, g_statistic, smooth_shares
@@ -175,6 +176,86 @@ def markov_chain_arl(
     q = np.diff(np.concatenate([np.zeros((n_states, 1)), cdf], axis=1), axis=1)
     run = np.linalg.solve(np.eye(n_states) - q, np.ones(n_states))
     return float(run[0])
+
+
+def _discrete_chain_arl(h: float, jumps: np.ndarray, probs: np.ndarray, n_states: int) -> float:
+    """Brook-Evans ARL of ``S = max(0, S + Y)`` for a discrete increment law (sparse).
+
+    Same cells as :func:`markov_chain_arl`; a discrete ``Y`` moves each cell to at most
+    ``len(jumps)`` cells, so the chain is solved as a sparse system (~1 ms for 400 cells).
+    """
+    width = 2.0 * h / (2 * n_states - 1)
+    rows, cols, vals = [], [], []
+    centres = np.arange(n_states) * width
+    for jump, prob in zip(jumps.tolist(), probs.tolist(), strict=True):
+        target = centres + jump
+        # Cell of the next state: cell 0 holds [0, w/2) and the reset to 0; beyond h: alarm.
+        cell = np.where(target < 0.5 * width, 0, np.floor(target / width + 0.5)).astype(np.int64)
+        inside = cell < n_states
+        rows.append(np.flatnonzero(inside))
+        cols.append(cell[inside])
+        vals.append(np.full(int(inside.sum()), prob))
+    q = sparse.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n_states, n_states),
+    )
+    system = (sparse.identity(n_states, format="csr") - q).tocsc()
+    with warnings.catch_warnings():
+        # Singular: some cells can never reach the alarm on this grid (jumps too small to
+        # leave the cell), i.e. no false alarm from there: an infinite run length.
+        warnings.simplefilter("error", MatrixRankWarning)
+        try:
+            run = spsolve(system, np.ones(n_states))
+        except MatrixRankWarning:
+            return math.inf
+    arl = float(run[0])
+    return arl if math.isfinite(arl) and arl > 0 else math.inf
+
+
+#: Threshold of a stream whose in-control increments can never be positive (a feature
+#: constant in the reference): no false alarm is possible, and 3 outliers of the maximal
+#: rank score (3) close together alarm.
+DEGENERATE_H = 7.0
+
+
+def discrete_cusum_threshold(
+    values: np.ndarray, probs: np.ndarray, arl0: float, k: float = 0.5, n_states: int = 400
+) -> float:
+    """Two-sided CUSUM threshold for increments with a known *discrete* in-control law.
+
+    The monitor feeds CUSUMs rank scores: each reference bin maps to one value, and under
+    the reference a value occurs with its bin's share.  That law is exact, bounded and
+    often skewed (the variance stream is), so no normal approximation is needed: both
+    sides' ARLs come from the Brook-Evans chain of that law, combined as
+    ``1/ARL = 1/ARL+ + 1/ARL-``, and ``h`` is solved for ``arl0``.
+    """
+    if arl0 <= 1:
+        raise ValueError("arl0 must exceed 1")
+    x = np.asarray(values, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    keep = p > 0
+    if not keep.any():
+        return DEGENERATE_H
+    x, p = x[keep], p[keep] / p[keep].sum()
+    sides = [(x - k, p), (-x - k, p)]
+    live = [(jumps, probs) for jumps, probs in sides if np.any(jumps > 0)]
+    if not live:
+        return DEGENERATE_H
+
+    def log_gap(h: float) -> float:
+        if h <= 0:
+            return -math.inf
+        rate = sum(1.0 / _discrete_chain_arl(h, j, q, n_states) for j, q in live)
+        if rate <= 0:
+            return 1e3  # no false alarm possible at this h
+        return max(-1e3, min(1e3, -math.log(rate) - math.log(arl0)))
+
+    high = 1.0
+    while log_gap(high) < 0:
+        high *= 2.0
+        if high > 1e4:
+            raise ValueError("no threshold below 1e4 reaches the target ARL")
+    return float(brentq(log_gap, high / 2 if high > 1 else 1e-6, high, xtol=1e-4))
 
 
 # ---------------------------------------------------------------------- Bernoulli CUSUM

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 STATE_VERSION = 1
 
@@ -282,6 +283,20 @@ class CusumBank:
         return bank
 
 
+def kish_design_effect(keys: np.ndarray | None) -> float:
+    """Kish's design effect ``sum(m_i**2) / n`` of rows grouped by key (customer).
+
+    Events of one customer repeat its state (a missing field, a plan), so ``n`` clustered
+    rows carry about ``n / deff`` independent observations when the within-customer
+    correlation is 1 (an upper bound otherwise).  1 without keys or with distinct keys.
+    """
+    if keys is None or len(keys) == 0:
+        return 1.0
+    per_key = pd.Series(np.asarray(keys, dtype=object), dtype=object).value_counts(sort=False)
+    counts = per_key.to_numpy().astype(np.float64)
+    return max(1.0, float(np.sum(counts * counts)) / len(keys))
+
+
 def default_shift(p0: np.ndarray) -> np.ndarray:
     """Designed out-of-control rate ``max(2 p0, p0 + 0.02)``, kept below 1."""
     return np.minimum(np.maximum(2.0 * p0, p0 + 0.02), 0.5 * (1.0 + p0))
@@ -334,10 +349,16 @@ class BernoulliCusum:
     def threshold(self) -> np.ndarray:
         return self.h.copy()
 
-    def update(self, x: np.ndarray) -> CusumResult:
-        """Advance over the rows of ``x`` (n, K) of 0/1 (or bool); NaN = no observation."""
+    def update(self, x: np.ndarray, weight: float = 1.0) -> CusumResult:
+        """Advance over the rows of ``x`` (n, K) of 0/1 (or bool); NaN = no observation.
+
+        ``weight`` scales the log-likelihood increments of these rows: ``1 / deff`` when the
+        rows are clustered (several events of one customer carry the information of fewer
+        independent observations; see :func:`kish_design_effect`)."""
+        if not weight > 0:
+            raise ValueError("weight must be positive")
         batch = _as_batch(x, len(self))
-        increments = np.where(
+        increments = weight * np.where(
             np.isnan(batch),
             0.0,
             np.where(batch > 0.5, self.step_one[None, :], self.step_zero[None, :]),

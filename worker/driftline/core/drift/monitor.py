@@ -18,6 +18,28 @@ categorical     ``missing``           Bernoulli CUSUM on the missing indicator
 score           ``mean``/``variance`` the model score treated as a numeric feature
 =============== ===================== ================================================
 
+Rank scores
+-----------
+CUSUMs see the mid-rank normal score of each value's frozen reference bin, standardized
+under the reference (:class:`RankScores`), not ``(x - mean) / std``: per-event features are
+skewed counts and sums whose tails broke the normal-theory thresholds.
+
+Clustered events
+----------------
+Thresholds assume independent rows; events are not.  A customer's events repeat nearly the
+same features, and a worker catching up on a partition reads thousands of events of the
+same few hundred customers in a row.  With the rows' customer keys, each segment's CUSUM
+inputs are divided by ``sqrt(deff)`` and the Bernoulli log-likelihood increments by
+``deff``, where ``deff = sum(m_i**2) / n`` is Kish's design effect of the segment (``m_i``
+events of customer ``i``): the segment's sum then has the variance of ``n`` independent
+rows when a customer's rows are fully correlated (an upper bound otherwise); categorical
+window tests divide G by the window's ``deff``.  Averaging each customer's rows instead
+was tried and is wrong: it weighs customers equally while the reference weighs events,
+so activity-linked features (``events_24h``) shifted by construction.  With many customers
+and few events each, ``deff`` is 1 and nothing changes.  Measured on a stationary
+simulated stream of 400 customers read partition by partition: before, alarms on most
+features; after, none.
+
 False-alarm budget (union bound)
 --------------------------------
 All ``D = 3 * numeric + 3 * categorical + 2`` alarming detectors draw on one budget of
@@ -67,18 +89,19 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 from river import drift as river_drift
+from scipy.stats import norm
 
 from driftline.core.drift.calibration import (
     FalseAlarmBudget,
     bernoulli_cusum_threshold,
-    cusum_threshold,
+    discrete_cusum_threshold,
 )
 from driftline.core.drift.cusum import (
     BernoulliCusum,
     CusumBank,
     CusumResult,
     default_shift,
-    variance_increments,
+    kish_design_effect,
 )
 from driftline.core.drift.divergence import (
     EventWindow,
@@ -94,10 +117,73 @@ from driftline.model.profile import OTHER, assign_bins
 OK, WARN, DRIFT = 0, 1, 2
 #: Pseudo-feature name of the model score in statistics, alarms and states.
 SCORE = "__score__"
-STATE_VERSION = 1
-#: Floor of a reference standard deviation, relative to ``max(1, |mean|)``: a feature constant
-#: in training would otherwise divide by zero (any live change is then a huge z, i.e. drift).
-STD_FLOOR = 1e-6
+STATE_VERSION = 2
+#: CUSUM reference value in rank-score standard deviations: half the shift it is tuned for
+#: (1 sigma).  Smaller shifts are still found, later (see ``driftline bench drift``).
+CUSUM_K = 0.5
+#: Rank score given to values in a bin the reference never saw, when the reference is
+#: constant (one bin holds everything): outside the reference, on the side it lies.
+OUTLIER_SCORE = 3.0
+
+
+@dataclass(frozen=True)
+class RankScores:
+    """What the CUSUMs see of one numeric stream: a score per frozen reference bin.
+
+    Raw standardized values ``(x - mean) / std`` are the textbook CUSUM input, but per-event
+    features are skewed, heavy-tailed counts and sums: one big spender is a z of 10, a few
+    of them cross any threshold derived for normal data, and ``z**2`` is worse.  Measured on
+    a stationary simulated stream, that raised alarms on nearly every feature.  So each
+    value is replaced by the normal score of its reference bin,
+    ``q_b = PhiInv(C_{b-1} + s_b / 2)`` (``s_b`` the bin's reference share, ``C`` the
+    cumulative share: the bin's mid-rank), then standardized *under the reference law of the
+    bins*: ``z_b = (q_b - sum s q) / sd``.  Under the reference, ``z`` has mean 0 and variance
+    1 exactly (ties and discrete features included, as bins hold them), it is bounded, and
+    its law (values ``z_b`` with probabilities ``s_b``) is known exactly, so thresholds come
+    from a Markov chain of that law, not from a normal approximation.  The spread stream is
+    ``v_b = (z_b**2 - E z**2) / sd(z**2)``, also mean 0, variance 1.  The price: values
+    beyond the reference range all get the extreme bin's score, so a shift is seen through
+    the share of events it moves across bin edges, which is what PSI measures too.
+    """
+
+    probs: np.ndarray
+    z: np.ndarray
+    v: np.ndarray
+
+    @classmethod
+    def from_profile(cls, edges: Sequence[float], shares: Sequence[float]) -> RankScores:
+        n_bins = len(edges) + 1
+        s = np.asarray(shares, dtype=np.float64)
+        if s.size != n_bins or not np.isfinite(s).all() or s.sum() <= 0:
+            # Never observed in the reference: any observed value is outside it.
+            s = np.zeros(n_bins)
+            return cls(s, np.zeros(n_bins), np.zeros(n_bins))
+        s = s / s.sum()
+        cumulative = np.cumsum(s)
+        q = norm.ppf(np.clip(cumulative - s / 2, 1e-9, 1 - 1e-9))
+        mean = float(s @ q)
+        sd = math.sqrt(float(s @ (q - mean) ** 2))
+        if sd < 1e-9:
+            # Constant reference: bins below the occupied one score -3, above +3.
+            occupied = int(np.argmax(s))
+            z = np.where(np.arange(n_bins) < occupied, -OUTLIER_SCORE, OUTLIER_SCORE)
+            z[occupied] = 0.0
+            return cls(s, z.astype(np.float64), np.abs(z))
+        z = (q - mean) / sd
+        w = z * z
+        w_mean = float(s @ w)
+        w_sd = math.sqrt(float(s @ (w - w_mean) ** 2))
+        v = (w - w_mean) / w_sd if w_sd > 1e-9 else np.zeros(n_bins)
+        return cls(s, z, v)
+
+    def probs_key(self) -> tuple[float, ...]:
+        return tuple(round(float(p), 12) for p in self.probs)
+
+    def z_key(self) -> tuple[float, ...]:
+        return tuple(round(float(x), 12) for x in self.z)
+
+    def v_key(self) -> tuple[float, ...]:
+        return tuple(round(float(x), 12) for x in self.v)
 
 
 class BudgetLike(Protocol):
@@ -184,9 +270,9 @@ def reference_hash(profile: Mapping[str, Any]) -> str:
 # Thresholds depend only on (ARL0, rates): cache them so that a restart, a second monitor on
 # the same model (tests, several partitions) or a reset does not pay the chi2 Markov-chain
 # solve (~1 s) again.
-@lru_cache(maxsize=64)
-def _cusum_h(arl0: float, increments: str) -> float:
-    return cusum_threshold(arl0, k=0.5, increments=increments)  # type: ignore[arg-type]
+@lru_cache(maxsize=4096)
+def _rank_h(values: tuple[float, ...], probs: tuple[float, ...], arl0: float) -> float:
+    return discrete_cusum_threshold(np.array(values), np.array(probs), arl0, k=CUSUM_K)
 
 
 @lru_cache(maxsize=1024)
@@ -196,6 +282,17 @@ def _bernoulli_h(arl0: float, p0: float, p1: float) -> float:
 
 #: Critical values of categorical window tests by (vocabulary, window, alpha, resamples).
 _WINDOW_THRESHOLDS: dict[tuple[Any, ...], tuple[float, float]] = {}
+
+
+def wilson_upper(rate: np.ndarray, n: float, z: float = 1.96) -> np.ndarray:
+    """Upper end of the Wilson score interval of a proportion observed on ``n`` units
+    (the rate itself when ``n`` is unknown)."""
+    rate = np.clip(rate, 0.0, 1.0)
+    if n <= 0:
+        return rate
+    centre = rate + z * z / (2 * n)
+    spread = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return np.minimum((centre + spread) / (1 + z * z / n), 0.99)
 
 
 def _vocabulary(shares: Mapping[str, float]) -> dict[str, float]:
@@ -288,18 +385,30 @@ class DriftMonitor:
         self.arl0 = fab.arl0
         self.window_alpha = fab.window_alpha(window_size=self.category_window)
 
-        # Standardization of numeric features and of the score (last column).
-        stats = [numeric_ref[n] for n in self.numeric] + [profile["score"]]
-        self._mean = np.array([_or(s.get("mean"), 0.0) for s in stats])
-        std = np.array([_or(s.get("std"), 1.0) for s in stats])
-        self._std = np.maximum(std, STD_FLOOR * np.maximum(1.0, np.abs(self._mean)))
+        # Rank scores of numeric features and of the score (last column), per reference bin.
         streams = [*self.numeric, SCORE]
+        entries = [numeric_ref[n] for n in self.numeric] + [profile["score"]]
+        tables = [
+            RankScores.from_profile(e.get("edges") or [], e.get("shares") or []) for e in entries
+        ]
+        self._rank_tables = tables
+        width = max((len(t.probs) for t in tables), default=0) + 1
+        # Column -1 (a missing value's bin) stays NaN: the CUSUM skips the row.
+        self._z_table = np.full((len(tables), width), np.nan)
+        self._v_table = np.full((len(tables), width), np.nan)
+        for j, table in enumerate(tables):
+            self._z_table[j, : len(table.probs)] = table.z
+            self._v_table[j, : len(table.probs)] = table.v
 
         given = dict(thresholds or {})
-        h_mean = float(given.get("mean", _cusum_h(self.arl0, "normal")))
-        h_var = float(given.get("variance", _cusum_h(self.arl0, "chi2")))
-        self.mean_bank = CusumBank(streams, 0.5, h=h_mean)
-        self.variance_bank = CusumBank(streams, 0.5, h=h_var)
+        h_mean = given.get("mean")
+        h_var = given.get("variance")
+        if h_mean is None:
+            h_mean = [_rank_h(t.z_key(), t.probs_key(), self.arl0) for t in tables]
+        if h_var is None:
+            h_var = [_rank_h(t.v_key(), t.probs_key(), self.arl0) for t in tables]
+        self.mean_bank = CusumBank(streams, CUSUM_K, h=np.asarray(h_mean, dtype=np.float64))
+        self.variance_bank = CusumBank(streams, CUSUM_K, h=np.asarray(h_var, dtype=np.float64))
 
         # Bernoulli streams: numeric missing, categorical missing, categorical unseen.
         self._vocab = {
@@ -315,7 +424,12 @@ class DriftMonitor:
             + [float(categorical_ref[c].get("missing_rate") or 0.0) for c in self.categorical]
             + [self._vocab[c][OTHER] for c in self.categorical]
         )
-        p0 = np.maximum(np.array(rates, dtype=np.float64), 1e-4)
+        # A rare reference rate is known only to within its sampling error, and events of
+        # one customer are not independent: the rate is taken at its upper 97.5% Wilson
+        # bound over the reference's customers (``n_customers``, else its rows), so that
+        # one or two customers in the reference do not make p0 look ten times too small.
+        n_ref = float(profile.get("n_customers") or profile.get("n_rows") or 0)
+        p0 = np.maximum(wilson_upper(np.array(rates, dtype=np.float64), n_ref), 1e-4)
         p1 = default_shift(p0)
         if "bernoulli" in given:
             h_bern = np.asarray(given["bernoulli"], dtype=np.float64)
@@ -390,8 +504,8 @@ class DriftMonitor:
     def thresholds_dict(self) -> dict[str, Any]:
         """Calibrated thresholds (JSON-able), reusable through ``thresholds=``."""
         return {
-            "mean": float(self.mean_bank.h[0]),
-            "variance": float(self.variance_bank.h[0]),
+            "mean": self.mean_bank.h.tolist(),
+            "variance": self.variance_bank.h.tolist(),
             "bernoulli": [] if self.bernoulli is None else self.bernoulli.h.tolist(),
             "category_mix": {
                 c: [t.threshold, t.chi2_threshold] for c, t in self.category_tests.items()
@@ -409,32 +523,39 @@ class DriftMonitor:
     # ------------------------------------------------------------------ update
 
     def update(
-        self, features: pd.DataFrame, scores: np.ndarray, event_time_ms: np.ndarray
+        self,
+        features: pd.DataFrame,
+        scores: np.ndarray,
+        event_time_ms: np.ndarray,
+        keys: np.ndarray | None = None,
     ) -> DriftUpdate:
-        """Advance every detector over one batch (rows in arrival order)."""
+        """Advance every detector over one batch (rows in arrival order).
+
+        ``keys`` (the customer id of each row) lets the categorical window tests discount
+        repeated events of one customer (design effect, see ``window_tests``)."""
         n = len(features)
+        if keys is not None and len(keys) != n:
+            raise ValueError(f"{n} feature rows but {len(keys)} keys")
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         times = np.asarray(event_time_ms, dtype=np.int64).reshape(-1)
         if len(scores) != n or len(times) != n:
             raise ValueError(f"{n} feature rows, {len(scores)} scores, {len(times)} times")
 
         numeric = _numeric_matrix(features, self.numeric)
-        z = (np.column_stack([numeric, scores]) - self._mean[None, :]) / self._std[None, :]
-        v = variance_increments(z)
         bern, cat_bins = self._indicators(features, numeric)
-        bins = np.column_stack(
-            [
-                self._bin_numeric(numeric),
-                cat_bins,
-                self._bin_values(scores, self._edges[-1])[:, None],
-            ]
+        numeric_bins = np.column_stack(
+            [self._bin_numeric(numeric), self._bin_values(scores, self._edges[-1])[:, None]]
         )
+        streams = np.arange(numeric_bins.shape[1])[None, :]
+        z = self._z_table[streams, numeric_bins]  # bin -1 (missing) -> the NaN column
+        v = self._v_table[streams, numeric_bins]
+        bins = np.column_stack([numeric_bins[:, :-1], cat_bins, numeric_bins[:, -1:]])
 
         alarms: list[Alarm] = []
         windows_closed = 0
         start = 0
         for stop in self._segment_ends(n):
-            alarms += self._run_segment(z, v, bern, features, times, start, stop)
+            alarms += self._run_segment(z, v, bern, features, times, keys, start, stop)
             self.events_seen += stop - start
             start = stop
             if self.events_seen % self.window_events == 0 and stop > 0:
@@ -546,6 +667,7 @@ class DriftMonitor:
         bern: np.ndarray,
         features: pd.DataFrame,
         times: np.ndarray,
+        keys: np.ndarray | None,
         start: int,
         stop: int,
     ) -> list[Alarm]:
@@ -569,18 +691,29 @@ class DriftMonitor:
                 )
 
         columns = [*self.numeric, SCORE]
+        # Clustered rows (module docstring, "Clustered events"): one customer's repeated
+        # events count as fewer independent observations.
+        segment_keys = None if keys is None else keys[start:stop]
+        deff = kish_design_effect(segment_keys)
+        scale = 1.0 / math.sqrt(deff)
         collect(
-            self.mean_bank.update(z[start:stop]),
+            self.mean_bank.update(z[start:stop] * scale),
             [(c, "mean") for c in columns],
             self.mean_bank.h,
         )
         collect(
-            self.variance_bank.update(v[start:stop]),
+            self.variance_bank.update(v[start:stop] * scale),
             [(c, "variance") for c in columns],
             self.variance_bank.h,
         )
         if self.bernoulli is not None:
-            collect(self.bernoulli.update(bern[start:stop]), self._bern_streams, self.bernoulli.h)
+            # Missing fields and unseen plans repeat over one customer's events: weigh the
+            # segment's evidence by its effective number of customers (1 / deff).
+            collect(
+                self.bernoulli.update(bern[start:stop], 1.0 / deff),
+                self._bern_streams,
+                self.bernoulli.h,
+            )
         for name, test in self.category_tests.items():
             values = features[name].to_numpy(dtype=object)[start:stop]
             # Observed values still needed to complete the open window (``_filled`` is the
@@ -588,15 +721,16 @@ class DriftMonitor:
             # ``need - 1 + i * window_size``, which is where its alarm becomes known.
             need = test.window_size - test._filled
             observed = np.flatnonzero(pd.notna(values))
-            for i, result in enumerate(test.update(values)):
-                self._last_g[name] = result.g
+            segment_keys = None if keys is None else np.asarray(keys, dtype=object)[start:stop]
+            for i, result in enumerate(test.update(values, segment_keys)):
+                self._last_g[name] = result.statistic
                 if result.alarm:
                     row = start + int(observed[need - 1 + i * test.window_size])
                     alarms.append(
                         Alarm(
                             name,
                             "category_mix",
-                            result.g,
+                            result.statistic,
                             result.threshold,
                             base + row,
                             int(times[row]),
