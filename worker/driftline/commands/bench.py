@@ -1,4 +1,4 @@
-"""Benchmarks.  `driftline bench` (throughput) or `driftline bench state`.
+"""Benchmarks.  `driftline bench` (throughput), `driftline bench state` or `bench drift`.
 
 throughput (default): the worker against pass-through, per-event scoring and the model.
 
@@ -12,6 +12,11 @@ numbers depend on the machine, the ratios much less.
 state: bytes per customer in state (numpy columns, and all traced allocations), update,
 snapshot and restore speed at --customers-sizes, and the time to restore a changelog
 partition through the broker at --changelog-sizes.
+
+drift: the drift monitor on synthetic scenarios (mean shifts of 0.25/0.5/1 sd, a variance
+change, a new category, a missing-rate jump, concept drift, a long stationary stream):
+detection delay in events, whether the right feature was named, false alarms per million
+stationary events against the budget, and the monitor's cost in microseconds per event.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "suite",
         nargs="?",
         default="throughput",
-        choices=["throughput", "state"],
+        choices=["throughput", "state", "drift"],
         help="what to measure",
     )
     parser.add_argument(
@@ -51,10 +56,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap-servers", default=None, help="use this broker, not an embedded one"
     )
+    parser.add_argument(
+        "--stationary-events",
+        type=int,
+        default=1_000_000,
+        help="drift suite: length of the stationary stream for false alarms and cost",
+    )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.suite == "drift":
+        import sys
+
+        from driftline.bench_drift import run_drift_bench
+
+        drift = run_drift_bench(
+            stationary_events_total=args.stationary_events,
+            progress=None if args.json else lambda m: print(m, file=sys.stderr),
+        )
+        print(drift.to_json() if args.json else drift.to_table())
+        return 0
     if args.suite == "state":
         from driftline.bench_state import run_state_bench, to_json, to_table
 
