@@ -137,3 +137,36 @@ def test_a_stationary_stream_sends_no_retrain_request(
     # The monitor did run (scores exported), and no feature is latched in DRIFT.
     assert samples(exposition, "driftline_feature_drift_score")
     assert [f for f, v in states.items() if v == 2] == []
+
+
+def test_a_restart_during_an_incident_sends_no_second_request(
+    worker_settings: WorkerSettings,
+    spec: FeatureSpec,
+    tmp_path: Path,
+    topic_factory: Callable[..., str],
+    consume_all: Callable[..., list[Any]],
+    worker_in_thread: Callable[..., Any],
+) -> None:
+    """The drift goes on after a restart: the new worker sees it again, but recalls the
+    request already on the topic (cooldown), so the incident still has one request."""
+    requests, _ = run_stream(
+        worker_settings, spec, tmp_path, topic_factory, consume_all, worker_in_thread, drift=True
+    )
+    assert len(requests) == 1
+    population = Population(n_customers=400, seed=32)
+    population.clock_ms = max(
+        msgspec.json.decode(requests[0].value(), type=RetrainRequest).window_end_ms,
+        population.clock_ms,
+    )
+    more = [drifted(e) for e in population.stream_events(max_events=12_000)]
+    scored = len(consume_all(worker_settings.output_topic, expected=0, timeout=30))
+    with worker_in_thread(worker_settings, spec) as worker:
+        produce(worker_settings.bootstrap_servers, worker_settings.input_topic, more, rate=3000)
+        total = scored + len(more)
+        assert len(consume_all(worker_settings.output_topic, expected=total, timeout=60)) >= total
+        exposition = worker.metrics.render().decode()
+    after = consume_all(worker_settings.retrain_topic, expected=1, timeout=20)
+    assert len(after) == 1, f"{len(after)} requests after the restart"
+    # The restarted monitor did see the drift again (so the gate, not blindness, held it).
+    states = samples(exposition, "driftline_feature_drift_state")
+    assert any(s.value == 2 for s in states)

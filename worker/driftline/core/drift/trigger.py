@@ -28,7 +28,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -261,6 +261,36 @@ class RetrainTrigger:
             worker_id=self.worker_id,
             created_at=now,
         )
+
+    def recall(self, requests: Iterable[RetrainRequest], now_s: float | None = None) -> int:
+        """Rebuild the gates from requests already on the retrain-requests topic.
+
+        The topic is the record of what every worker has asked for, so a restarted (or
+        newly started) worker reads it instead of keeping a checkpoint of its own: requests
+        for this model in the last week count against the weekly cap, the latest one starts
+        the cooldown and, if it is younger than the in-flight timeout, is the request in
+        flight.  A drift that persists across the restart is then seen again, but held by
+        those gates: the restart neither loses the incident's request nor sends a second
+        one.  Returns how many requests were taken into account.
+        """
+        now = self.clock() if now_s is None else float(now_s)
+        mine = sorted(
+            (
+                r
+                for r in requests
+                if r.model_name == self.model_name and now - r.created_at < WEEK_S
+            ),
+            key=lambda r: r.created_at,
+        )
+        known = set(self.fired_at)
+        self.fired_at = sorted(known | {float(r.created_at) for r in mine})
+        if mine:
+            latest = mine[-1]
+            if now - latest.created_at < self.policy.in_flight_timeout_s and (
+                self.in_flight_since is None or latest.created_at > self.in_flight_since
+            ):
+                self.in_flight_id, self.in_flight_since = latest.request_id, latest.created_at
+        return len(mine)
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able checkpoint: an incident that already fired must not fire again after a

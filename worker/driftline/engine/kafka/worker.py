@@ -62,6 +62,7 @@ from driftline.core.predictions import (
 from driftline.core.spec import FeatureSpec
 from driftline.core.state import NO_TIME
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+from driftline.engine.kafka.retrain_history import read_retrain_requests
 from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
 from driftline.model.scoring import Scorer, limit_native_threads
 from driftline.model.watcher import ModelWatcher
@@ -202,11 +203,25 @@ class KafkaScoringWorker:
             loaded.version,
             s.worker_id,
         )
+        self._recall_requests(trigger)
         if self.drift_metrics is not None:
             self.drift_metrics.set_reference(
                 loaded.name, loaded.version, int(profile.get("n_rows", 0))
             )
         return monitor, trigger
+
+    def _recall_requests(self, trigger: RetrainTrigger) -> None:
+        """Gates of a new trigger from the requests already on the topic (a restart must
+        neither repeat the incident's request nor forget its cooldown)."""
+        s = self.settings
+        ensure_topics(s.bootstrap_servers, [TopicSpec(s.retrain_topic, 1)])
+        try:
+            recalled = trigger.recall(read_retrain_requests(s.bootstrap_servers, s.retrain_topic))
+        except (TimeoutError, RuntimeError) as exc:
+            log.warning("retrain history unreadable (%s): gates start empty", exc)
+            return
+        if recalled:
+            log.info("recalled %d recent retrain request(s) of %s", recalled, trigger.model_name)
 
     def _use_model(self, loaded: LoadedModel) -> Scorer:
         scorer = Scorer(loaded)
@@ -410,8 +425,6 @@ class KafkaScoringWorker:
             trigger=trigger,
         )
         self.processor.drift_since_ms = _reference_start(scorer.model)
-        if s.drift:
-            ensure_topics(s.bootstrap_servers, [TopicSpec(s.retrain_topic, 1)])
         if s.changelog:
             self._ensure_changelog_topic()
         consumer = Consumer(self._consumer_config())
