@@ -246,6 +246,8 @@ def test_compose_services_images_and_start_order(compose_model: dict[str, Any]) 
         assert worker["depends_on"]["train"]["condition"] == "service_completed_successfully"
         assert worker["depends_on"]["kafka"]["condition"] == "service_healthy"
         assert "/healthz" in " ".join(worker["healthcheck"]["test"])
+        # The drift and prediction dashboards and the drift alerts need the drift monitor.
+        assert env["DRIFTLINE_DRIFT"] == "true"
     # The model the workers load is the one `train` registered: same volume, same path.
     train_mounts = {(v["source"], v["target"]) for v in services["train"]["volumes"]}
     for name in ("worker-1", "worker-2"):
