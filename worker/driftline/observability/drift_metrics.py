@@ -3,21 +3,81 @@
 Labels are only ``model``, ``model_version``, ``feature``, ``detector`` and ``reason``: a
 bounded set (features come from the spec, detectors from the monitor), never a customer.
 Gauges are set from each batch's ``DriftUpdate``; counters count alarms and triggers.
+
+The dashboards in ``grafana/dashboards`` (drift-overview, prediction) and the recording
+rules in ``monitoring/rules`` select on ``model`` and ``model_version``, so every series
+here carries both, the score histogram included.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from driftline.core.drift.monitor import SCORE, DriftUpdate
 from driftline.core.drift.trigger import RetrainRequest, RetrainTrigger
 from driftline.observability.metrics import BulkHistogram
 
 _NS = "driftline"
+#: 0.05 wide over [0, 1]: fine enough for a heatmap and for quantiles of a churn score.
 SCORE_BUCKETS = tuple(round(x, 2) for x in np.linspace(0.05, 1.0, 20))
+#: Hex digits of the reference hash exported as a number: 48 bits, exact in a float64.
+REFERENCE_HASH_HEX_DIGITS = 12
+
+
+class ModelHistogram:
+    """A histogram labelled by ``model`` and ``model_version`` that takes whole batches.
+
+    :class:`BulkHistogram` bins a NumPy array in one step but has no labels; the score
+    distribution must be told apart per model version (a new version is expected to score
+    differently), so this keeps one unregistered ``BulkHistogram`` per version and exposes
+    them as a single ordinary histogram family.
+    """
+
+    LABELS = ("model", "model_version")
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._buckets = tuple(buckets)
+        self._children: dict[tuple[str, str], BulkHistogram] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, model: str, version: str) -> BulkHistogram:
+        """The version's histogram, created (all buckets at 0) on first use."""
+        key = (model, str(version))
+        with self._lock:
+            child = self._children.get(key)
+            if child is None:
+                child = BulkHistogram(self.name, self.documentation, self._buckets)
+                self._children[key] = child
+            return child
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.LABELS)]
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.LABELS)
+        with self._lock:
+            children = list(self._children.items())
+        for labels, child in children:
+            cumulative, total = child.snapshot()
+            bounds = [floatToGoString(b) for b in child.upper_bounds] + ["+Inf"]
+            family.add_metric(
+                list(labels),
+                buckets=[(le, float(c)) for le, c in zip(bounds, cumulative, strict=True)],
+                sum_value=total,
+            )
+        yield family
 
 
 class DriftMetrics:
@@ -64,9 +124,9 @@ class DriftMetrics:
             "prediction_positive_rate", "Share of positive decisions in the last batch.", mv
         )
         self.mean_score = gauge("prediction_mean_score", "Mean score in the last batch.", mv)
-        self.scores = BulkHistogram(
+        self.scores = ModelHistogram(
             f"{_NS}_prediction_score",
-            "Scores produced (all models of this worker).",
+            "Scores produced, per model version.",
             SCORE_BUCKETS,
             registry=registry,
         )
@@ -79,6 +139,14 @@ class DriftMetrics:
         )
         self.reference_rows = gauge(
             "reference_rows", "Rows the model's reference profile was built from.", mv
+        )
+        # The hash is the value, not a label: the label set stays the fixed one above, and
+        # "do all workers compare against the same reference?" is max != min in PromQL.
+        self.reference_hash = gauge(
+            "reference_hash",
+            f"First {REFERENCE_HASH_HEX_DIGITS} hex digits of the reference profile's sha256, "
+            "as a number (display it in hex).",
+            mv,
         )
         self.triggers = Counter(
             "retrain_triggers_total",
@@ -103,6 +171,7 @@ class DriftMetrics:
         for reason in ("prediction_drift", "feature_drift"):
             self.triggers.labels(model, version, reason)
         self.required.labels(model, version).set(0)
+        self.scores.labels(model, version)
 
     def publish(self, update: DriftUpdate, model: str, version: str, scores: np.ndarray) -> None:
         """Set the gauges from one batch's update (cheap: a few hundred label lookups)."""
@@ -136,7 +205,8 @@ class DriftMetrics:
             self.mean_score.labels(model, version).set(_finite(prediction.mean_score))
         self.drifted.labels(model, version).set(len(update.drifted))
         self.drifted_share.labels(model, version).set(_finite(update.drifted_share))
-        self.scores.observe_many(scores)
+        self.reference_hash.labels(model, version).set(_hash_value(update.reference_hash))
+        self.scores.labels(model, version).observe_many(scores)
 
     def publish_trigger(
         self, model: str, version: str, trigger: RetrainTrigger, request: RetrainRequest | None
@@ -149,6 +219,14 @@ class DriftMetrics:
         if trigger.fired_at:
             remaining = trigger.policy.cooldown_s - (trigger.clock() - trigger.fired_at[-1])
         self.cooldown.labels(model, version).set(max(remaining, 0.0))
+
+
+def _hash_value(reference_hash: str) -> float:
+    """The hash prefix as an integer-valued float (NaN when there is no hash)."""
+    try:
+        return float(int(reference_hash[:REFERENCE_HASH_HEX_DIGITS], 16))
+    except ValueError:
+        return math.nan
 
 
 def _finite(value: float | None) -> float:
