@@ -233,3 +233,61 @@ def test_new_reference_ends_the_incident() -> None:
     moved = DriftUpdate(**{**update.__dict__, "reference_hash": "new"})
     assert trigger.observe(moved, T0 + 500) is None
     assert trigger.incident_start_s == T0 + 500  # the clock restarted with the new model
+
+
+# ------------------------------------------------------------------ external alerts
+
+
+def test_alert_after_the_trigger_fired_sends_nothing() -> None:
+    trigger = make_trigger()
+    assert len(feed(trigger, ["a", "b"], T0, 700)) == 1
+    request, why = trigger.on_alert(round(T0 * 1000), T0 + 700)
+    assert (request, why) == (None, "already_fired")
+    # The incident is over, the first request still in flight: the gate answers.
+    feed(trigger, [], T0 + 700, 20)
+    assert trigger.on_alert(round(T0 * 1000), T0 + 800) == (None, "in_flight")
+
+
+def test_alert_during_an_incident_fires_it_once_with_the_triggers_incident_id() -> None:
+    """An alert before the persistence ran out: the request the trigger would have sent,
+    reason ``alert``, and the trigger does not send its own afterwards."""
+    twin, trigger = make_trigger(), make_trigger()
+    (own,) = feed(twin, ["a", "b"], T0, 700)
+    assert feed(trigger, ["a", "b"], T0, 300) == []
+    request, why = trigger.on_alert(round(T0 * 1000) + 123_456, T0 + 300)
+    assert why == "fired" and request is not None
+    assert request.reason == "alert" and request.incident_id == own.incident_id
+    assert request.window_start_ms == own.window_start_ms  # the incident's, not the alert's
+    assert [d.feature for d in request.drifted_features] == ["a", "b"]
+    assert feed(trigger, ["a", "b"], T0 + 300, 2000) == []
+    assert trigger.in_flight_id == request.request_id
+    assert msgspec.json.decode(msgspec.json.encode(request), type=RetrainRequest) == request
+
+
+def test_alert_without_a_local_incident_opens_one_at_the_alerts_start() -> None:
+    """The drift is on other partitions: two workers receiving the same alert agree on
+    the id; a drift that starts here at once is that incident, a later one is gated."""
+    alert_start_ms = round(T0 * 1000) + 5_000
+    requests = []
+    for worker in ("w1", "w2"):
+        trigger = make_trigger(worker)
+        feed(trigger, [], T0, 100)
+        request, why = trigger.on_alert(alert_start_ms, T0 + 100)
+        assert why == "fired" and request is not None
+        requests.append(request)
+        assert feed(trigger, ["a", "b"], T0 + 100, 3000) == []
+        assert trigger.incident_fired and trigger.blocked is None
+        feed(trigger, [], T0 + 3100, 20)
+        assert feed(trigger, ["a", "b"], T0 + 3200, 3000) == []
+        assert trigger.blocked == "in_flight"
+    a, b = requests
+    assert a.incident_id == b.incident_id and a.window_start_ms == alert_start_ms
+    assert a.drifted_features == [] and a.reason == "alert"
+
+
+def test_alert_before_any_monitored_batch_and_after_a_model_swap_has_no_data() -> None:
+    trigger = make_trigger()
+    assert trigger.on_alert(round(T0 * 1000), T0) == (None, "no_data")
+    feed(trigger, ["a", "b"], T0, 100)
+    trigger.set_model("churn", "8")
+    assert trigger.on_alert(round(T0 * 1000), T0 + 100) == (None, "no_data")
