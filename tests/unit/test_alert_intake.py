@@ -258,16 +258,19 @@ def test_what_is_not_a_firing_retrain_alert_for_this_model_is_only_counted(
     assert outcomes(intake)["no_monitor"] == 1
 
 
-def test_an_alert_before_any_monitored_batch_is_tried_again_when_repeated(
-    intake: AlertIntake,
-) -> None:
+def test_an_alert_before_drift_here_is_tried_again_when_repeated(intake: AlertIntake) -> None:
+    """Nothing monitored yet, then nothing drifting here: acknowledged, not remembered, so
+    Alertmanager's repeat finds the incident once this worker sees the drift too."""
     trigger = make_trigger()
     submit(intake, alert())
     assert intake.take(MODEL, VERSION, trigger, now_s=T0) == []
     trigger.observe(fake_update([], T0 + 10), T0 + 10)
     submit(intake, alert())
-    assert len(intake.take(MODEL, VERSION, trigger, now_s=T0 + 20)) == 1
-    assert outcomes(intake) == {"no_data": 1, "fired": 1}
+    assert intake.take(MODEL, VERSION, trigger, now_s=T0 + 10) == []
+    trigger.observe(fake_update(["a", "b"], T0 + 20), T0 + 20)
+    submit(intake, alert())
+    assert len(intake.take(MODEL, VERSION, trigger, now_s=T0 + 30)) == 1
+    assert outcomes(intake) == {"no_data": 1, "no_incident": 1, "fired": 1}
 
 
 def test_an_alert_that_breaks_the_trigger_is_counted_and_the_next_one_is_handled(

@@ -275,9 +275,9 @@ RETRAIN_REQUEST = Contract(
         "reason": (
             "prediction_drift: the score distribution left the reference; feature_drift: "
             "the importance-weighted share of drifted input features reached the policy's "
-            "drifted_share; alert: a RetrainRequired alert arrived before this worker's "
-            "own trigger fired (drifted_features then says what this worker saw, possibly "
-            "nothing)."
+            "drifted_share; alert: an Alertmanager RetrainRequired alert reached this "
+            "worker while it saw the drift too but before the drift had persisted long "
+            "enough for its own trigger (same incident_id as the trigger would give)."
         ),
         "drifted_features": (
             "What drifted, one entry per (feature, detector) that explains it: the "
@@ -285,9 +285,8 @@ RETRAIN_REQUEST = Contract(
         ),
         "drifted_share": "Importance-weighted share of input features in drift, 0..1.",
         "window_start_ms": (
-            "Event time (epoch ms, UTC) of the incident's start: its first drifting batch, "
-            "or the alert's start for an incident an alert opened. Retrain on data from "
-            "here on."
+            "Event time (epoch ms, UTC) of the incident's start (its first drifting batch "
+            "on this worker). Retrain on data from here on."
         ),
         "window_end_ms": "Event time (epoch ms, UTC) of the latest event seen when it fired.",
         "worker_id": "The worker instance that sent it.",

@@ -4,10 +4,10 @@ Alertmanager posts its standard webhook JSON (version 4) to ``POST /alerts`` on 
 HTTP port.  A firing ``RetrainRequired`` alert for the model this worker serves (labels
 ``model`` and ``model_version``) goes to the worker's :class:`RetrainTrigger`, which decides:
 an incident it already fired, or one held back by its gates (in flight, cooldown, weekly
-cap), gets no second request; otherwise the current incident fires now with reason
-``alert`` (see :meth:`RetrainTrigger.on_alert`).  Everything else (resolved alerts, repeats
-of one already handled, other alerts, other models) is acknowledged and counted, nothing
-more.
+cap), gets no second request; an incident going on here fires now with reason ``alert``;
+no drift here, no request (see :meth:`RetrainTrigger.on_alert`).  Everything else
+(resolved alerts, repeats of one already handled, other alerts, other models) is
+acknowledged and counted, nothing more.
 
 Why two halves in two threads: the HTTP server answers from its own threads, while the
 trigger is fed by the poll loop batch by batch and is not thread-safe.  So
@@ -128,8 +128,8 @@ class AlertIntake:
             "retrain_alerts_total",
             "Alerts received on /alerts by what became of them (fired: a retrain request "
             "was sent; already_fired, in_flight, cooldown, weekly_cap: the trigger held it "
-            "back; resolved, repeated, other_alert, other_model, no_monitor, no_data, "
-            "error: acknowledged, nothing sent).",
+            "back; no_incident: no drift on this worker; resolved, repeated, other_alert, "
+            "other_model, no_monitor, no_data, error: acknowledged, nothing sent).",
             ["outcome"],
             namespace="driftline",
             registry=registry,
@@ -228,8 +228,8 @@ class AlertIntake:
             return None, "repeated"
         if trigger is None:
             return None, "no_monitor"  # drift monitoring off: no incident to join
-        request, outcome = trigger.on_alert(round(alert.starts_at.timestamp() * 1000), now_s)
-        if outcome != "no_data":  # nothing monitored yet: let a repeat try again
+        request, outcome = trigger.on_alert(now_s)
+        if outcome not in ("no_data", "no_incident"):  # a repeat may find an incident
             self._handled[alert.key] = outcome
             while len(self._handled) > REMEMBERED_ALERTS:
                 self._handled.popitem(last=False)

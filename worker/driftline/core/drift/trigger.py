@@ -212,21 +212,19 @@ class RetrainTrigger:
         self._fired(request, now)
         return request
 
-    def on_alert(
-        self, alert_start_ms: int, now_s: float | None = None
-    ) -> tuple[RetrainRequest | None, str]:
+    def on_alert(self, now_s: float | None = None) -> tuple[RetrainRequest | None, str]:
         """An external alert says this model needs a retrain: ``(request or None, why)``.
 
-        Idempotent with :meth:`observe`, because both ask for the same thing: an incident
-        that already fired answers ``already_fired``, and the gates (``in_flight``,
+        Idempotent with :meth:`observe`, because both fire the same incident: one that
+        already fired answers ``already_fired``, and the gates (``in_flight``,
         ``cooldown``, ``weekly_cap``) hold an alert back as they hold the trigger back.
-        Otherwise the request fires *for the current incident* (the ``incident_id``
-        :meth:`observe` would give it, reason ``alert``) and the incident is marked fired,
-        so the trigger does not send a second one.  With no incident going on here (the
-        drift is on another worker's partitions), the alert opens one at
-        ``alert_start_ms``: workers that receive the same alert and see the same drifted
-        features derive the same id.  ``no_data`` while nothing was monitored yet: there
-        is no reference to name in a request.
+        An incident going on here whose persistence has not run out yet fires now, with
+        the ``incident_id`` :meth:`observe` would give it and reason ``alert``, and is
+        marked fired so the trigger does not send a second one.  ``no_incident`` when
+        nothing drifts here: the alert is about other partitions, whose worker sent the
+        request (RetrainRequired fires on sent requests), and one from here, describing no
+        drift under another id, would only be a second request for the same incident.
+        ``no_data`` while nothing was monitored yet.
         """
         now = self.clock() if now_s is None else float(now_s)
         update = self.last_update
@@ -234,15 +232,13 @@ class RetrainTrigger:
             return None, "no_data"
         if self.incident_fired:
             return None, "already_fired"
+        kind = self.condition(update)
+        if kind is None or self.incident_start_s is None:
+            return None, "no_incident"
         blocked = self._gate(now)
         if blocked is not None:
             return None, blocked
-        kind = self.condition(update)
-        if kind is None or self.incident_start_s is None:
-            self.incident_start_s = now
-            self.incident_start_ms = int(alert_start_ms)
-            self.incident_reference = update.reference_hash
-        request = self._request(update, kind or "feature_drift", now)
+        request = self._request(update, kind, now)
         self._fired(request, now)
         return msgspec.structs.replace(request, reason="alert"), "fired"
 
