@@ -4,8 +4,8 @@
 accepts and the worker dead-letters (or the reverse) is a broken promise.  These tests
 check (a) the committed files are exactly what the structs generate, (b) on a corpus of
 cases the event schema and ``decode_one`` agree, value by value, but for a short list of
-documented differences, and (c) what the worker writes (predictions, dead-letter headers)
-validates against its schema.
+documented differences, and (c) what the worker writes (predictions, dead-letter headers,
+retrain requests) validates against its schema.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from driftline.commands import schemas as schemas_command
 from driftline.contracts import CONTRACTS, all_schemas, check_schemas, render, write_schemas
+from driftline.core.drift.trigger import DriftedFeature, RetrainRequest
 from driftline.core.events import (
     DEFAULT_MAX_EVENT_BYTES,
     MAX_EPOCH_MS,
     MIN_EPOCH_MS,
+    CustomerEvent,
     InvalidEvent,
     decode_one,
 )
@@ -115,10 +117,33 @@ def test_examples_are_valid_for_both_the_schema_and_the_code(
         for example in schema["examples"]:
             validator(schema).validate(example)
             raw = json.dumps(example).encode()
-            if contract.struct is Prediction or contract.struct is DeadLetterHeaders:
-                msgspec.json.decode(raw, type=contract.struct)
+            if contract.struct is CustomerEvent:
+                decode_one(raw)  # the event decoder checks more than the struct
             else:
-                decode_one(raw)
+                msgspec.json.decode(raw, type=contract.struct)
+
+
+def test_nested_properties_are_documented_too(committed: dict[str, dict[str, Any]]) -> None:
+    """An array of structs (the retrain request's drifted_features) is part of the contract
+    as much as a top-level field."""
+
+    def undocumented(node: Any, where: str) -> list[str]:
+        if isinstance(node, list):
+            return [u for i, item in enumerate(node) for u in undocumented(item, where)]
+        if not isinstance(node, dict):
+            return []
+        found = [
+            f"{where}.{name}"
+            for name, sub in node.get("properties", {}).items()
+            if not sub.get("description")
+        ]
+        for key, value in node.items():
+            if key != "examples":
+                found += undocumented(value, f"{where}/{key}" if key != "properties" else where)
+        return found
+
+    for name, schema in committed.items():
+        assert undocumented(schema, name) == [], name
 
 
 def test_the_schemas_command_writes_then_checks(
@@ -377,6 +402,24 @@ def _prediction(**changes: Any) -> Prediction:
     return Prediction(**{**fields, **changes})
 
 
+def _retrain_request(**changes: Any) -> RetrainRequest:
+    fields: dict[str, Any] = {
+        "request_id": "5b0c3f9e8d2a4c61b7e0f1a2d3c4b5a6",
+        "incident_id": "9f2c1e6b" * 8,
+        "model_name": "churn",
+        "model_version": "v0002",
+        "reference_hash": "4e1d2c3b" * 8,
+        "reason": "feature_drift",
+        "drifted_features": [DriftedFeature("spend_30d", "mean", 41.7, 17.2, 0.62)],
+        "drifted_share": 0.41,
+        "window_start_ms": 1_714_566_600_000,
+        "window_end_ms": 1_714_567_320_000,
+        "worker_id": "worker-1",
+        "created_at": 1_714_567_321.25,
+    }
+    return RetrainRequest(**{**fields, **changes})
+
+
 def _headers(**changes: Any) -> DeadLetterHeaders:
     fields: dict[str, Any] = {
         "source_topic": "customer-events",
@@ -408,6 +451,28 @@ def _headers(**changes: Any) -> DeadLetterHeaders:
         pytest.param(_headers(error_message="m" * 1025), False, id="message-1025"),
         pytest.param(_headers(source_offset="12a"), False, id="offset-not-decimal"),
         pytest.param(_headers(failed_at=""), False, id="empty-failed-at"),
+        pytest.param(_retrain_request(), True, id="retrain-request"),
+        pytest.param(
+            _retrain_request(reason="prediction_drift", drifted_features=[]),
+            True,
+            id="retrain-prediction-drift",
+        ),
+        pytest.param(
+            _retrain_request(
+                reason="alert",
+                drifted_features=[DriftedFeature("plan_type", "unseen", 25.3, 9.8, None)],
+            ),
+            True,
+            id="retrain-alert-psi-null",
+        ),
+        pytest.param(_retrain_request(reason="manual"), False, id="retrain-unknown-reason"),
+        pytest.param(
+            # A non-finite statistic is written as null, which neither side reads as a number.
+            _retrain_request(drifted_features=[DriftedFeature("x", "mean", math.inf, 1.0, None)]),
+            False,
+            id="retrain-infinite-statistic",
+        ),
+        pytest.param(_retrain_request(window_start_ms="0"), False, id="retrain-time-as-text"),
     ],
 )
 def test_what_the_worker_encodes_validates_against_its_schema_iff_the_decoder_reads_it(
@@ -415,11 +480,7 @@ def test_what_the_worker_encodes_validates_against_its_schema_iff_the_decoder_re
 ) -> None:
     """Encoding does not validate (msgspec checks constraints on decode only), so the
     worker could write a value its own contract refuses: schema and decoder must agree."""
-    file_name = (
-        "prediction.schema.json"
-        if isinstance(struct, Prediction)
-        else "dead-letter-headers.schema.json"
-    )
+    file_name = next(c.file_name for c in CONTRACTS if isinstance(struct, c.struct))
     raw = msgspec.json.encode(struct)
     by_schema = validator(committed[file_name]).is_valid(json.loads(raw))
     try:

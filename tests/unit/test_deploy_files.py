@@ -320,6 +320,45 @@ def test_alertmanager_routes_every_severity_the_rules_use(repo_root: Path) -> No
         assert f'severity = "{severity}"' in text, severity
 
 
+def test_retrain_required_goes_to_every_workers_alerts_endpoint_and_pages_the_team(
+    repo_root: Path, compose_model: dict[str, Any]
+) -> None:
+    """amtool's own routing answer, and webhook URLs that name the compose workers."""
+    amtool = require_tool("amtool")
+
+    def receivers(*labels: str) -> set[str]:
+        result = run_tool(
+            amtool,
+            "config",
+            "routes",
+            "test",
+            "--config.file=monitoring/alertmanager.yml",
+            *labels,
+            cwd=repo_root,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return set(result.stdout.split()[-1].split(","))
+
+    retrain = ["alertname=RetrainRequired", "severity=critical", "model=churn"]
+    assert receivers(*retrain) == {"driftline-retrain", "team-critical"}
+    assert receivers("alertname=WorkerDown", "severity=critical") == {"team-critical"}
+    assert receivers("alertname=FeatureDrift", "severity=warning") == {"team-default"}
+
+    text = (repo_root / "monitoring/alertmanager.yml").read_text()
+    receiver = text.split("- name: driftline-retrain", 1)[1].split("- name:", 1)[0]
+    urls = yaml_scalar(receiver, "url")
+    workers = {
+        name: service
+        for name, service in compose_model["services"].items()
+        if service.get("command") == ["worker"]
+    }
+    assert sorted(urls) == sorted(
+        f"http://{name}:{w['environment']['DRIFTLINE_METRICS_PORT']}/alerts"
+        for name, w in workers.items()
+    )
+    assert all(w["environment"]["DRIFTLINE_METRICS_HOST"] == "0.0.0.0" for w in workers.values())
+
+
 # --- Grafana ---------------------------------------------------------------------------------
 
 

@@ -233,3 +233,51 @@ def test_new_reference_ends_the_incident() -> None:
     moved = DriftUpdate(**{**update.__dict__, "reference_hash": "new"})
     assert trigger.observe(moved, T0 + 500) is None
     assert trigger.incident_start_s == T0 + 500  # the clock restarted with the new model
+
+
+# ------------------------------------------------------------------ external alerts
+
+
+def test_alert_after_the_trigger_fired_sends_nothing() -> None:
+    trigger = make_trigger()
+    assert len(feed(trigger, ["a", "b"], T0, 700)) == 1
+    request, why = trigger.on_alert(T0 + 700)
+    assert (request, why) == (None, "already_fired")
+    # A new incident while the first request is still in flight: the gate answers.
+    feed(trigger, [], T0 + 700, 20)
+    assert trigger.on_alert(T0 + 720) == (None, "no_incident")
+    feed(trigger, ["c", "d"], T0 + 800, 100)
+    assert trigger.on_alert(T0 + 900) == (None, "in_flight")
+
+
+def test_alert_during_an_incident_fires_it_once_with_the_triggers_incident_id() -> None:
+    """An alert before the persistence ran out: the request the trigger would have sent,
+    reason ``alert``, and the trigger does not send its own afterwards."""
+    twin, trigger = make_trigger(), make_trigger()
+    (own,) = feed(twin, ["a", "b"], T0, 700)
+    assert feed(trigger, ["a", "b"], T0, 300) == []
+    request, why = trigger.on_alert(T0 + 300)
+    assert why == "fired" and request is not None
+    assert request.reason == "alert" and request.incident_id == own.incident_id
+    assert request.window_start_ms == own.window_start_ms  # the incident's, not the alert's
+    assert [d.feature for d in request.drifted_features] == ["a", "b"]
+    assert feed(trigger, ["a", "b"], T0 + 300, 2000) == []
+    assert trigger.in_flight_id == request.request_id
+    assert msgspec.json.decode(msgspec.json.encode(request), type=RetrainRequest) == request
+
+
+def test_alert_without_drift_here_sends_nothing_and_leaves_the_trigger_alone() -> None:
+    """The drift is on other partitions, whose worker already sent the request."""
+    trigger = make_trigger()
+    feed(trigger, ["a"], T0, 100)  # a drifted feature, below the share: no incident
+    assert trigger.on_alert(T0 + 100) == (None, "no_incident")
+    assert not trigger.incident_fired and trigger.fired_at == []
+    assert len(feed(trigger, ["a", "b"], T0 + 100, 700)) == 1  # its own incident fires
+
+
+def test_alert_before_any_monitored_batch_and_after_a_model_swap_has_no_data() -> None:
+    trigger = make_trigger()
+    assert trigger.on_alert(T0) == (None, "no_data")
+    feed(trigger, ["a", "b"], T0, 100)
+    trigger.set_model("churn", "8")
+    assert trigger.on_alert(T0 + 100) == (None, "no_data")

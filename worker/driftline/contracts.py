@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from driftline.core.drift.trigger import RetrainRequest
 from driftline.core.events import (
     DECODE_REASONS,
     DEFAULT_MAX_EVENT_BYTES,
@@ -51,6 +52,10 @@ class Contract:
     #: (checked at generation), so a renamed field cannot silently lose its doc.
     fields: Mapping[str, str]
     examples: tuple[Mapping[str, Any], ...] = field(default=())
+    #: Property whose value is a struct (or an array of them) -> its own property docs,
+    #: checked like ``fields``; the nested struct's docstring is dropped (it is for Python
+    #: readers, the property's description speaks for it).
+    nested: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def file_name(self) -> str:
@@ -235,7 +240,112 @@ DEAD_LETTER_HEADERS = Contract(
     ),
 )
 
-CONTRACTS: tuple[Contract, ...] = (CUSTOMER_EVENT, PREDICTION, DEAD_LETTER_HEADERS)
+RETRAIN_REQUEST = Contract(
+    name="retrain-request",
+    struct=RetrainRequest,
+    title="Retrain request",
+    description=(
+        "A request to retrain a model whose input or predictions drifted: the value of a "
+        "record on the Driftline retrain-requests topic, UTF-8 JSON, keyed by incident_id "
+        "(UTF-8). A worker's retrain trigger sends one when drift persisted past its "
+        "policy (persistence, cooldown, weekly cap, one request in flight), and at most "
+        "one per incident; an Alertmanager RetrainRequired alert posted to the worker's "
+        "/alerts endpoint joins the same incident (reason alert) instead of adding one. "
+        "Each worker watches its own partitions, so several workers may each send a "
+        "request for the same incident: they carry the same incident_id (deduplicate by "
+        "it, and still apply a cooldown of your own: workers whose incident starts "
+        "straddle a persistence-period boundary get different ids). Delivery is "
+        "at-least-once. Unknown extra properties may be added in later versions; ignore "
+        "them."
+    ),
+    fields={
+        "request_id": "Unique id of this request (32 hex digits); differs between workers.",
+        "incident_id": (
+            "Deterministic id of the incident (sha256, 64 hex digits) of model name, "
+            "model version, reference_hash, the sorted drifted features and the incident "
+            "start bucketed to the persistence period: every worker that sees the same "
+            "incident derives the same id. Also the record key. The deduplication key."
+        ),
+        "model_name": "Registry name of the model that drifted.",
+        "model_version": 'Registry version of the model that drifted, e.g. "v0003".',
+        "reference_hash": (
+            "sha256 of the reference profile the drift was measured against (stored in "
+            "the model version's metadata)."
+        ),
+        "reason": (
+            "prediction_drift: the score distribution left the reference; feature_drift: "
+            "the importance-weighted share of drifted input features reached the policy's "
+            "drifted_share; alert: an Alertmanager RetrainRequired alert reached this "
+            "worker while it saw the drift too but before the drift had persisted long "
+            "enough for its own trigger (same incident_id as the trigger would give)."
+        ),
+        "drifted_features": (
+            "What drifted, one entry per (feature, detector) that explains it: the "
+            'drifted input features, or "__score__" for prediction drift.'
+        ),
+        "drifted_share": "Importance-weighted share of input features in drift, 0..1.",
+        "window_start_ms": (
+            "Event time (epoch ms, UTC) of the incident's start (its first drifting batch "
+            "on this worker). Retrain on data from here on."
+        ),
+        "window_end_ms": "Event time (epoch ms, UTC) of the latest event seen when it fired.",
+        "worker_id": "The worker instance that sent it.",
+        "created_at": "When it was sent, worker wall clock, epoch seconds (with fraction).",
+    },
+    nested={
+        "drifted_features": {
+            "feature": 'Feature name from the feature spec, or "__score__" (the model score).',
+            "detector": (
+                "The monitor's test that explains the drift, e.g. mean, variance, missing, "
+                "unseen or category_mix."
+            ),
+            "statistic": "The detector's statistic when the request was made.",
+            "threshold": "Its alarm threshold (from the false-alarm budget).",
+            "psi": (
+                "PSI of the feature's latest completed event window against the reference "
+                "bins; null before a window completed."
+            ),
+        },
+    },
+    examples=(
+        {
+            "request_id": "5b0c3f9e8d2a4c61b7e0f1a2d3c4b5a6",
+            "incident_id": "9f2c1e6b3a8d4f70c5e2b19a7d6c3e8f0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+            "model_name": "churn",
+            "model_version": "v0003",
+            "reference_hash": "4e1d2c3b4a5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9",
+            "reason": "feature_drift",
+            "drifted_features": [
+                {
+                    "feature": "spend_30d",
+                    "detector": "mean",
+                    "statistic": 41.7,
+                    "threshold": 17.2,
+                    "psi": 0.62,
+                },
+                {
+                    "feature": "plan_type",
+                    "detector": "unseen",
+                    "statistic": 25.3,
+                    "threshold": 9.8,
+                    "psi": None,
+                },
+            ],
+            "drifted_share": 0.41,
+            "window_start_ms": 1714566600000,
+            "window_end_ms": 1714567320000,
+            "worker_id": "worker-1",
+            "created_at": 1714567321.25,
+        },
+    ),
+)
+
+CONTRACTS: tuple[Contract, ...] = (
+    CUSTOMER_EVENT,
+    PREDICTION,
+    DEAD_LETTER_HEADERS,
+    RETRAIN_REQUEST,
+)
 
 
 def schema_for(contract: Contract) -> dict[str, Any]:
@@ -249,6 +359,17 @@ def schema_for(contract: Contract) -> dict[str, Any]:
         raise ValueError(f"{contract.name}: documented fields not in the struct: {unknown}")
     for name, doc in contract.fields.items():
         properties[name] = {"description": doc, **properties[name]}
+    for name, docs in contract.nested.items():
+        value = properties[name]
+        nested = value["items"] if value.get("type") == "array" else value
+        nested.pop("title", None)
+        nested.pop("description", None)
+        inner: dict[str, Any] = nested.get("properties", {})
+        unknown = sorted(set(docs) - set(inner))
+        if unknown:
+            raise ValueError(f"{contract.name}.{name}: documented fields not in it: {unknown}")
+        for key, doc in docs.items():
+            inner[key] = {"description": doc, **inner[key]}
     body.pop("title", None)
     body.pop("description", None)  # the struct docstring is for Python readers
     schema: dict[str, Any] = {

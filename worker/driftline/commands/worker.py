@@ -12,8 +12,10 @@ compacted changelog topic and restored before the partition is processed.  With
 --exactly-once every batch is one transaction.
 
 Endpoints: /metrics (Prometheus), /healthz (loop heartbeat), /readyz (partitions
-assigned, state restored, model loaded).  SIGTERM/SIGINT finish the batch, commit and
-exit 0.
+assigned, state restored, model loaded), POST /alerts (Alertmanager's RetrainRequired
+webhook: with --drift, sends the retrain request of a drift this worker sees if its own
+trigger has not yet; never a second one per incident).  SIGTERM/SIGINT finish the batch,
+commit and exit 0.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics-port",
         type=int,
         default=DEFAULT_METRICS_PORT,
-        help="HTTP port for /metrics, /healthz, /readyz; 0 picks a free one (default: %(default)s)",
+        help="HTTP port for /metrics, /healthz, /readyz and POST /alerts; 0 picks a free one "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--max-event-bytes",

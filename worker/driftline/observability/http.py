@@ -1,4 +1,4 @@
-"""Tiny HTTP side-car for ``/metrics``, ``/healthz`` and ``/readyz``.
+"""Tiny HTTP side-car for ``/metrics``, ``/healthz``, ``/readyz`` and ``POST /alerts``.
 
 Why a hand-rolled server instead of ``prometheus_client.start_http_server``: the worker also
 needs liveness and readiness endpoints with its own logic, a server that can be stopped
@@ -10,6 +10,10 @@ cleanly (tests start and stop many), and port 0 so parallel tests never collide.
 * ``/readyz`` (readiness) asks "is this worker doing useful work?": partitions assigned,
   model loaded, broker reachable. The body names the failing conditions so an operator does
   not have to read logs to learn why.
+* ``POST /alerts`` (when the server is given an :class:`AlertIntake`) takes Alertmanager's
+  webhook notifications: validated and queued here, handled by the worker's poll loop (see
+  :mod:`driftline.observability.alerts`).  The body is read only up to a size limit, and any
+  failure is an HTTP error for that request, never an exception in the worker.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from driftline.config import DEFAULT_METRICS_PORT
+from driftline.observability.alerts import MAX_BODY_BYTES, AlertIntake
 from driftline.observability.metrics import WorkerMetrics
 
 __all__ = ["DEFAULT_MAX_HEARTBEAT_AGE", "HealthServer", "HealthState"]
@@ -159,6 +164,7 @@ class _Server(ThreadingHTTPServer):
     metrics: WorkerMetrics
     health: HealthState
     max_heartbeat_age: float
+    alerts: AlertIntake | None
 
 
 class _V6Server(_Server):
@@ -188,16 +194,70 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/readyz":
                 ok, doc = self.server.health.readiness()
                 self._send_json(ok, doc, send_body)
+            elif path == "/alerts" and self.server.alerts is not None:
+                body = b"POST Alertmanager webhook notifications here\n"
+                self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
+                self.send_header("Allow", "POST")
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(body)
             else:
                 self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain", send_body)
         except Exception:  # a broken collector must not kill the server thread
             log.exception("health server failed to serve %s", path)
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, b"error\n", "text/plain", send_body)
 
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        alerts = self.server.alerts
+        if path != "/alerts" or alerts is None:
+            self.close_connection = True  # the body, if any, is left unread
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain", True)
+            return
+        try:
+            status, doc = self._receive_alerts(alerts)
+        except OSError as error:  # the client went away or stalled mid-body: nobody to answer
+            log.warning("/alerts: reading the request failed: %s", error)
+            self.close_connection = True
+            return
+        except Exception:  # a bug here must cost one request, not the server thread
+            log.exception("/alerts failed")
+            status, doc = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"}
+        self._send_status_json(status, doc)
+
+    def _receive_alerts(self, alerts: AlertIntake) -> tuple[HTTPStatus, dict[str, Any]]:
+        """Read the body (Content-Length, at most MAX_BODY_BYTES) and hand it to the intake."""
+        length_header = self.headers.get("Content-Length")
+        if length_header is None:
+            self.close_connection = True
+            return alerts.refuse(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
+        try:
+            length = int(length_header)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            return alerts.refuse(HTTPStatus.BAD_REQUEST, "invalid Content-Length")
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            return alerts.refuse(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes"
+            )
+        body = self.rfile.read(length)
+        if len(body) < length:
+            raise ConnectionError(f"body ended after {len(body)} of {length} bytes")
+        return alerts.submit(body)
+
     def _send_json(self, ok: bool, doc: dict[str, Any], send_body: bool) -> None:
         status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
         body = json.dumps(doc, sort_keys=True).encode() + b"\n"
         self._send(status, body, "application/json", send_body)
+
+    def _send_status_json(self, status: HTTPStatus, doc: dict[str, Any]) -> None:
+        body = json.dumps(doc, sort_keys=True).encode() + b"\n"
+        self._send(status, body, "application/json", True)
 
     def _send(self, status: HTTPStatus, body: bytes, ctype: str, send_body: bool) -> None:
         self.send_response(status)
@@ -214,7 +274,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class HealthServer:
-    """Serves ``/metrics``, ``/healthz`` and ``/readyz`` from a daemon thread.
+    """Serves ``/metrics``, ``/healthz`` and ``/readyz`` from a daemon thread, and
+    ``POST /alerts`` into ``alerts`` when one is given (404 otherwise).
 
     ``port=0`` picks a free port; read the real one from :attr:`port` after :meth:`start`.
     Usable as a context manager (start on enter, stop on exit).
@@ -228,11 +289,13 @@ class HealthServer:
         health: HealthState | None = None,
         *,
         max_heartbeat_age: float = DEFAULT_MAX_HEARTBEAT_AGE,
+        alerts: AlertIntake | None = None,
     ) -> None:
         self.metrics = metrics
         self.host = host
         self.health = health if health is not None else HealthState()
         self.max_heartbeat_age = float(max_heartbeat_age)
+        self.alerts = alerts
         self._requested_port = int(port)
         self._bound_port: int | None = None
         self._server: _Server | None = None
@@ -263,6 +326,7 @@ class HealthServer:
             server.metrics = self.metrics
             server.health = self.health
             server.max_heartbeat_age = self.max_heartbeat_age
+            server.alerts = self.alerts
             thread = threading.Thread(
                 target=server.serve_forever,
                 kwargs={"poll_interval": 0.1},

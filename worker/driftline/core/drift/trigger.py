@@ -19,6 +19,10 @@ reference hash, the sorted drifted features and the incident start bucketed to t
 persistence period) so the consumer of the retrain-requests topic can deduplicate.  Workers
 whose incident starts straddle a bucket boundary get different ids: the consumer should
 still apply its own cooldown.
+
+An external alert (Alertmanager's ``RetrainRequired``, see :meth:`RetrainTrigger.on_alert`)
+goes through the same trigger, so it joins the incident the trigger is tracking instead of
+starting a second one: the incident fires at most once, whoever asks first.
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ class RetrainRequest(msgspec.Struct, frozen=True):
 
     Times: ``window_start_ms``/``window_end_ms`` are event times (epoch ms) of the incident
     from its first drifting batch to the firing batch; ``created_at`` is the worker's wall
-    clock (epoch seconds) when it fired.
+    clock (epoch seconds) when it fired.  ``reason`` is ``alert`` when an external alert
+    made it fire (:meth:`RetrainTrigger.on_alert`).
     """
 
     request_id: str
@@ -82,7 +87,7 @@ class RetrainRequest(msgspec.Struct, frozen=True):
     model_name: str
     model_version: str
     reference_hash: str
-    reason: Literal["prediction_drift", "feature_drift"]
+    reason: Literal["prediction_drift", "feature_drift", "alert"]
     drifted_features: list[DriftedFeature]
     drifted_share: float
     window_start_ms: int
@@ -139,6 +144,7 @@ class RetrainTrigger:
         self.in_flight_since: float | None = None
         self.fired_at: list[float] = []  # wall-clock seconds of past requests (last week)
         self.blocked: str | None = None  # why the last eligible incident did not fire
+        self.last_update: DriftUpdate | None = None  # what an external alert is told about
 
     def _reset_incident(self) -> None:
         self.incident_start_s: float | None = None
@@ -150,6 +156,7 @@ class RetrainTrigger:
         """A new model version is live: an incident of the old one is over (gates stay)."""
         self.model_name, self.model_version = model_name, str(model_version)
         self._reset_incident()
+        self.last_update = None
 
     @property
     def in_flight(self) -> bool:
@@ -183,6 +190,7 @@ class RetrainTrigger:
     def observe(self, update: DriftUpdate, now_s: float | None = None) -> RetrainRequest | None:
         """Feed one monitor update; return a request when the policy fires, else None."""
         now = self.clock() if now_s is None else float(now_s)
+        self.last_update = update
         reason = self.condition(update)
         if reason is None or update.reference_hash != self.incident_reference:
             # No drift, or the monitor moved to a new reference: any incident is over.
@@ -201,10 +209,44 @@ class RetrainTrigger:
         if self.blocked is not None:
             return None
         request = self._request(update, reason, now)
+        self._fired(request, now)
+        return request
+
+    def on_alert(self, now_s: float | None = None) -> tuple[RetrainRequest | None, str]:
+        """An external alert says this model needs a retrain: ``(request or None, why)``.
+
+        Idempotent with :meth:`observe`, because both fire the same incident: one that
+        already fired answers ``already_fired``, and the gates (``in_flight``,
+        ``cooldown``, ``weekly_cap``) hold an alert back as they hold the trigger back.
+        An incident going on here whose persistence has not run out yet fires now, with
+        the ``incident_id`` :meth:`observe` would give it and reason ``alert``, and is
+        marked fired so the trigger does not send a second one.  ``no_incident`` when
+        nothing drifts here: the alert is about other partitions, whose worker sent the
+        request (RetrainRequired fires on sent requests), and one from here, describing no
+        drift under another id, would only be a second request for the same incident.
+        ``no_data`` while nothing was monitored yet.
+        """
+        now = self.clock() if now_s is None else float(now_s)
+        update = self.last_update
+        if update is None:
+            return None, "no_data"
+        if self.incident_fired:
+            return None, "already_fired"
+        kind = self.condition(update)
+        if kind is None or self.incident_start_s is None:
+            return None, "no_incident"
+        blocked = self._gate(now)
+        if blocked is not None:
+            return None, blocked
+        request = self._request(update, kind, now)
+        self._fired(request, now)
+        return msgspec.structs.replace(request, reason="alert"), "fired"
+
+    def _fired(self, request: RetrainRequest, now: float) -> None:
+        """Book a sent request: its incident is done, the gates close behind it."""
         self.incident_fired = True
         self.in_flight_id, self.in_flight_since = request.request_id, now
         self.fired_at.append(now)
-        return request
 
     def _gate(self, now: float) -> str | None:
         """Name of the gate that holds the request back, or None."""

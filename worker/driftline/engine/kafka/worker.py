@@ -47,7 +47,7 @@ from confluent_kafka.admin import AdminClient
 
 from driftline import config
 from driftline.core.drift.monitor import DriftMonitor, MonitorBudget
-from driftline.core.drift.trigger import RetrainPolicy, RetrainTrigger
+from driftline.core.drift.trigger import RetrainPolicy, RetrainRequest, RetrainTrigger
 from driftline.core.predictions import (
     DLQ_ERROR_CLASS,
     DLQ_ERROR_MESSAGE,
@@ -66,6 +66,7 @@ from driftline.engine.kafka.retrain_history import read_retrain_requests
 from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
 from driftline.model.scoring import Scorer, limit_native_threads
 from driftline.model.watcher import ModelWatcher
+from driftline.observability.alerts import AlertIntake
 from driftline.observability.drift_metrics import DriftMetrics
 from driftline.observability.http import HealthServer, HealthState
 from driftline.observability.metrics import WorkerMetrics
@@ -143,6 +144,9 @@ class KafkaScoringWorker:
         self.processor: ScoringProcessor | None = None
         self.model_watcher: ModelWatcher | None = None
         self.drift_metrics = DriftMetrics(self.metrics.registry) if settings.drift else None
+        #: Alertmanager's RetrainRequired alerts, queued by the HTTP thread (POST /alerts)
+        #: and handled by this worker's loop, which owns the retrain trigger.
+        self.alerts = AlertIntake(self.metrics.registry)
         self.batches = 0
         self._pending_changelog: list[tuple[int, bytes, bytes | None]] = []
         self.events_processed = 0
@@ -245,6 +249,40 @@ class KafkaScoringWorker:
         elif result.kind == "refused" and result.reason is not None:
             # The previous model keeps serving: health stays ready, the alert fires on this.
             self.metrics.inc_model_load_failures(result.reason)
+
+    def _take_alerts(self, producer: Producer) -> None:
+        """Between batches: alerts queued by POST /alerts meet the retrain trigger here,
+        in the thread that feeds it, so an alert and the trigger cannot both fire an
+        incident; a request the trigger lets through is sent at once."""
+        if not self.alerts.pending or self.processor is None:
+            return
+        scorer, trigger = self.processor.scorer, self.processor.trigger
+        for request in self.alerts.take(scorer.name, scorer.version, trigger):
+            log.warning("retrain requested by alert (incident %s)", request.incident_id)
+            self._send_retrain_request(producer, request)
+            if self.drift_metrics is not None and trigger is not None:
+                self.drift_metrics.publish_trigger(scorer.name, scorer.version, trigger, request)
+
+    def _send_retrain_request(self, producer: Producer, request: RetrainRequest) -> None:
+        """Outside a batch: a delivery error stops the worker at the next flush, like one
+        of a batch; exactly-once gives the request a transaction of its own."""
+        s = self.settings
+        value, key = msgspec.json.encode(request), request.incident_id.encode()
+        produce = producer.produce
+        if not s.exactly_once:
+            _produce_with_backpressure(
+                producer, produce, s.retrain_topic, value, key, self._on_delivery
+            )
+            producer.poll(0)
+            return
+        try:
+            producer.begin_transaction()
+            _produce_with_backpressure(
+                producer, produce, s.retrain_topic, value, key, self._on_delivery
+            )
+            producer.commit_transaction(60)
+        except KafkaException as error:
+            raise TransactionFailed(f"retrain request not committed: {error}") from error
 
     def _consumer_config(self) -> dict[str, Any]:
         s = self.settings
@@ -466,6 +504,7 @@ class KafkaScoringWorker:
                     self.metrics.set_customers_in_state(self.processor.customers_in_state)
                     last_eviction = time.monotonic()
                 self._check_model()
+                self._take_alerts(producer)
         except (DeliveryFailed, TransactionFailed, RestoreFailed) as failed:
             log.error("stopping without commit: %s", failed)
             exit_code = 3
@@ -785,7 +824,11 @@ def serve_worker(settings: WorkerSettings, spec: FeatureSpec) -> int:
     worker = KafkaScoringWorker(settings, spec)
     worker.install_signal_handlers()
     with HealthServer(
-        worker.metrics, settings.metrics_host, settings.metrics_port, worker.health
+        worker.metrics,
+        settings.metrics_host,
+        settings.metrics_port,
+        worker.health,
+        alerts=worker.alerts,
     ) as server:
         log.info("metrics and health on %s", server.url)
         try:
