@@ -21,10 +21,8 @@ What is generated for the test, and why:
 
 The stream: a simulated history backfills the state, then 3000 live events as usual, then
 the known drift from ``test_drift_worker.py`` (amounts x8, an unseen plan) from the
-3001st live event on.  Without it, nothing may alert: that case is an xfail until the
-detectors stop alarming on a stationary stream (the defect recorded there).  For the same
-reason the drift case does not assert *when* the incident started: today the trigger may
-fire on the stationary part before the injected drift; one request it must be either way.
+3001st live event on.  Without it, nothing may alert and no request may land.  The spec is
+the default one without the calendar-bound features (``driftline.testing.specs``).
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ from test_drift_worker import drifted
 
 from driftline.commands.train import register, train_on_events
 from driftline.core.drift.trigger import RetrainRequest
-from driftline.core.spec import FeatureSpec
+from driftline.core.spec import FeatureSpec, load_spec
 from driftline.model.registry import ModelRegistry
 from driftline.simulate import Population, frame_to_events, produce
 from driftline.testing.faults import WorkerProcess, read_topic
@@ -54,6 +52,7 @@ from driftline.testing.monitoring import (
     prometheus_binary,
     shortened_rules,
 )
+from driftline.testing.specs import write_stationary_spec
 
 pytestmark = pytest.mark.integration
 
@@ -80,6 +79,20 @@ def binaries() -> tuple[str, str]:
     if alertmanager is None:
         pytest.skip(reason="alertmanager not installed (Debian 'prometheus-alertmanager')")
     return prometheus, alertmanager
+
+
+@pytest.fixture(scope="module")
+def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default spec without the calendar-bound features (``driftline.testing.specs``):
+    in the simulated closed cohort ``months_active`` is the calendar and really drifts."""
+    path = tmp_path_factory.mktemp("spec") / "features.toml"
+    write_stationary_spec(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def spec(spec_file: Path) -> FeatureSpec:
+    return load_spec(spec_file)
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +148,7 @@ def run_alerting(
     binaries: tuple[str, str],
     stream: Stream,
     rules: list[Path],
+    spec_file: Path,
 ) -> Iterator[Callable[[bool], Observed]]:
     """``run(drift) -> Observed``; every process it starts is stopped when the test ends."""
     started: list[Any] = []
@@ -149,7 +163,15 @@ def run_alerting(
             topic_factory(1, "dlq"),
             unique_group,
             stream.registry,
-            ["--drift", "--retrain-topic", retrain_topic, "--retrain-persistence", "1"],
+            [
+                "--drift",
+                "--retrain-topic",
+                retrain_topic,
+                "--retrain-persistence",
+                "1",
+                "--features",
+                str(spec_file),
+            ],
             tmp_path / "worker.log",
             name="alerted-worker",
         )
@@ -176,7 +198,7 @@ def run_alerting(
         worker.wait_metric("driftline_events_consumed_total", total, timeout=60)
         if drift:
             # The alert went round: Prometheus -> Alertmanager -> POST /alerts -> the loop.
-            worker.wait_metric("driftline_retrain_alerts_total", 1, timeout=30)
+            worker.wait_metric("driftline_retrain_alerts_total", 1, timeout=90)
         else:
             time.sleep(QUIET_S)
         observed = Observed(
@@ -243,11 +265,6 @@ def test_drift_fires_retrain_required_through_alertmanager_and_one_request_lands
     Draft202012Validator(schema).validate(json.loads(record.value()))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect: the drift detectors alarm on a stationary simulated stream "
-    "(strict xfail in test_drift_worker.py); make this a plain test once it is fixed",
-)
 def test_no_drift_no_alert_no_request(run_alerting: Callable[[bool], Observed]) -> None:
     observed = run_alerting(False)
     assert observed.worker_exit == 0

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable
+from pathlib import Path
 
-from driftline.core.spec import FeatureSpec, default_spec_path, parse_spec
+from driftline.core.spec import FeatureSpec, default_spec_path, load_spec, parse_spec
 
 #: Default-spec features that move with the calendar in a closed simulated cohort.
 CALENDAR_FEATURES: tuple[str, ...] = ("months_active", "spend_90d_per_month")
@@ -37,3 +38,16 @@ def spec_without(
 def stationary_spec() -> FeatureSpec:
     """The default spec without :data:`CALENDAR_FEATURES`."""
     return spec_without(CALENDAR_FEATURES)
+
+
+def write_stationary_spec(path: Path) -> FeatureSpec:
+    """Write the default spec's TOML without :data:`CALENDAR_FEATURES` to ``path`` (for a
+    worker process's ``--spec``) and return it, loaded from there."""
+    marker = "[[feature]]"
+    head, *blocks = default_spec_path().read_text().split(marker)
+    kept = [b for b in blocks if not any(f'name = "{n}"' in b for n in CALENDAR_FEATURES)]
+    path.write_text(head + "".join(marker + b for b in kept))
+    spec = load_spec(path)
+    if spec.digest != stationary_spec().digest:
+        raise AssertionError("the written spec differs from stationary_spec()")
+    return spec
