@@ -77,6 +77,11 @@ def run_stream(
     return requests, exposition
 
 
+def wait_up(worker: Any, timeout: float = 60.0) -> None:
+    """Until the worker has loaded its model and looked for its drift checkpoint."""
+    assert worker.drift_checkpoint_checked.wait(timeout), "worker did not start"
+
+
 def samples(exposition: str, name: str) -> list[Any]:
     return [
         sample
@@ -170,3 +175,33 @@ def test_a_restart_during_an_incident_sends_no_second_request(
     # The restarted monitor did see the drift again (so the gate, not blindness, held it).
     states = samples(exposition, "driftline_feature_drift_state")
     assert any(s.value == 2 for s in states)
+
+
+def test_a_restarted_worker_keeps_its_latched_drift(
+    worker_settings: WorkerSettings,
+    spec: FeatureSpec,
+    tmp_path: Path,
+    topic_factory: Callable[..., str],
+    consume_all: Callable[..., list[Any]],
+    worker_in_thread: Callable[..., Any],
+) -> None:
+    """The monitor's checkpoint (saved at shutdown) brings latched DRIFT states and the
+    statistics back under the same worker id: a restart does not clear an alarm."""
+    worker_settings.worker_id = "drift-restart-test"
+    run_stream(
+        worker_settings, spec, tmp_path, topic_factory, consume_all, worker_in_thread, drift=True
+    )
+    with worker_in_thread(worker_settings, spec) as first_restart:
+        wait_up(first_restart)
+        monitor = first_restart.processor.drift
+        assert monitor is not None
+        drifted_after_restart = [f for f, s in monitor.states.items() if s == 2]
+        seen = monitor.events_seen
+    assert drifted_after_restart, "latched DRIFT lost across the restart"
+    assert seen > 0
+    # Another worker id has no checkpoint: it starts clean.
+    worker_settings.worker_id = "another-worker"
+    with worker_in_thread(worker_settings, spec) as other:
+        wait_up(other)
+        assert other.processor.drift is not None
+        assert other.processor.drift.events_seen == 0

@@ -62,6 +62,7 @@ from driftline.core.predictions import (
 from driftline.core.spec import FeatureSpec
 from driftline.core.state import NO_TIME
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+from driftline.engine.kafka.drift_checkpoint import DriftCheckpoints
 from driftline.engine.kafka.retrain_history import read_retrain_requests
 from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
 from driftline.model.scoring import Scorer, limit_native_threads
@@ -102,6 +103,7 @@ class WorkerSettings:
     #: Drift monitoring against the model's reference profile (off until it is complete).
     drift: bool = False
     retrain_topic: str = "retrain-requests"
+    drift_checkpoint_interval_s: float = 30.0  # monitor checkpoints (and one at shutdown)
     drift_events_per_day: float | None = None  # default: from the reference profile
     retrain_persistence_s: float = 600.0
     retrain_cooldown_s: float = 86400.0
@@ -111,6 +113,10 @@ class WorkerSettings:
     @property
     def changelog_topic(self) -> str:
         return f"{self.group_id}-{self.input_topic}-changelog"
+
+    @property
+    def drift_state_topic(self) -> str:
+        return f"{self.group_id}-drift-state"
 
 
 class DeliveryFailed(RuntimeError):
@@ -149,6 +155,10 @@ class KafkaScoringWorker:
         self.alerts = AlertIntake(self.metrics.registry)
         self.batches = 0
         self._pending_changelog: list[tuple[int, bytes, bytes | None]] = []
+        self._drift_checkpoints: DriftCheckpoints | None = None
+        #: Set once the drift checkpoint was looked for (restored or not) at start.
+        self.drift_checkpoint_checked = threading.Event()
+        self._drift_saved_at = time.monotonic()
         self.events_processed = 0
         self.first_batch_started: float | None = None  # perf_counter, for benchmarks
         self.last_batch_done: float | None = None
@@ -213,6 +223,63 @@ class KafkaScoringWorker:
                 loaded.name, loaded.version, int(profile.get("n_rows", 0))
             )
         return monitor, trigger
+
+    def _restore_drift_checkpoint(self) -> None:
+        """Continue the monitor (and trigger) this worker id saved, if it watched the same
+        model version against the same reference; otherwise start clean."""
+        try:
+            self._restore_drift_state()
+        finally:
+            self.drift_checkpoint_checked.set()
+
+    def _restore_drift_state(self) -> None:
+        s = self.settings
+        processor = self.processor
+        self._drift_saved_at = time.monotonic()
+        if processor is None or processor.drift is None:
+            return
+        self._drift_checkpoints = DriftCheckpoints(
+            s.bootstrap_servers, s.drift_state_topic, s.worker_id
+        )
+        self._drift_checkpoints.ensure_topic()
+        saved = self._drift_checkpoints.load()
+        if saved is None:
+            return
+        monitor_state, trigger_state = saved.get("monitor") or {}, saved.get("trigger")
+        trigger = processor.trigger
+        same = monitor_state.get("reference_hash") == processor.drift.reference_hash and (
+            trigger is None or (trigger_state or {}).get("model_version") == trigger.model_version
+        )
+        if not same:
+            log.info("drift checkpoint of another model or reference: monitor starts clean")
+            return
+        try:
+            processor.drift = DriftMonitor.from_state_dict(monitor_state)
+            if trigger is not None and trigger_state is not None:
+                restored = RetrainTrigger.from_state_dict(trigger_state)
+                restored.recall(read_retrain_requests(s.bootstrap_servers, s.retrain_topic))
+                processor.trigger = restored
+        except (ValueError, KeyError, TypeError, TimeoutError, RuntimeError) as exc:
+            log.warning("drift checkpoint not restored (%s): monitor starts clean", exc)
+            return
+        log.info(
+            "drift monitor restored from its checkpoint (%d events seen, drifted: %s)",
+            processor.drift.events_seen,
+            [f for f, state in processor.drift.states.items() if state == 2] or "none",
+        )
+
+    def _save_drift_checkpoint(self, flush: bool = False) -> None:
+        self._drift_saved_at = time.monotonic()
+        processor, store = self.processor, self._drift_checkpoints
+        if processor is None or processor.drift is None or store is None:
+            return
+        try:
+            trigger = None if processor.trigger is None else processor.trigger.state_dict()
+            store.save(processor.drift.state_dict(), trigger)
+            if flush:
+                store.flush()
+        except (ValueError, KafkaException, BufferError) as exc:
+            log.warning("drift checkpoint not saved: %s", exc)
 
     def _recall_requests(self, trigger: RetrainTrigger) -> None:
         """Gates of a new trigger from the requests already on the topic (a restart must
@@ -463,6 +530,7 @@ class KafkaScoringWorker:
             trigger=trigger,
         )
         self.processor.drift_since_ms = _reference_start(scorer.model)
+        self._restore_drift_checkpoint()
         if s.changelog:
             self._ensure_changelog_topic()
         consumer = Consumer(self._consumer_config())
@@ -505,11 +573,15 @@ class KafkaScoringWorker:
                     last_eviction = time.monotonic()
                 self._check_model()
                 self._take_alerts(producer)
+                if time.monotonic() - self._drift_saved_at > s.drift_checkpoint_interval_s:
+                    self._save_drift_checkpoint()
         except (DeliveryFailed, TransactionFailed, RestoreFailed) as failed:
             log.error("stopping without commit: %s", failed)
             exit_code = 3
         finally:
             self.metrics.set_up(False)
+            if exit_code == 0:
+                self._save_drift_checkpoint(flush=True)
             remaining = producer.flush(30)
             if remaining:
                 log.error("%d records still undelivered at shutdown", remaining)
