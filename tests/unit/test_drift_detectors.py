@@ -637,10 +637,6 @@ def test_window_state_round_trip_keeps_the_open_windows_keys() -> None:
     assert a == b
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="state_dict stores keys as str: restored int keys no longer match new int keys",
-)
 def test_window_state_round_trip_with_integer_keys() -> None:
     values = np.array(["a", "b"] * 50, dtype=object)
     keys = np.arange(100) % 10  # 10 customers x 10 events, customers in both halves

@@ -236,12 +236,20 @@ class CusumBank:
     def threshold(self) -> np.ndarray:
         return self.h.copy()
 
-    def update(self, z: np.ndarray) -> CusumResult:
-        """Advance every stream over the rows of ``z`` (n, K); NaN = no observation."""
+    def update(self, z: np.ndarray, weight: float = 1.0) -> CusumResult:
+        """Advance every stream over the rows of ``z`` (n, K); NaN = no observation.
+
+        ``weight`` scales whole increments ``+-z - k``: ``1 / deff`` for clustered rows, so
+        that ``n`` rows count as ``n / deff`` independent ones (their sum then has the mean
+        ``-k n / deff`` and variance ``n / deff`` of that many, in control).  Scaling ``z``
+        alone would leave ``k`` at full weight and, past ``deff ~ (max|z| / k)**2``, make
+        the detector unable to alarm at all."""
+        if not weight > 0:
+            raise ValueError("weight must be positive")
         batch = _as_batch(z, len(self))
         observed = ~np.isnan(batch)
-        up = np.where(observed, batch - self.k[None, :], 0.0)
-        down = np.where(observed, -batch - self.k[None, :], 0.0)
+        up = np.where(observed, weight * (batch - self.k[None, :]), 0.0)
+        down = np.where(observed, weight * (-batch - self.k[None, :]), 0.0)
         (self.upper, self.lower), result = _scan(
             (up, down), (self.upper, self.lower), self.h, self.restart_on_alarm
         )
@@ -293,8 +301,9 @@ def kish_design_effect(keys: np.ndarray | None) -> float:
     if keys is None or len(keys) == 0:
         return 1.0
     per_key = pd.Series(np.asarray(keys, dtype=object), dtype=object).value_counts(sort=False)
-    counts = per_key.to_numpy().astype(np.float64)
-    return max(1.0, float(np.sum(counts * counts)) / len(keys))
+    counts = per_key.to_numpy().astype(np.float64)  # missing keys are not counted
+    n = counts.sum()
+    return max(1.0, float(np.sum(counts * counts)) / n) if n > 0 else 1.0
 
 
 def default_shift(p0: np.ndarray) -> np.ndarray:

@@ -29,10 +29,13 @@ Clustered events
 Thresholds assume independent rows; events are not.  A customer's events repeat nearly the
 same features, and a worker catching up on a partition reads thousands of events of the
 same few hundred customers in a row.  With the rows' customer keys, each segment's CUSUM
-inputs are divided by ``sqrt(deff)`` and the Bernoulli log-likelihood increments by
-``deff``, where ``deff = sum(m_i**2) / n`` is Kish's design effect of the segment (``m_i``
-events of customer ``i``): the segment's sum then has the variance of ``n`` independent
-rows when a customer's rows are fully correlated (an upper bound otherwise); categorical
+increments (``+-z - k`` and the Bernoulli log-likelihood ratios alike) are multiplied by
+``1 / deff``, where ``deff = sum(m_i**2) / n`` is Kish's design effect of the segment
+(``m_i`` events of customer ``i``): the segment then counts as ``n / deff`` independent
+rows, with their in-control mean and variance, when a customer's rows are fully
+correlated (an upper bound otherwise).  Dividing ``z`` alone by ``sqrt(deff)`` was tried
+first and is wrong: ``k`` keeps its full weight, and past ``deff ~ (max|z| / k)**2 ~ 12``
+no shift could ever alarm; categorical
 window tests divide G by the window's ``deff``.  Averaging each customer's rows instead
 was tried and is wrong: it weighs customers equally while the reference weighs events,
 so activity-linked features (``events_24h``) shifted by construction.  With many customers
@@ -695,14 +698,13 @@ class DriftMonitor:
         # events count as fewer independent observations.
         segment_keys = None if keys is None else keys[start:stop]
         deff = kish_design_effect(segment_keys)
-        scale = 1.0 / math.sqrt(deff)
         collect(
-            self.mean_bank.update(z[start:stop] * scale),
+            self.mean_bank.update(z[start:stop], 1.0 / deff),
             [(c, "mean") for c in columns],
             self.mean_bank.h,
         )
         collect(
-            self.variance_bank.update(v[start:stop] * scale),
+            self.variance_bank.update(v[start:stop], 1.0 / deff),
             [(c, "variance") for c in columns],
             self.variance_bank.h,
         )

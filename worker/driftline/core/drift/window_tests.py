@@ -114,7 +114,9 @@ class CategoricalWindowTest:
             key_array = np.asarray(keys, dtype=object)
             if len(key_array) != len(values):
                 raise ValueError(f"{len(values)} values but {len(key_array)} keys")
-            observed_keys = key_array[pd.notna(pd.Series(values, dtype=object)).to_numpy()]
+            # Keys as strings, as the checkpoint stores them: customer 3 and "3" are one.
+            observed = pd.notna(pd.Series(values, dtype=object)).to_numpy()
+            observed_keys = pd.Series(key_array[observed], dtype=object).astype(str).to_numpy()
         results: list[WindowTestResult] = []
         position = 0
         while position < codes.size:
