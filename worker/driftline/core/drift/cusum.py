@@ -300,8 +300,8 @@ def kish_design_effect(keys: np.ndarray | None) -> float:
     """
     if keys is None or len(keys) == 0:
         return 1.0
-    per_key = pd.Series(np.asarray(keys, dtype=object), dtype=object).value_counts(sort=False)
-    counts = per_key.to_numpy().astype(np.float64)  # missing keys are not counted
+    codes, _ = pd.factorize(np.asarray(keys, dtype=object), use_na_sentinel=True)
+    counts = np.bincount(codes[codes >= 0]).astype(np.float64)  # missing keys not counted
     n = counts.sum()
     return max(1.0, float(np.sum(counts * counts)) / n) if n > 0 else 1.0
 

@@ -537,8 +537,10 @@ class DriftMonitor:
         ``keys`` (the customer id of each row) lets the categorical window tests discount
         repeated events of one customer (design effect, see ``window_tests``)."""
         n = len(features)
-        if keys is not None and len(keys) != n:
-            raise ValueError(f"{n} feature rows but {len(keys)} keys")
+        if keys is not None:
+            if len(keys) != n:
+                raise ValueError(f"{n} feature rows but {len(keys)} keys")
+            keys = _string_keys(keys)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         times = np.asarray(event_time_ms, dtype=np.int64).reshape(-1)
         if len(scores) != n or len(times) != n:
@@ -558,7 +560,7 @@ class DriftMonitor:
         windows_closed = 0
         start = 0
         for stop in self._segment_ends(n):
-            alarms += self._run_segment(z, v, bern, features, times, keys, start, stop)
+            alarms += self._run_segment(z, v, bern, cat_bins, times, keys, start, stop)
             self.events_seen += stop - start
             start = stop
             if self.events_seen % self.window_events == 0 and stop > 0:
@@ -668,7 +670,7 @@ class DriftMonitor:
         z: np.ndarray,
         v: np.ndarray,
         bern: np.ndarray,
-        features: pd.DataFrame,
+        cat_bins: np.ndarray,
         times: np.ndarray,
         keys: np.ndarray | None,
         start: int,
@@ -716,15 +718,14 @@ class DriftMonitor:
                 self._bern_streams,
                 self.bernoulli.h,
             )
-        for name, test in self.category_tests.items():
-            values = features[name].to_numpy(dtype=object)[start:stop]
+        for j, (name, test) in enumerate(self.category_tests.items()):
+            codes = cat_bins[start:stop, j]  # vocabulary index, -1 when missing
             # Observed values still needed to complete the open window (``_filled`` is the
             # test's fill level): the i-th window completed here ends at observed value
             # ``need - 1 + i * window_size``, which is where its alarm becomes known.
             need = test.window_size - test._filled
-            observed = np.flatnonzero(pd.notna(values))
-            segment_keys = None if keys is None else np.asarray(keys, dtype=object)[start:stop]
-            for i, result in enumerate(test.update(values, segment_keys)):
+            observed = np.flatnonzero(codes >= 0)
+            for i, result in enumerate(test.update_codes(codes, segment_keys)):
                 self._last_g[name] = result.statistic
                 if result.alarm:
                     row = start + int(observed[need - 1 + i * test.window_size])
@@ -907,11 +908,24 @@ def _or(value: float | None, default: float) -> float:
     return default if value is None else float(value)
 
 
+def _string_keys(keys: np.ndarray | Sequence[object]) -> np.ndarray:
+    """Keys as an object array of str (what checkpoints store), converted only if needed."""
+    array = np.asarray(keys, dtype=object)
+    if (
+        all(isinstance(k, str) for k in array[:1])
+        and pd.api.types.infer_dtype(array, skipna=False) == "string"
+    ):
+        return array
+    return pd.Series(array, dtype=object).astype(str).to_numpy(dtype=object)
+
+
 def _numeric_matrix(features: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
     """(n, F) float matrix of the numeric features; non-numeric and inf become NaN."""
     if not names:
         return np.zeros((len(features), 0))
-    frame = features[list(names)].apply(pd.to_numeric, errors="coerce")
+    frame = features[list(names)]
+    if not all(pd.api.types.is_numeric_dtype(t) for t in frame.dtypes):
+        frame = frame.apply(pd.to_numeric, errors="coerce")  # the worker's frames never need it
     matrix = frame.to_numpy(dtype=np.float64, na_value=np.nan)
     return np.where(np.isinf(matrix), np.nan, matrix)
 

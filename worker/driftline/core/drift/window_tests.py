@@ -117,6 +117,9 @@ class CategoricalWindowTest:
             # Keys as strings, as the checkpoint stores them: customer 3 and "3" are one.
             observed = pd.notna(pd.Series(values, dtype=object)).to_numpy()
             observed_keys = pd.Series(key_array[observed], dtype=object).astype(str).to_numpy()
+        return self._add(codes, observed_keys)
+
+    def _add(self, codes: np.ndarray, observed_keys: np.ndarray | None) -> list[WindowTestResult]:
         results: list[WindowTestResult] = []
         position = 0
         while position < codes.size:
@@ -130,6 +133,17 @@ class CategoricalWindowTest:
             if self._filled == self.window_size:
                 results.append(self._close())
         return results
+
+    def update_codes(
+        self, codes: np.ndarray, keys: np.ndarray | None = None
+    ) -> list[WindowTestResult]:
+        """:meth:`update` with values already coded (index into :attr:`categories`, -1 for
+        missing) and keys already strings: the monitor codes each batch once for all its
+        detectors."""
+        codes = np.asarray(codes, dtype=np.int64)
+        observed = codes >= 0
+        observed_keys = None if keys is None else np.asarray(keys, dtype=object)[observed]
+        return self._add(codes[observed], observed_keys)
 
     def _design_effect(self) -> float:
         """Kish's ``sum(m_i**2) / n`` over the window's customers; 1 without (all) keys."""
