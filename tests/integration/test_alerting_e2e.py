@@ -171,6 +171,11 @@ def run_alerting(
                 "1",
                 "--features",
                 str(spec_file),
+                # 400 customers: a batch of 2000 holds ~20 events per customer, which the
+                # monitor counts as ~1/20 of the evidence (design effect); 500 as the other
+                # drift tests use keeps detection within the stream.
+                "--batch-size",
+                "500",
             ],
             tmp_path / "worker.log",
             name="alerted-worker",

@@ -28,10 +28,16 @@ pytestmark = pytest.mark.integration
 
 
 def drifted(event: dict[str, Any]) -> dict[str, Any]:
-    """Bigger baskets and a plan nobody had at training time."""
+    """Customers stop buying (every purchase becomes a page view: the churn model's main
+    signals move, and so do its scores) and a plan nobody had at training time appears.
+    A drift the model cares about: a retrain is due.  (A drift of features the model
+    barely uses, e.g. order values alone, is detected and shown but, by the importance-
+    weighted policy, triggers no retrain.)"""
     changed = dict(event)
-    if changed.get("amount") is not None:
-        changed["amount"] = changed["amount"] * 8
+    if changed.get("event_type") == "purchase":
+        changed["event_type"] = "page_view"
+        for field in ("amount", "quantity"):
+            changed.pop(field, None)
     if changed.get("plan_type") is not None:
         changed["plan_type"] = "platinum"
     return changed

@@ -281,3 +281,24 @@ def test_alert_before_any_monitored_batch_and_after_a_model_swap_has_no_data() -
     feed(trigger, ["a", "b"], T0, 100)
     trigger.set_model("churn", "8")
     assert trigger.on_alert(T0 + 100) == (None, "no_data")
+
+
+def test_tick_fires_a_persisting_incident_when_no_batch_arrives() -> None:
+    """The stream stops while drifting: time alone completes the persistence."""
+    clock = [1000.0]
+    trigger = RetrainTrigger(
+        RetrainPolicy(persistence_s=60.0), "churn", "7", "w1", clock=lambda: clock[0]
+    )
+    assert trigger.tick() is None  # nothing seen yet
+    assert trigger.observe(fake_update([], clock[0], score_state=DRIFT)) is None
+    clock[0] += 30.0
+    assert trigger.tick() is None  # persistence not met yet
+    clock[0] += 31.0
+    request = trigger.tick()
+    assert request is not None and request.reason == "prediction_drift"
+    clock[0] += 10.0
+    assert trigger.tick() is None  # once per incident
+    # No drift in the last update: time passing fires nothing.
+    quiet = RetrainTrigger(RetrainPolicy(persistence_s=1.0), "churn", "7", "w2", clock=lambda: 0)
+    quiet.observe(fake_update([], 0.0))
+    assert quiet.tick(100.0) is None

@@ -212,6 +212,17 @@ class RetrainTrigger:
         self._fired(request, now)
         return request
 
+    def tick(self, now_s: float | None = None) -> RetrainRequest | None:
+        """Re-judge the latest update at ``now``: an incident that persists while no batch
+        arrives (the stream paused or ended) still fires once its persistence elapsed.
+
+        Time passing is evidence only of persistence: nothing new was monitored, so the
+        update is the last one seen and the gates apply as in :meth:`observe`.
+        """
+        if self.last_update is None or self.incident_start_s is None or self.incident_fired:
+            return None
+        return self.observe(self.last_update, now_s)
+
     def on_alert(self, now_s: float | None = None) -> tuple[RetrainRequest | None, str]:
         """An external alert says this model needs a retrain: ``(request or None, why)``.
 

@@ -317,6 +317,26 @@ class KafkaScoringWorker:
             # The previous model keeps serving: health stays ready, the alert fires on this.
             self.metrics.inc_model_load_failures(result.reason)
 
+    def _tick_trigger(self, producer: Producer) -> None:
+        """No batch this poll: a drift incident still running fires when its persistence
+        has elapsed, instead of waiting for the next event."""
+        processor = self.processor
+        if processor is None or processor.trigger is None:
+            return
+        request = processor.trigger.tick()
+        if request is None:
+            return
+        log.warning(
+            "retrain requested (%s, incident %s, while idle): %s",
+            request.reason,
+            request.incident_id,
+            [f.feature for f in request.drifted_features],
+        )
+        self._send_retrain_request(producer, request)
+        if self.drift_metrics is not None:
+            scorer, trigger = processor.scorer, processor.trigger
+            self.drift_metrics.publish_trigger(scorer.name, scorer.version, trigger, request)
+
     def _take_alerts(self, producer: Producer) -> None:
         """Between batches: alerts queued by POST /alerts meet the retrain trigger here,
         in the thread that feeds it, so an alert and the trigger cannot both fire an
@@ -561,7 +581,9 @@ class KafkaScoringWorker:
                     last_contact = time.monotonic()
                     self.metrics.observe_stage("poll", poll_s)
                     self._process(records, consumer, producer)
-                elif time.monotonic() - last_contact > s.broker_probe_interval_s:
+                else:
+                    self._tick_trigger(producer)
+                if not records and time.monotonic() - last_contact > s.broker_probe_interval_s:
                     self._probe_broker(consumer)
                     last_contact = time.monotonic()
                 if time.monotonic() - last_eviction > s.eviction_interval_s:
