@@ -41,7 +41,7 @@ exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import repeat
 
 import msgspec
@@ -133,6 +133,11 @@ def _segmented_cummax(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return pd.Series(values).groupby(segment).cummax().to_numpy()
 
 
+def _window_peaks(counts: np.ndarray) -> np.ndarray:
+    """Per row of a (rows, keys, buckets) count block, the largest window total (int64)."""
+    return counts.sum(axis=2, dtype=np.int64).max(axis=1, initial=0)
+
+
 @dataclass(slots=True)
 class _Block:
     """The accumulators of one kind, windowed (a ring per key) or lifetime (one bucket)."""
@@ -146,29 +151,20 @@ class _Block:
     window_index: np.ndarray  # (keys,) index into FeatureState._windows (0 when lifetime)
     field_index: np.ndarray  # (keys,) index into FeatureState._fields; the last: no field
     type_table: np.ndarray  # (event types, keys)
-    array: np.ndarray = field(default_factory=lambda: np.empty(0))
-
-    @property
-    def width(self) -> int:
-        return len(self.keys) * self.buckets
+    name: str  # its field in the customer record
 
     def total(self, gathered: np.ndarray) -> np.ndarray:
         """Per key totals over the buckets of ``gathered`` (rows, keys, buckets).
 
-        Reduced bucket-major (a transposed copy first): numpy reduces a short last axis
-        one row at a time, but the leading axis as a few long vector operations.
+        ``einsum`` sums a short last axis several times faster than ``sum`` (which reduces
+        it one row at a time); it accumulates in the input dtype, which for int32 counts is
+        exact because ``_check_headroom`` keeps every window's total within int32.  Minima
+        and maxima are reduced bucket-major, over a transposed copy, for the same reason.
         """
-        rows, keys, buckets = gathered.shape
-        by_bucket = np.ascontiguousarray(gathered.reshape(rows * keys, buckets).T)
-        if self.kind == _COUNT:
-            total = by_bucket.sum(axis=0, dtype=np.int64)
-        elif self.kind == _SUM:
-            total = by_bucket.sum(axis=0)
-        elif self.kind == _MIN:
-            total = by_bucket.min(axis=0)
-        else:
-            total = by_bucket.max(axis=0)
-        return total.reshape(rows, keys)
+        if self.kind in (_COUNT, _SUM):
+            return np.einsum("ijk->ij", gathered)
+        by_bucket = np.ascontiguousarray(gathered.transpose(2, 0, 1))
+        return by_bucket.min(axis=0) if self.kind == _MIN else by_bucket.max(axis=0)
 
 
 @dataclass(slots=True)
@@ -350,6 +346,7 @@ class FeatureState:
                             dtype=np.intp,
                         ),
                         type_table=_type_table([k.types for k in members]),
+                        name=f"acc{len(self._blocks)}",
                     )
                 )
 
@@ -377,55 +374,75 @@ class FeatureState:
             self._n + 1
         )[None, :, None]
         self._frame_layout = _FrameLayout.of(spec)
+        # The spec's digest hashes its JSON form: computed once, not per snapshot batch.
+        self._layout = bytes.fromhex(spec.digest[:16])
         self._feature_steps = self._compile_features()
 
-        self.clock = np.empty(0, dtype=np.int64)
-        self.first_seen = np.empty(0, dtype=np.int64)
-        # Input offset of the customer's latest applied event: after an at-least-once
-        # crash, a restored customer may already reflect events that are delivered again.
-        self.applied_offset = np.empty(0, dtype=np.int64)
-        self._latest_time = np.empty((0, len(self._latest_sources)), dtype=np.int64)
-        self._latest_value = np.empty((0, len(self._value_cols)), dtype=np.float64)
-        self._latest_category = np.empty((0, len(self._category_cols)), dtype=object)
+        # Every number a customer holds lives in one packed record (explicitly little
+        # endian): a round gathers and scatters one record per customer instead of a
+        # dozen columns, and a snapshot row is the record's bytes.
+        fields: list[tuple[object, ...]] = [
+            ("clock", "<i8"),
+            ("first_seen", "<i8"),
+            # Input offset of the customer's latest applied event: after an at-least-once
+            # crash, a restored customer may already reflect events delivered again.
+            ("applied_offset", "<i8"),
+        ]
+        if self._latest_sources:
+            fields.append(("latest_time", "<i8", (len(self._latest_sources),)))
         for block in self._blocks:
-            block.array = np.empty((0, len(block.keys), block.buckets), dtype=block.dtype)
+            shape = (len(block.keys), block.buckets)
+            fields.append((block.name, block.dtype.newbyteorder("<"), shape))
+        if self._value_cols:
+            fields.append(("latest_value", "<f8", (len(self._value_cols),)))
+        self._record = np.dtype(fields)  # type: ignore[arg-type]
+        empty = np.zeros((), dtype=self._record)
+        empty["clock"] = empty["first_seen"] = NO_TIME
+        empty["applied_offset"] = -1
+        if self._latest_sources:
+            empty["latest_time"] = NO_TIME
+        for block in self._blocks:
+            empty[block.name] = block.identity
+        if self._value_cols:
+            empty["latest_value"] = np.nan
+        self._empty = empty
+        self._rows = np.empty(0, dtype=self._record)
+        self._raw = self._rows.view(f"V{self._record.itemsize}")
+        self._latest_category = np.empty((0, len(self._category_cols)), dtype=object)
         self._grow(max(capacity, 16))
 
     # ------------------------------------------------------------------ storage
-    def _columns(self) -> list[tuple[np.ndarray, object]]:
-        """Every per-slot numeric array with its empty value, in snapshot order."""
-        return [
-            (self.clock, NO_TIME),
-            (self.first_seen, NO_TIME),
-            (self.applied_offset, -1),
-            (self._latest_time, NO_TIME),
-            *((b.array, b.identity) for b in self._blocks),
-            (self._latest_value, np.nan),
-        ]
+    @property
+    def clock(self) -> np.ndarray:
+        """Each slot's clock (latest event time; ``NO_TIME``: empty), a view."""
+        return self._rows["clock"]
+
+    @property
+    def first_seen(self) -> np.ndarray:
+        return self._rows["first_seen"]
+
+    @property
+    def applied_offset(self) -> np.ndarray:
+        return self._rows["applied_offset"]
 
     def _grow(self, capacity: int) -> None:
         old = self._capacity
-
-        def extend(array: np.ndarray, fill: object) -> np.ndarray:
-            grown = np.full((capacity, *array.shape[1:]), fill, dtype=array.dtype)
-            grown[:old] = array[:old]
-            return grown
-
-        self.clock = extend(self.clock, NO_TIME)
-        self.first_seen = extend(self.first_seen, NO_TIME)
-        self.applied_offset = extend(self.applied_offset, -1)
-        self._latest_time = extend(self._latest_time, NO_TIME)
-        self._latest_value = extend(self._latest_value, np.nan)
-        self._latest_category = extend(self._latest_category, None)
-        for block in self._blocks:
-            block.array = extend(block.array, block.identity)
+        rows = np.empty(capacity, dtype=self._record)
+        rows[:old] = self._rows[:old]
+        rows[old:] = self._empty
+        self._rows = rows
+        # The same bytes as opaque items: numpy copies a structured record field by field
+        # but a void item with one memcpy, so rounds gather and scatter through this view.
+        self._raw = rows.view(f"V{self._record.itemsize}")
+        categories = np.full((capacity, len(self._category_cols)), None, dtype=object)
+        categories[:old] = self._latest_category[:old]
+        self._latest_category = categories
         self._capacity = capacity
 
     def _clear(self, rows: np.ndarray) -> None:
         if rows.size == 0:
             return
-        for array, empty in self._columns():
-            array[rows] = empty
+        self._rows[rows] = self._empty
         self._latest_category[rows] = None
 
     def _lookup(self, customer_ids: list[str]) -> np.ndarray:
@@ -462,9 +479,8 @@ class FeatureState:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the per-slot arrays (the id dict and the strings are not counted)."""
-        arrays = [a for a, _ in self._columns()] + [self._latest_category]
-        return sum(a.nbytes for a in arrays)
+        """Bytes held per slot arrays (the id dict and the strings are not counted)."""
+        return self._rows.nbytes + self._latest_category.nbytes
 
     # ------------------------------------------------------------------ update
     def already_applied(self, customer_ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -570,29 +586,35 @@ class FeatureState:
         )
 
     def _check_headroom(self, customers: np.ndarray, events: np.ndarray) -> None:
-        """Refuse a batch that could push a windowed count past its dtype (never wrap).
+        """Refuse a batch that could push a window's count past int32 (never wrap).
 
-        A batch adds at most ``events`` (per customer) to any one bucket.  ``_count_bound``
-        is an upper bound of every bucket's count, so the usual batch costs one addition;
-        only when that loose bound nears the limit are the counts themselves looked at.
+        The bound is on a window's *total* (the sum of its buckets), which also keeps the
+        int32 sums in ``_Block.total`` exact.  A batch adds at most ``events`` (per
+        customer) to any window; ``_count_bound`` is an upper bound of every window total,
+        so the usual batch costs one addition, and only when that loose bound nears the
+        limit are the counts themselves looked at.
         """
         more = int(events.max())
         if self._count_bound + more <= COUNT_MAX:
             self._count_bound += more
             return
-        blocks = [b.array[: self._size] for b in self._blocks if b.kind == _COUNT and b.windowed]
-        self._count_bound = max((int(a.max(initial=0)) for a in blocks), default=0)
+        blocks = [
+            self._rows[b.name][: self._size]
+            for b in self._blocks
+            if b.kind == _COUNT and b.windowed
+        ]
+        self._count_bound = max((int(_window_peaks(a).max(initial=0)) for a in blocks), default=0)
         if self._count_bound + more <= COUNT_MAX:
             self._count_bound += more
             return
         for array in blocks:
-            peak = array[customers].reshape(len(customers), -1).max(axis=1)
-            worst = peak.astype(np.int64) + events
+            peak = _window_peaks(array[customers])
+            worst = peak + events
             if worst.max() > COUNT_MAX:
                 i = int(worst.argmax())
                 raise CountOverflowError(
-                    f"a windowed count of slot {int(customers[i])} would exceed {COUNT_MAX} "
-                    f"({int(peak[i])} in one bucket, {int(events[i])} more events): "
+                    f"a window count of customer slot {int(customers[i])} would exceed "
+                    f"{COUNT_MAX} ({int(peak[i])} now, up to {int(events[i])} more): "
                     "refusing the batch rather than wrapping"
                 )
         self._count_bound += more
@@ -634,22 +656,24 @@ class FeatureState:
         round_expires = np.logical_or.reduceat(rounds.expired, bounds[:-1])
 
         # Per block and event: what the event adds to each key (the identity where it does
-        # not count), the flat index of its bucket in the round's gathered block, and the
+        # not count), the flat index of its bucket in the round's copy of the block, and the
         # ring buckets to keep when the clock moved on.
         contributions: list[np.ndarray] = []
         targets: list[np.ndarray] = []
         keeps: list[np.ndarray | None] = []
         for block in self._blocks:
             counts = block.type_table[types] & present[:, block.field_index]
-            key_base = np.arange(len(block.keys)) * block.buckets
-            target = (rounds.position * block.width)[:, None] + key_base
             keep = None
+            key_base = np.arange(len(block.keys)) * block.buckets
             if block.windowed:
                 wi = block.window_index
                 counts &= in_window[:, wi]
-                target += bucket[:, wi] % n
+                target = bucket[:, wi] % n + key_base
                 if round_slides.any():
                     keep = ~self._sliding[then_at[:, wi], moved_by[:, wi]]
+            else:
+                target = np.broadcast_to(key_base, (n_events, len(block.keys)))
+            target = target + (rounds.position * block.buckets * len(block.keys))[:, None]
             if block.kind == _COUNT:
                 contributions.append(counts.astype(block.dtype))
             else:
@@ -681,26 +705,31 @@ class FeatureState:
         category_out = np.empty_like(latest_categories)
 
         value_cols, category_cols = self._value_cols, self._category_cols
+        has_latest = bool(self._latest_sources)
         for r in range(len(bounds) - 1):
             lo, hi = int(bounds[r]), int(bounds[r + 1])
             s, t = all_slots[lo:hi], all_times[lo:hi]
+            rows = np.take(self._raw, s).view(self._record)
             if round_expires[r]:
-                self._clear(s[rounds.expired[lo:hi]])
-            self.clock[s] = rounds.clock[lo:hi]
-            first = self.first_seen[s]
+                expired = rounds.expired[lo:hi]
+                rows[expired] = self._empty
+                self._latest_category[s[expired]] = None
+            rows["clock"] = rounds.clock[lo:hi]
+            first = rows["first_seen"]
             first = np.where(fresh[lo:hi], t, np.minimum(first, t))
-            self.first_seen[s] = first
+            rows["first_seen"] = first
             first_out[lo:hi] = first
 
             for b, block in enumerate(self._blocks):
-                gathered = np.take(block.array, s, axis=0)
+                # A contiguous copy: ufuncs on the strided record field cost more than it.
+                held = np.ascontiguousarray(rows[block.name])
                 keep = keeps[b]
                 if keep is not None and round_slides[r]:
                     if block.identity == 0:
-                        np.multiply(gathered, keep[lo:hi], out=gathered)
+                        np.multiply(held, keep[lo:hi], out=held)
                     else:
-                        np.copyto(gathered, block.identity, where=~keep[lo:hi])
-                cells = gathered.reshape(-1)
+                        np.copyto(held, block.identity, where=~keep[lo:hi])
+                cells = held.reshape(-1)
                 at, contribution = targets[b][lo:hi], contributions[b][lo:hi]
                 if block.kind in (_COUNT, _SUM):
                     cells[at] += contribution
@@ -708,28 +737,30 @@ class FeatureState:
                     cells[at] = np.minimum(cells[at], contribution)
                 else:
                     cells[at] = np.maximum(cells[at], contribution)
-                block.array[s] = gathered
-                totals[b][lo:hi] = block.total(gathered)
+                rows[block.name] = held
+                totals[b][lo:hi] = block.total(held)
 
-            held = self._latest_time[s]
-            newer = latest_mask[lo:hi] & (t[:, None] >= held)
-            changed = newer.any()
-            if changed:
-                np.copyto(held, t[:, None], where=newer)
-                self._latest_time[s] = held
-            time_out[lo:hi] = held
-            if value_cols:
-                kept = self._latest_value[s]
+            if has_latest:
+                times = rows["latest_time"]
+                newer = latest_mask[lo:hi] & (t[:, None] >= times)
+                changed = newer.any()
                 if changed:
-                    np.copyto(kept, latest_values[lo:hi], where=newer[:, value_cols])
-                    self._latest_value[s] = kept
-                value_out[lo:hi] = kept
-            if category_cols:
-                kept = self._latest_category[s]
-                if changed:
-                    np.copyto(kept, latest_categories[lo:hi], where=newer[:, category_cols])
-                    self._latest_category[s] = kept
-                category_out[lo:hi] = kept
+                    np.copyto(times, t[:, None], where=newer)
+                time_out[lo:hi] = times
+                if value_cols:
+                    kept = rows["latest_value"]
+                    if changed:
+                        np.copyto(kept, latest_values[lo:hi], where=newer[:, value_cols])
+                    value_out[lo:hi] = kept
+                if category_cols:
+                    categories = self._latest_category[s]
+                    if changed:
+                        np.copyto(
+                            categories, latest_categories[lo:hi], where=newer[:, category_cols]
+                        )
+                        self._latest_category[s] = categories
+                    category_out[lo:hi] = categories
+            self._raw[s] = rows.view(self._raw.dtype)
 
         return _Readings(
             clock=rounds.clock,
@@ -856,36 +887,28 @@ class FeatureState:
     @property
     def layout(self) -> bytes:
         """Identifies the snapshot layout: the spec's digest (8 bytes)."""
-        return bytes.fromhex(self.spec.digest[:16])
+        return self._layout
 
     def export(self, customer_ids: list[str]) -> list[bytes]:
         """One compact snapshot per customer, for the changelog.
 
-        A snapshot is ``(version, layout, row, categories)``: ``row`` is the customer's
-        numeric columns as raw little-endian bytes in ``_columns`` order, at their own
-        dtypes (int64 times, int32 counts, float64 values), so a restore is one
-        ``frombuffer`` per batch of customers.
+        A snapshot is ``(version, layout, record, categories)``: ``record`` is the
+        customer's packed little-endian record (int64 times and offsets, int32 bucket
+        counts, float64 sums and values), so a restore is one ``frombuffer`` for a whole
+        batch of customers.
         """
         if not customer_ids:
             return []
         slots = self._lookup(customer_ids)
         if (slots < 0).any():
             raise KeyError(customer_ids[int(np.argmax(slots < 0))])
-        m = len(slots)
-        rows = np.concatenate(
-            [
-                np.ascontiguousarray(a[slots]).reshape(m, -1).view(np.uint8)
-                for a, _ in self._columns()
-            ],
-            axis=1,
-        )
-        width = rows.shape[1]
-        data = rows.tobytes()
-        cats = self._latest_category[slots].tolist()
+        width = self._record.itemsize
+        data = np.take(self._raw, slots).tobytes()
+        categories = self._latest_category[slots].tolist()
         layout, encode = self.layout, _SNAPSHOT.encode
         return [
-            encode((SNAPSHOT_VERSION, layout, data[i * width : (i + 1) * width], cats[i]))
-            for i in range(m)
+            encode((SNAPSHOT_VERSION, layout, data[i * width : (i + 1) * width], categories[i]))
+            for i in range(len(slots))
         ]
 
     def restore(self, customer_ids: list[str], snapshots: list[bytes]) -> int:
@@ -928,21 +951,14 @@ class FeatureState:
         return len(current) + len(old)
 
     def _restore_current(self, customer_ids: list[str], decoded: list[list[object]]) -> None:
-        columns = self._columns()
-        width = sum(a[:1].nbytes for a, _ in columns)
+        width = self._record.itemsize
         data = b"".join(d[2] for d in decoded)  # type: ignore[misc]
         if len(data) != width * len(decoded):
             raise SnapshotError(
-                f"state snapshot rows are not {width} bytes: written by an incompatible build"
+                f"state snapshot records are not {width} bytes: written by an incompatible build"
             )
-        rows = np.frombuffer(data, dtype=np.uint8).reshape(len(decoded), width)
         slots = self._slots_for(customer_ids)
-        start = 0
-        for array, _ in columns:
-            size = array[:1].nbytes
-            part = np.ascontiguousarray(rows[:, start : start + size])
-            array[slots] = part.view(array.dtype).reshape(len(slots), *array.shape[1:])
-            start += size
+        self._rows[slots] = np.frombuffer(data, dtype=self._record)
         categories = np.empty((len(slots), len(self._category_cols)), dtype=object)
         for i, d in enumerate(decoded):
             categories[i] = d[3]
@@ -969,7 +985,7 @@ class FeatureState:
             ids = ints[:, 3 + i * n : 3 + (i + 1) * n]
             valid[w] = ids > (clock // (w // n) - n)[:, None]
         latest_time = ints[:, 3 + n * len(self._windows) :]
-        blocks = [np.full((k, *b.array.shape[1:]), b.identity, b.dtype) for b in self._blocks]
+        blocks = [np.full((k, len(b.keys), b.buckets), b.identity, b.dtype) for b in self._blocks]
         start = 0
         for key in self._acc_keys:
             b, j = self._acc_at[key]
@@ -988,14 +1004,19 @@ class FeatureState:
         values = np.concatenate(
             [last_values[:, [j for j in self._value_cols if j < n_last]], profile_values], axis=1
         )
-        slots = self._slots_for(customer_ids)
-        self.clock[slots] = clock
-        self.first_seen[slots] = ints[:, 1]
-        self.applied_offset[slots] = ints[:, 2]
-        self._latest_time[slots] = latest_time
+        records = np.empty(k, dtype=self._record)
+        records[:] = self._empty
+        records["clock"] = clock
+        records["first_seen"] = ints[:, 1]
+        records["applied_offset"] = ints[:, 2]
+        if self._latest_sources:
+            records["latest_time"] = latest_time
         for block, converted in zip(self._blocks, blocks, strict=True):
-            block.array[slots] = converted
-        self._latest_value[slots] = values
+            records[block.name] = converted
+        if self._value_cols:
+            records["latest_value"] = values
+        slots = self._slots_for(customer_ids)
+        self._rows[slots] = records
         categories = np.empty((k, len(self._category_cols)), dtype=object)
         for i, d in enumerate(decoded):
             categories[i] = d[3]
@@ -1007,7 +1028,8 @@ class FeatureState:
         self._applied_bound = max(self._applied_bound, int(self.applied_offset[slots].max()))
         for block in self._blocks:
             if block.kind == _COUNT and block.windowed:
-                self._count_bound = max(self._count_bound, int(block.array[slots].max()))
+                peak = int(_window_peaks(self._rows[block.name][slots]).max(initial=0))
+                self._count_bound = max(self._count_bound, peak)
 
     def forget(self, customer_ids: list[str]) -> None:
         """Drop customers (a changelog tombstone)."""
