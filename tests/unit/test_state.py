@@ -146,6 +146,8 @@ def test_snapshots_of_an_unknown_version_fail_loudly() -> None:
         state.restore(["a"], [future])
     with pytest.raises(SnapshotError, match="not a state snapshot"):
         state.restore(["a"], [msgspec.msgpack.encode("garbage")])
+    with pytest.raises(SnapshotError, match="not a state snapshot"):
+        state.restore(["a"], [b"\xc1 not msgpack"])
     short = msgspec.msgpack.encode((SNAPSHOT_VERSION, state.layout, b"\0" * 8, []))
     with pytest.raises(SnapshotError, match="bytes"):
         state.restore(["a"], [short])

@@ -1,19 +1,22 @@
 """Per-customer windowed state, updated and read a micro-batch at a time.
 
 One ``FeatureState`` holds the customers of one input partition (so that a partition's
-state can be restored, moved or dropped on its own).  Storage is columnar: each customer
-owns a *slot*, a row index into numpy arrays.  No Python object per customer but the
-id -> slot dict.
+state can be restored, moved or dropped on its own).  Each customer owns a *slot*, a row of
+one numpy structured array: a packed record of every number the customer holds (clock,
+first seen, applied offset, latest times and values, accumulator rings), plus a row of an
+object array for categorical profile values.  No Python object per customer but the
+id -> slot dict.  A round gathers and scatters whole records (one memcpy per customer) and
+a changelog snapshot is a record's bytes.
 
-Accumulators are grouped by kind into *blocks*, one array of shape
-``(capacity, keys, buckets)`` each (windowed counts, windowed sums, lifetime maxima, ...),
-so that one round updates every key of a kind with a handful of numpy calls rather than
-several calls per key: at a few hundred events per partition and batch, per-call overhead,
-not arithmetic, is what the update costs.  Windows are rings of ``buckets_per_window``
-buckets that hold no bucket ids: a ring is kept *aligned to its customer's clock* (position
-``p`` holds the one bucket ``k`` with ``k % n == p`` inside the window that ends at the
-clock, or the identity), by clearing the buckets that slide out whenever the clock moves
-on.  Reading a window is then a plain reduction over the ring.
+Accumulators are grouped by kind into *blocks*, one record field of shape
+``(keys, buckets)`` each (windowed counts, windowed sums, lifetime maxima, ...), so that one
+round updates every key of a kind with a handful of numpy calls rather than several calls
+per key: at a few hundred events per partition and batch, per-call overhead, not
+arithmetic, is what the update costs.  Windows are rings of ``buckets_per_window`` buckets
+that hold no bucket ids: a ring is kept *aligned to its customer's clock* (position ``p``
+holds the one bucket ``k`` with ``k % n == p`` inside the window that ends at the clock, or
+the identity), by clearing the buckets that slide out whenever the clock moves on.  Reading
+a window is then a plain reduction over the ring, and no memory goes to bucket ids.
 
 A batch is applied in *rounds*: round ``r`` holds the ``r``-th event of every customer in
 the batch, so inside a round every customer appears at most once and numpy fancy indexing
@@ -33,10 +36,10 @@ Semantics (the offline reference in ``core.offline`` implements the same, indepe
   the later arrival wins).
 
 Dtypes: times and offsets are int64 (exact epoch milliseconds); windowed counts are int32
-per bucket (2**31 events of one customer in one bucket is far beyond any real stream, and
-``update`` refuses loudly rather than wrap); sums, minima, maxima and values stay float64
-because the features must equal the float64 reference and float32 cannot hold e.g. 19.99
-exactly.
+per bucket (2**31 events of one customer in one window is far beyond any real stream, and
+``update`` refuses a batch with ``CountOverflowError`` rather than wrap); lifetime counts
+are int64; sums, minima, maxima and values stay float64 because the features must equal
+the float64 reference and float32 cannot hold e.g. 19.99 exactly.
 """
 
 from __future__ import annotations
@@ -926,16 +929,22 @@ class FeatureState:
         old_ids: list[str] = []
         old: list[tuple[bytes, bytes, bytes, list[str | None]]] = []
         for customer, value in latest.items():
-            decoded = _ANY_DECODER.decode(value)
-            if not isinstance(decoded, list) or not decoded:
+            try:
+                decoded = _ANY_DECODER.decode(value)
+                version = decoded[0] if isinstance(decoded, list) and decoded else None
+                if isinstance(version, bytes):  # version 1: (layout, ints, floats, categories)
+                    if version == layout:
+                        old.append(_V1_DECODER.decode(value))
+                        old_ids.append(customer)
+                    continue
+            except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                raise SnapshotError(f"customer {customer!r}: not a state snapshot") from error
+            if version is None:
                 raise SnapshotError(f"customer {customer!r}: not a state snapshot")
-            version = decoded[0]
-            if isinstance(version, bytes):  # version 1: (layout, ints, floats, categories)
-                if version == layout:
-                    old_ids.append(customer)
-                    old.append(_V1_DECODER.decode(value))
-            elif version == SNAPSHOT_VERSION and len(decoded) == 4:
+            if version == SNAPSHOT_VERSION and len(decoded) == 4:
                 if decoded[1] == layout:
+                    if not isinstance(decoded[2], bytes) or not isinstance(decoded[3], list):
+                        raise SnapshotError(f"customer {customer!r}: malformed state snapshot")
                     current_ids.append(customer)
                     current.append(decoded)
             else:
