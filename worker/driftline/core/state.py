@@ -482,7 +482,7 @@ class FeatureState:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held per slot arrays (the id dict and the strings are not counted)."""
+        """Bytes of the per-slot arrays (the id dict and the strings are not counted)."""
         return self._rows.nbytes + self._latest_category.nbytes
 
     # ------------------------------------------------------------------ update
