@@ -27,7 +27,7 @@ from driftline.core.events import (
 )
 from driftline.core.predictions import Prediction
 from driftline.core.spec import FeatureSpec
-from driftline.core.state import NO_TIME, FeatureState
+from driftline.core.state import NO_TIME, FeatureBlock, FeatureState
 from driftline.core.watermark import PartitionWatermark
 from driftline.model.scoring import Scorer
 
@@ -181,7 +181,7 @@ class ScoringProcessor:
         stages["decode"] = t1 - t0
 
         partitions = raw.partitions[batch.index]
-        frames: list[pd.DataFrame] = []
+        blocks: list[FeatureBlock] = []
         kept_parts: list[EventBatch] = []
         changelog: list[tuple[int, bytes, bytes | None]] = []
         n_late = n_redelivered = 0
@@ -203,7 +203,7 @@ class ScoringProcessor:
                 n_redelivered += int(applied.sum())
                 part = part.take(np.flatnonzero(~applied))
                 offsets = offsets[~applied]
-            frames.append(state.update(part, offsets))
+            blocks.append(state.update_block(part, offsets))
             kept_parts.append(part)
             if self.changelog:
                 customers = list(dict.fromkeys(part.customer_id.tolist()))
@@ -214,15 +214,16 @@ class ScoringProcessor:
                 span = raw.offsets[raw.partitions == p]
                 record = (int(span.min()), int(span.max()), before, watermark.max_event_time_ms)
                 changelog.append((p, WATERMARK_KEY, _encode_watermark(record)))
-        t2 = time.perf_counter()
-        stages["state"] = t2 - t1
-
+        # One feature frame for the whole batch, from the partitions' numpy blocks.
         if kept_parts:
             valid = EventBatch.concat(kept_parts)
-            features = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+            features = FeatureBlock.concat(blocks).frame()
         else:
             valid = EventBatch.empty()
             features = pd.DataFrame(columns=self.spec.feature_names)
+        t2 = time.perf_counter()
+        stages["state"] = t2 - t1
+
         scores = self.scorer.score(features)
         t3 = time.perf_counter()
         stages["predict"] = t3 - t2
