@@ -78,3 +78,17 @@ def test_scores_that_differ_are_refused_with_the_difference_in_the_message(
     other = Scorer(models[1])  # a different forest: a genuine mismatch
     with pytest.raises(OnnxMismatch, match="differs from scikit-learn by up to"):
         verify(onnx_scorer, other, reference_sample(models[0]))
+
+
+def test_the_numpy_preprocessing_equals_scikit_learns_transform(
+    models: list[LoadedModel],
+) -> None:
+    from driftline.model.onnx import OnnxScorer
+
+    scorer = OnnxScorer(models[0])
+    assert scorer._fast_preprocess is not None, "driftline's own pipeline must compile"
+    sample = reference_sample(models[0], rows=700, seed=5)
+    fast = scorer._fast_preprocess(sample)
+    reference = scorer._preprocess.transform(sample)
+    reference = reference.toarray() if hasattr(reference, "toarray") else reference
+    np.testing.assert_allclose(fast, reference, rtol=1e-12, atol=1e-12)

@@ -1,12 +1,15 @@
 """Optional ONNX Runtime execution of a registered model's forest (``pip install .[onnx]``).
 
-What runs where: the pipeline's preprocessing (cast, impute, scale, one-hot) stays
-scikit-learn, because skl2onnx cannot express its Python cast functions nor the imputer's
-``add_indicator`` columns; the random forest, which is most of the predict time, is
-converted with skl2onnx and run by ONNX Runtime on one thread.  The forest is converted
-with float32 inputs on purpose: scikit-learn's trees compare float32 features too, so the
-two agree to float rounding (a float64 conversion split differently on threshold ties
-and was off by 0.02 on some rows).
+What runs where: the random forest is converted with skl2onnx and run by ONNX Runtime on
+one thread.  The preprocessing (cast, impute, scale, one-hot) cannot be converted:
+skl2onnx expresses neither the pipeline's Python cast functions nor the imputer's
+``add_indicator`` columns.  For the pipeline ``driftline train`` builds, it is evaluated
+from the fitted parameters in numpy (:func:`_compile_preprocess`): through scikit-learn
+and pandas it cost ~7 ms per batch whatever the batch size, which is most of the
+latency of a small batch; any other pipeline keeps scikit-learn's own ``transform``.
+The forest is converted with float32 inputs on purpose: scikit-learn's trees compare
+float32 features too, so the two agree to float rounding (a float64 conversion split
+differently on threshold ties and was off by 0.02 on some rows).
 
 Never silently different: :func:`load_onnx_scorer` scores the model's *reference
 sample* both ways and refuses (:class:`OnnxMismatch`) unless every positive-class
@@ -19,6 +22,7 @@ plus an unseen one; callers may add real rows (the benchmark adds its feature fr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -69,6 +73,7 @@ class OnnxScorer(Scorer):
         if not steps or len(steps) < 2:
             raise OnnxUnavailable("the model is not a preprocessing + forest pipeline")
         self._preprocess = self.pipeline[:-1]
+        self._fast_preprocess = _compile_preprocess(self._preprocess)
         forest = self.pipeline[-1]
         width = int(getattr(forest, "n_features_in_", 0))
         try:
@@ -97,9 +102,12 @@ class OnnxScorer(Scorer):
             raise ValueError(f"feature frame lacks the model's column(s) {absent}")
         if len(features) == 0:
             return np.empty(0, dtype=np.float64)
-        matrix = self._preprocess.transform(features.loc[:, self.feature_names])
-        if hasattr(matrix, "toarray"):
-            matrix = matrix.toarray()
+        frame = features.loc[:, self.feature_names]
+        matrix = self._fast_preprocess(frame) if self._fast_preprocess is not None else None
+        if matrix is None:
+            matrix = self._preprocess.transform(frame)
+            if hasattr(matrix, "toarray"):
+                matrix = matrix.toarray()
         x = np.ascontiguousarray(matrix, dtype=np.float32)
         probabilities = self._session.run([self._output], {"X": x})[0]
         return np.asarray(probabilities[:, self._forest_positive], dtype=np.float64)
@@ -173,3 +181,115 @@ def load_onnx_scorer(
         sample = pd.concat([sample, extra_rows.loc[:, model.feature_names]], ignore_index=True)
     worst = verify(scorer, Scorer(model), sample, tolerance)
     return scorer, worst
+
+
+Preprocess = Callable[[pd.DataFrame], "np.ndarray | None"]
+
+
+def _compile_preprocess(preprocess: Any) -> Preprocess | None:
+    """numpy evaluation of ``driftline train``'s fitted ColumnTransformer, or None.
+
+    Only the exact structure is compiled: numeric ``as_float -> SimpleImputer(median,
+    add_indicator) -> StandardScaler`` and categorical ``as_category_strings ->
+    SimpleImputer(constant) -> OneHotEncoder(handle_unknown="ignore")``, no remainder.
+    The function returns None for a frame it cannot cast cheaply (non-numeric dtypes),
+    and the caller then uses scikit-learn.  Equality with scikit-learn is not assumed:
+    :func:`verify` checks the scores, this path included, before anything is served.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from driftline.model.training import as_category_strings, as_float
+
+    steps = getattr(preprocess, "steps", None)
+    if not steps or len(steps) != 1 or not isinstance(steps[0][1], ColumnTransformer):
+        return None
+    transformer: ColumnTransformer = steps[0][1]
+    parts: list[Callable[[pd.DataFrame], np.ndarray | None]] = []
+    for name, branch, columns in transformer.transformers_:
+        if name == "remainder":
+            if branch != "drop":
+                return None
+            continue
+        named = [n for n, _ in getattr(branch, "steps", [])]
+        if named != ["cast", "impute", "scale"] and named != ["cast", "impute", "onehot"]:
+            return None
+        cast, impute, last = (step for _, step in branch.steps)
+        if not isinstance(impute, SimpleImputer):
+            return None
+        if named[2] == "scale":
+            if (
+                cast.func is not as_float
+                or not isinstance(last, StandardScaler)
+                or impute.strategy != "median"
+            ):
+                return None
+            parts.append(_numeric_branch(list(columns), impute, last))
+        else:
+            if cast.func is not as_category_strings or not isinstance(last, OneHotEncoder):
+                return None
+            if (
+                last.handle_unknown != "ignore"
+                or last.drop is not None
+                or getattr(last, "infrequent_categories_", None) is not None
+                or impute.strategy != "constant"
+            ):
+                return None
+            parts.append(_categorical_branch(list(columns), impute, last))
+
+    def run(frame: pd.DataFrame) -> np.ndarray | None:
+        blocks = [part(frame) for part in parts]
+        if any(b is None for b in blocks):
+            return None
+        return np.hstack(blocks)  # type: ignore[arg-type]
+
+    return run
+
+
+def _numeric_branch(
+    columns: list[str], impute: Any, scale: Any
+) -> Callable[[pd.DataFrame], np.ndarray | None]:
+    fill = np.asarray(impute.statistics_, dtype=np.float64)
+    indicator = getattr(impute, "indicator_", None)
+    flagged = np.asarray(indicator.features_ if indicator is not None else [], dtype=np.intp)
+    mean = scale.mean_ if scale.with_mean else None
+    std = scale.scale_ if scale.with_std else None
+
+    def run(frame: pd.DataFrame) -> np.ndarray | None:
+        block = frame[columns]
+        if not all(pd.api.types.is_numeric_dtype(t) for t in block.dtypes):
+            return None
+        x = block.to_numpy(dtype=np.float64, na_value=np.nan)
+        missing = np.isnan(x)
+        x = np.where(missing, fill, x)
+        if flagged.size:
+            x = np.hstack([x, missing[:, flagged].astype(np.float64)])
+        if mean is not None:
+            x = x - mean
+        if std is not None:
+            x = x / std
+        return x
+
+    return run
+
+
+def _categorical_branch(
+    columns: list[str], impute: Any, encoder: Any
+) -> Callable[[pd.DataFrame], np.ndarray | None]:
+    from driftline.model.training import as_category_strings
+
+    categories = [np.asarray(c, dtype=object) for c in encoder.categories_]
+    fill = impute.fill_value
+
+    def run(frame: pd.DataFrame) -> np.ndarray | None:
+        values = as_category_strings(frame[columns]).to_numpy(dtype=object)
+        missing = pd.isna(values)
+        values = np.where(missing, fill, values)
+        blocks = [
+            (values[:, i, None] == categories[i][None, :]).astype(np.float64)
+            for i in range(len(columns))
+        ]
+        return np.hstack(blocks)
+
+    return run
