@@ -19,6 +19,7 @@ import argparse
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -27,7 +28,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from driftline.core.events import EVENT_TYPES
 from driftline.core.predictions import Prediction
@@ -48,6 +49,7 @@ class LatencyFigures:
     p99_9_ms: float | None
     max_ms: float | None
     mean_batch: float | None = None
+    runtime: str = "sklearn"
 
 
 def latency_summary(latencies_s: np.ndarray) -> dict[str, float | None]:
@@ -87,6 +89,14 @@ def produce_at_rate(
     picks = rng.integers(0, customers, total)
     kinds = rng.integers(0, len(types), total)
     amounts = rng.gamma(2.0, 30.0, total).round(2)
+    # Connect, fetch metadata and get the idempotent producer id before the clock
+    # starts: on Tansu that first round trip took ~1 s, and the events stamped meanwhile
+    # would measure the producer's start-up, not the worker.  The warm-up event's id
+    # lacks the "<prefix>-" mark, so the reader ignores its prediction.
+    warm = {"event_id": f"{prefix}warm", "customer_id": ids[0], "event_type": "login"}
+    warm_value = encode({**warm, "event_time": int(time.time() * 1000)})
+    producer.produce(topic, warm_value, ids[0].encode())
+    producer.flush(30)
     sent = 0
     started = time.perf_counter()
     while sent < total:
@@ -127,35 +137,60 @@ def _producer_main(argv: list[str]) -> int:
 # ----------------------------------------------------------------- measuring side
 
 
-def _read_latencies(
-    bootstrap: str, topic: str, prefix: str, expected: int, deadline: float
-) -> np.ndarray:
-    """Arrival minus send time of every prediction whose event id has ``prefix``."""
-    decode = msgspec.json.Decoder(Prediction).decode
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-latency-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 1,
-        }
-    )
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-    mark = f"{prefix}-"
-    latencies: list[float] = []
-    try:
-        while len(latencies) < expected and time.time() < deadline:
-            for message in consumer.consume(1000, 0.05):
-                arrived = time.time()
-                if message.error() is not None:
-                    continue
-                prediction = decode(message.value())
-                if prediction.event_id.startswith(mark):
-                    latencies.append(arrived - prediction.event_time / 1000)
-    finally:
-        consumer.close()
-    return np.asarray(latencies)
+class _Reader(threading.Thread):
+    """Reads the predictions topic; arrival minus send time for ids with ``prefix``.
+
+    It first reads what is already there to the end of every partition (EOF: Tansu's
+    ListOffsets end is wrong, so OFFSET_END cannot be trusted), and only then sets
+    ``caught_up``: the producer starts after it, so no latency includes the time spent
+    reading earlier runs' predictions.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, prefix: str, expected: int, timeout_s: float):
+        super().__init__(daemon=True, name="latency-reader")
+        self.args = (bootstrap, topic)
+        self.mark = f"{prefix}-"
+        self.expected = expected
+        self.timeout_s = timeout_s
+        self.caught_up = threading.Event()
+        self.latencies: list[float] = []
+
+    def run(self) -> None:
+        bootstrap, topic = self.args
+        decode = msgspec.json.Decoder(Prediction).decode
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-latency-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 1,
+            }
+        )
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        at_end: set[int] = set()
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while len(self.latencies) < self.expected and time.monotonic() < deadline:
+                for message in consumer.consume(1000, 0.05):
+                    arrived = time.time()
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            at_end.add(message.partition())
+                            if at_end >= set(partitions):
+                                self.caught_up.set()
+                        continue
+                    try:
+                        prediction = decode(message.value())
+                    except msgspec.MsgspecError:
+                        continue  # not a prediction (a dead letter on a shared topic)
+                    if prediction.event_id.startswith(self.mark):
+                        self.latencies.append(arrived - prediction.event_time / 1000)
+        finally:
+            self.caught_up.set()
+            consumer.close()
 
 
 def measure_rate(
@@ -186,14 +221,16 @@ def measure_rate(
         str(customers),
     ]
     expected = int(rate * duration_s)
+    reader = _Reader(bootstrap, output_topic, prefix, expected, duration_s + 60)
+    reader.start()
+    reader.caught_up.wait(60)
     started = time.perf_counter()
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
-        latencies = _read_latencies(
-            bootstrap, output_topic, prefix, expected, time.time() + duration_s + 30
-        )
+        reader.join(duration_s + 90)
         out, _ = child.communicate(timeout=60)
     elapsed = time.perf_counter() - started
     sent = int(out.strip() or 0)
+    latencies = np.asarray(reader.latencies)
     summary = latency_summary(latencies)
     return LatencyFigures(
         offered_eps=rate,
@@ -214,7 +251,7 @@ def run_latency_bench(
     duration_s: float,
     batch_size: int = 2000,
     latency_target_s: float = 0.05,
-    extra_args: list[str] | None = None,
+    runtime: str = "sklearn",
 ) -> list[LatencyFigures]:
     """One worker process, then each offered rate in turn on its input topic."""
     from driftline.testing.faults import WorkerProcess
@@ -237,7 +274,8 @@ def run_latency_bench(
                 str(batch_size),
                 "--latency-target",
                 str(latency_target_s),
-                *(extra_args or []),
+                "--model-runtime",
+                runtime,
             ],
             log_path=Path(logs) / "worker.log",
             name="latency",
@@ -253,6 +291,7 @@ def run_latency_bench(
                 after = _batch_counts(worker)
                 if after[0] > before[0]:
                     figure.mean_batch = (after[1] - before[1]) / (after[0] - before[0])
+                figure.runtime = runtime
                 figures.append(figure)
             worker.sigterm(timeout=60)
     return figures

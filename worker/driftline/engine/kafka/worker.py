@@ -92,7 +92,10 @@ class WorkerSettings:
     #: Adaptive micro-batching (``driftline.engine.batching``): grow the batch under a
     #: backlog, shrink it and the poll wait when caught up, to ``latency_target_s``.
     adaptive_batch: bool = True
-    min_batch_size: int = 50
+    #: Floor of the adaptive size: below it, per-batch costs (a predict call is ~10 ms
+    #: with scikit-learn) dominate and a burst needs many doublings to be absorbed.  It
+    #: is only a cap: a caught-up worker's batches are what arrives within the wait.
+    min_batch_size: int = 500
     latency_target_s: float = 0.05
     #: Deliver and commit batch N on a second thread while batch N+1 is consumed and
     #: scored (at most one batch in flight; same ordering guarantees as sequential).
