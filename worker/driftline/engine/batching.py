@@ -33,7 +33,7 @@ class BatchPlan:
 
 
 class AdaptiveBatcher:
-    """AIMD-style controller of the micro-batch size and poll wait, to a latency target.
+    """Controller of the micro-batch size (doubling, halving) and poll wait, to a latency target.
 
     ``adaptive=False`` keeps ``max_size`` and ``max_wait_s`` fixed (the old behaviour,
     and what a benchmark of a fixed batch size wants).
