@@ -10,6 +10,11 @@ ratios hold on a noisy shared machine even when the absolute numbers move:
     and ``predict_proba``, produce;
 (d) the model alone: ``predict_proba`` on ready feature frames at the worker's batch
     size, no Kafka, the compute limit.
+
+Beside them: the worker with its loop run sequentially (deliver and commit each batch
+before consuming the next, as before the pipelined loop), the worker's own per-stage
+breakdown (from its metrics: where the time goes), and, when the ``onnx`` extra is
+installed, the worker and the model alone with the forest in ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -38,9 +43,21 @@ from driftline.core.spec import FeatureSpec, load_default_spec
 from driftline.core.state import FeatureState
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.engine.kafka.worker import KafkaScoringWorker, WorkerSettings
-from driftline.model.registry import ModelRegistry
+from driftline.model.registry import LoadedModel, ModelRegistry
 from driftline.model.scoring import Scorer, limit_native_threads
 from driftline.simulate import Population, produce_records
+
+#: Stages of the breakdown, in pipeline order (the worker's ``stage`` label values).
+BREAKDOWN_STAGES = ("poll", "decode", "state", "predict", "produce", "commit")
+
+
+@dataclass
+class WorkerRun:
+    """One worker run: events/s, the mean batch it chose, its stages in µs per event."""
+
+    eps: float
+    mean_batch: float
+    stage_us: dict[str, float]
 
 
 @dataclass
@@ -55,36 +72,84 @@ class BenchResult:
     per_event_eps: float
     model_only_eps: float
     machine: str
+    worker_sequential_eps: float | None = None
+    #: µs per event by stage of the at-least-once run; "other" is wall time not in a stage.
+    stage_us: dict[str, float] | None = None
+    mean_batch: float | None = None
+    onnx_worker_eps: float | None = None
+    onnx_model_only_eps: float | None = None
+    onnx_max_abs_diff: float | None = None
+    onnx_skipped: str | None = None
 
     @property
     def ratios(self) -> dict[str, float]:
-        return {
+        ratios = {
             "worker/passthrough": self.worker_eps / self.passthrough_eps,
             "worker/per_event": self.worker_eps / self.per_event_eps,
             "worker/model_only": self.worker_eps / self.model_only_eps,
             "exactly_once/at_least_once": self.worker_exactly_once_eps / self.worker_eps,
         }
+        if self.worker_sequential_eps:
+            ratios["pipelined/sequential"] = self.worker_eps / self.worker_sequential_eps
+        if self.onnx_worker_eps and self.onnx_model_only_eps:
+            ratios["onnx worker/onnx model_only"] = self.onnx_worker_eps / self.onnx_model_only_eps
+            ratios["onnx worker/sklearn worker"] = self.onnx_worker_eps / self.worker_eps
+        return ratios
+
+    @property
+    def rows(self) -> list[tuple[str, float | None, int, str]]:
+        """(name, events/s, events, note) per measured line, for both report formats."""
+        skip = f"skipped: {self.onnx_skipped}" if self.onnx_skipped else ""
+        return [
+            ("(a) pass-through consume->produce", self.passthrough_eps, self.events, ""),
+            ("(b) driftline worker, at-least-once", self.worker_eps, self.events, ""),
+            ("(b') driftline worker, exactly-once", self.worker_exactly_once_eps, self.events, ""),
+            (
+                "(b0) worker, sequential loop",
+                self.worker_sequential_eps,
+                self.events,
+                "at-least-once, no pipelining",
+            ),
+            ("(c) per-event scoring loop", self.per_event_eps, self.per_event_events, ""),
+            ("(d) model alone (predict_proba)", self.model_only_eps, self.events, ""),
+            ("(b-onnx) worker, ONNX Runtime forest", self.onnx_worker_eps, self.events, skip),
+            (
+                "(d-onnx) model alone, ONNX Runtime",
+                self.onnx_model_only_eps,
+                self.events,
+                skip
+                or (
+                    f"max |diff| vs sklearn {self.onnx_max_abs_diff:.1e}"
+                    if self.onnx_max_abs_diff is not None
+                    else ""
+                ),
+            ),
+        ]
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "ratios": self.ratios}, indent=2)
 
     def to_table(self) -> str:
-        rows = [
-            ("(a) pass-through consume->produce", self.passthrough_eps, self.events),
-            ("(b) driftline worker, at-least-once", self.worker_eps, self.events),
-            ("(b') driftline worker, exactly-once", self.worker_exactly_once_eps, self.events),
-            ("(c) per-event scoring loop", self.per_event_eps, self.per_event_events),
-            ("(d) model alone (predict_proba)", self.model_only_eps, self.events),
-        ]
+        """A markdown table (readable as plain text too)."""
         lines = [
             f"machine: {self.machine}",
-            f"batch size {self.batch_size}, {self.partitions} partitions",
+            f"batch size {self.batch_size} (mean chosen by the worker: "
+            f"{self.mean_batch or 0:,.0f}), {self.partitions} partitions",
             "",
-            f"{'':38} {'events/s':>12} {'events':>9}",
+            "| | events/s | events | note |",
+            "|---|---:|---:|---|",
         ]
-        lines += [f"{name:38} {eps:>12,.0f} {n:>9,}" for name, eps, n in rows]
-        lines.append("")
-        lines += [f"{name:38} {value:>12.3f}" for name, value in self.ratios.items()]
+        for name, eps, n, note in self.rows:
+            figure = f"{eps:,.0f}" if eps is not None else "-"
+            lines.append(f"| {name} | {figure} | {n:,} | {note} |")
+        lines += ["", "| ratio | value |", "|---|---:|"]
+        lines += [f"| {name} | {value:.3f} |" for name, value in self.ratios.items()]
+        if self.stage_us:
+            total = sum(self.stage_us.values())
+            lines += ["", "| stage (worker, at-least-once) | µs/event | share |", "|---|---:|---:|"]
+            lines += [
+                f"| {stage} | {us:.2f} | {us / total:.0%} |" for stage, us in self.stage_us.items()
+            ]
         return "\n".join(lines)
 
 
@@ -171,6 +236,16 @@ def per_event(
 
 def worker_throughput(settings: WorkerSettings, spec: FeatureSpec, n: int) -> float:
     """Events/s of the real worker, from its first batch to the batch that reached ``n``."""
+    return worker_run(settings, spec, n).eps
+
+
+def worker_run(settings: WorkerSettings, spec: FeatureSpec, n: int) -> WorkerRun:
+    """Run the real worker over ``n`` events; its rate, mean batch and stage breakdown.
+
+    The breakdown is the worker's own ``driftline_stage_duration_seconds`` sums divided
+    by the events: the loop's wall time, stage by stage ("commit" is what the loop waited
+    for the previous batch's delivery and commit; the rest of it overlapped).
+    """
     worker = KafkaScoringWorker(settings, spec)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
@@ -180,10 +255,24 @@ def worker_throughput(settings: WorkerSettings, spec: FeatureSpec, n: int) -> fl
                 raise RuntimeError("worker stopped during the benchmark")
             time.sleep(0.01)
         assert worker.first_batch_started is not None and worker.last_batch_done is not None
-        return worker.events_processed / (worker.last_batch_done - worker.first_batch_started)
+        events = worker.events_processed
+        wall = worker.last_batch_done - worker.first_batch_started
+        sums = _stage_sums(worker)
+        stage_us = {stage: sums.get(stage, 0.0) / events * 1e6 for stage in BREAKDOWN_STAGES}
+        stage_us["other"] = max(0.0, wall / events * 1e6 - sum(stage_us.values()))
+        return WorkerRun(events / wall, events / max(worker.batches, 1), stage_us)
     finally:
         worker.stop()
         thread.join(60)
+
+
+def _stage_sums(worker: KafkaScoringWorker) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    for family in worker.metrics.stage_duration.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                sums[sample.labels["stage"]] = sample.value
+    return sums
 
 
 def model_only(features: pd.DataFrame, scorer: Scorer, batch: int) -> float:
@@ -202,6 +291,21 @@ def _broker(bootstrap: str | None) -> Iterator[str]:
         yield broker.bootstrap
 
 
+def train_bench_model(
+    registry: ModelRegistry,
+    population: Population,
+    spec: FeatureSpec,
+    progress: bool,
+    n_estimators: int = 100,
+) -> None:
+    """RandomForest(100) on a year of the population's simulated history, registered."""
+    history = population.generate_history(days=365)
+    result = train_on_events(
+        history, spec, horizon_days=60, n_estimators=n_estimators, progress=progress
+    )
+    register(result, registry, "churn", spec)
+
+
 def run_bench(
     events: int = 100_000,
     per_event_events: int = 2_000,
@@ -210,18 +314,23 @@ def run_bench(
     customers: int = 5_000,
     bootstrap: str | None = None,
     progress: bool = True,
+    sequential: bool = True,
+    onnx: bool = True,
+    registry: ModelRegistry | None = None,
 ) -> BenchResult:
+    """Every throughput figure, on one broker; trains the model unless ``registry`` has it
+    (the suite trains once for all its benchmarks, from the same population seed)."""
     limit_native_threads(1)
     spec = load_default_spec()
     population = Population(n_customers=customers, seed=7)
-    history = population.generate_history(days=365)
     with tempfile.TemporaryDirectory(prefix="driftline-bench-") as tmp:
-        registry = ModelRegistry(Path(tmp) / "models")
-        result = train_on_events(
-            history, spec, horizon_days=60, n_estimators=100, progress=progress
-        )
-        register(result, registry, "churn", spec)
-        scorer = Scorer(registry.load("churn", expected_features=spec.feature_names))
+        if registry is None:
+            registry = ModelRegistry(Path(tmp) / "models")
+            train_bench_model(registry, population, spec, progress)
+        else:
+            population.generate_history(days=365)  # the live stream continues from it
+        loaded = registry.load("churn", expected_features=spec.feature_names)
+        scorer = Scorer(loaded)
 
         live = pd.concat(list(_take_frames(population, events)), ignore_index=True).head(events)
         encode = msgspec.json.Encoder().encode
@@ -247,23 +356,59 @@ def run_bench(
                 batch_size=batch_size,
                 metrics_port=0,
             )
-            worker_eps = worker_throughput(settings, spec, events)
+            alo = worker_run(settings, spec, events)
+            seq_eps = None
+            if sequential:
+                settings.group_id = f"bench-worker-seq-{run_id}"
+                settings.pipelined = False
+                seq_eps = worker_run(settings, spec, events).eps
+                settings.pipelined = True
             settings.group_id = f"bench-worker-eos-{run_id}"
             settings.exactly_once = True
-            eos_eps = worker_throughput(settings, spec, events)
+            eos_eps = worker_run(settings, spec, events).eps
+            settings.exactly_once = False
             single_eps = per_event(servers, topic, out, per_event_events, spec, scorer)
-    return BenchResult(
-        events=events,
-        per_event_events=per_event_events,
-        batch_size=batch_size,
-        partitions=partitions,
-        passthrough_eps=pass_eps,
-        worker_eps=worker_eps,
-        worker_exactly_once_eps=eos_eps,
-        per_event_eps=single_eps,
-        model_only_eps=model_eps,
-        machine=machine_description(),
-    )
+            bench = BenchResult(
+                events=events,
+                per_event_events=per_event_events,
+                batch_size=batch_size,
+                partitions=partitions,
+                passthrough_eps=pass_eps,
+                worker_eps=alo.eps,
+                worker_exactly_once_eps=eos_eps,
+                per_event_eps=single_eps,
+                model_only_eps=model_eps,
+                machine=machine_description(),
+                worker_sequential_eps=seq_eps,
+                stage_us=alo.stage_us,
+                mean_batch=alo.mean_batch,
+            )
+            if onnx:
+                _onnx_rows(bench, loaded, features, settings, spec, run_id)
+    return bench
+
+
+def _onnx_rows(
+    bench: BenchResult,
+    loaded: LoadedModel,
+    features: pd.DataFrame,
+    settings: WorkerSettings,
+    spec: FeatureSpec,
+    run_id: str,
+) -> None:
+    """The ONNX Runtime rows, or the reason they are skipped."""
+    from driftline.model.onnx import OnnxMismatch, OnnxUnavailable, load_onnx_scorer
+
+    try:
+        onnx_scorer, worst = load_onnx_scorer(loaded, extra_rows=features.head(5000))
+    except (OnnxUnavailable, OnnxMismatch) as error:
+        bench.onnx_skipped = str(error)
+        return
+    bench.onnx_max_abs_diff = worst
+    bench.onnx_model_only_eps = model_only(features, onnx_scorer, bench.batch_size)
+    settings.group_id = f"bench-worker-onnx-{run_id}"
+    settings.model_runtime = "onnx"
+    bench.onnx_worker_eps = worker_run(settings, spec, bench.events).eps
 
 
 def _take_frames(population: Population, n: int) -> Iterator[pd.DataFrame]:

@@ -1,32 +1,46 @@
-"""Benchmarks.  `driftline bench` (throughput), `driftline bench state` or `bench drift`.
+"""Benchmarks: `driftline bench [throughput|latency|state|all|drift]`, one report per run.
 
-throughput (default): the worker against pass-through, per-event scoring and the model.
+throughput (default): starts an embedded broker (or uses --bootstrap-servers), trains a
+RandomForest(100) churn model on simulated history, loads the input topic once, then
+measures side by side: (a) pass-through consume->produce, the transport limit; (b) the
+Driftline worker at-least-once and (b') exactly-once; (b0) the worker with a sequential
+loop; (c) a per-event scoring loop (one-row DataFrame predict_proba per event); (d) the
+model alone at the worker's batch size, the compute limit; and, with the `onnx` extra,
+the worker and the model with the forest in ONNX Runtime.  Ratios and the worker's
+per-stage breakdown (µs per event) follow.
 
-Starts an embedded broker (or uses --bootstrap-servers), trains a RandomForest(100)
-churn model on simulated history, loads the input topic once, then measures side by side:
-(a) pass-through consume->produce, (b) the Driftline worker, (c) a per-event scoring loop
-(one-row DataFrame predict_proba per event), (d) the model alone at the worker's batch
-size; and prints events/s with the ratios b/a, b/c, b/d.  A benchmark, not a test:
-numbers depend on the machine, the ratios much less.
+latency: a worker process, and a separate producer process offering --rates events/s
+for --duration seconds each; p50/p99/p99.9 from an event's send to its prediction read.
 
-state: bytes per customer in state (numpy columns, and all traced allocations), update
-throughput at that state size (2,000-event batches, with and without the changelog
-export), snapshot and restore speed at --customer-sizes, and the time to restore a
-changelog partition through the broker at --changelog-sizes.
+state: bytes per customer in state, update throughput at that state size (2,000-event
+batches, with and without the changelog export), snapshot and restore speed at
+--customer-sizes, and a changelog restore through the broker at --changelog-sizes.
+
+all: the three, small by default (--events 20000, 5 s per rate, 10000 customers in
+state), on one broker, with the issue-5 targets marked held or not.  --json for
+machines; the default output is markdown.  A benchmark, not a test: numbers depend on
+the machine (it is printed), the ratios much less.
 
 drift: the drift monitor on synthetic scenarios (mean shifts of 0.25/0.5/1 sd, a variance
 change, a new category, a missing-rate jump, concept drift, a long stationary stream):
 detection delay in events, whether the right feature was named, false alarms per million
 stationary events against the budget, and the monitor's cost in microseconds per event.
+No broker.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from driftline.bench import run_bench
-
 HELP = __doc__ or ""
+
+
+def _ints(value: str) -> list[int]:
+    return [int(x) for x in value.split(",") if x]
+
+
+def _floats(value: str) -> list[float]:
+    return [float(x) for x in value.split(",") if x]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,26 +48,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "suite",
         nargs="?",
         default="throughput",
-        choices=["throughput", "state", "drift"],
-        help="what to measure",
+        choices=["throughput", "latency", "state", "all", "drift"],
+        help="what to measure (default: %(default)s)",
     )
     parser.add_argument(
         "--customer-sizes",
-        type=lambda v: [int(x) for x in v.split(",")],
-        default=[10_000, 100_000, 1_000_000],
-        help="state suite: customers in state, comma-separated (default: 10000,100000,1000000)",
+        type=_ints,
+        default=None,
+        help="state: customers in state, comma-separated (default: 10000,100000,1000000; "
+        "all: 10000)",
     )
     parser.add_argument(
         "--changelog-sizes",
-        type=lambda v: [int(x) for x in v.split(",")],
-        default=[1_000_000],
-        help="state suite: sizes also restored through a changelog topic",
+        type=_ints,
+        default=None,
+        help="state: sizes also restored through a changelog topic (default: 1000000; all: 10000)",
     )
-    parser.add_argument("--events", type=int, default=100_000, help="events for (a), (b), (d)")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        help="events for the throughput rows (default: 100000; all: 20000)",
+    )
     parser.add_argument("--per-event-events", type=int, default=2_000, help="events for (c), slow")
-    parser.add_argument("--batch-size", type=int, default=2000, help="worker micro-batch size")
+    parser.add_argument("--batch-size", type=int, default=2000, help="largest worker batch")
     parser.add_argument("--partitions", type=int, default=4, help="input partitions")
     parser.add_argument("--customers", type=int, default=5_000, help="simulated customers")
+    parser.add_argument(
+        "--rates",
+        type=_floats,
+        default=[1000.0, 5000.0, 20000.0],
+        help="latency: offered events/s, comma-separated (default: 1000,5000,20000)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="latency: seconds per offered rate (default: 10; all: 5)",
+    )
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime rows")
     parser.add_argument(
         "--bootstrap-servers", default=None, help="use this broker, not an embedded one"
     )
@@ -61,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stationary-events",
         type=int,
         default=1_000_000,
-        help="drift suite: length of the stationary stream for false alarms and cost",
+        help="drift: length of the stationary stream for false alarms and cost",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
@@ -78,20 +111,24 @@ def run(args: argparse.Namespace) -> int:
         )
         print(drift.to_json() if args.json else drift.to_table())
         return 0
-    if args.suite == "state":
-        from driftline.bench_state import run_state_bench, to_json, to_table
+    from driftline.bench_suite import run_suite
 
-        figures = run_state_bench(args.customer_sizes, args.changelog_sizes)
-        print(to_json(figures) if args.json else to_table(figures))
-        return 0
-    result = run_bench(
-        events=args.events,
+    small = args.suite == "all"
+    suites = {"throughput", "latency", "state"} if small else {args.suite}
+    report = run_suite(
+        suites,
+        events=args.events or (20_000 if small else 100_000),
         per_event_events=args.per_event_events,
         batch_size=args.batch_size,
         partitions=args.partitions,
         customers=args.customers,
+        rates=args.rates,
+        duration_s=args.duration or (5.0 if small else 10.0),
+        state_sizes=args.customer_sizes or ([10_000] if small else [10_000, 100_000, 1_000_000]),
+        changelog_sizes=args.changelog_sizes or ([10_000] if small else [1_000_000]),
         bootstrap=args.bootstrap_servers,
         progress=not args.json,
+        onnx=not args.no_onnx,
     )
-    print(result.to_json() if args.json else result.to_table())
+    print(report.to_json() if args.json else report.to_markdown())
     return 0

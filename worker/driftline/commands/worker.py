@@ -119,6 +119,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds drift must persist before a retrain request (default: %(default)s)",
     )
     parser.add_argument(
+        "--model-runtime",
+        choices=["sklearn", "onnx"],
+        default="sklearn",
+        help="onnx: run the forest in ONNX Runtime (extra 'onnx'), only if it matches "
+        "scikit-learn on the model's reference sample within --onnx-tolerance; the worker "
+        "refuses to start otherwise (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--onnx-tolerance",
+        type=float,
+        default=1e-5,
+        help="largest accepted |score difference| ONNX vs scikit-learn (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--latency-target",
+        type=float,
+        default=0.05,
+        help="seconds: adaptive micro-batching waits at most what this leaves after "
+        "processing when caught up, and grows the batch up to --batch-size under a "
+        "backlog (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--adaptive-batch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="adapt the batch size and poll wait to the load (default: on)",
+    )
+    parser.add_argument(
         "--group-instance-id",
         default=None,
         help="static group membership: a restart within the session timeout keeps the "
@@ -150,6 +178,10 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         retrain_topic=args.retrain_topic,
         drift_events_per_day=args.drift_events_per_day,
         retrain_persistence_s=args.retrain_persistence,
+        model_runtime=args.model_runtime,
+        onnx_tolerance=args.onnx_tolerance,
+        latency_target_s=args.latency_target,
+        adaptive_batch=args.adaptive_batch,
     )
     if args.worker_id:
         settings.worker_id = args.worker_id

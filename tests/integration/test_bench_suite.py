@@ -1,0 +1,70 @@
+"""`driftline bench all` end to end on the real broker, tiny: the report's shape, not speed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from driftline.bench_suite import run_suite
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_tiny_suite_reports_every_row_stage_rate_and_target(kafka_bootstrap: str) -> None:
+    report = run_suite(
+        {"throughput", "latency", "state"},
+        events=1_500,
+        per_event_events=30,
+        batch_size=500,
+        partitions=4,
+        customers=200,
+        rates=[300.0, 600.0],
+        duration_s=1.0,
+        state_sizes=[500],
+        changelog_sizes=[],
+        bootstrap=kafka_bootstrap,
+        progress=False,
+        n_estimators=10,
+    )
+    doc = json.loads(report.to_json())
+    assert doc["machine"] and doc["settings"]["events"] == 1_500
+
+    throughput = doc["throughput"]
+    for row in (
+        "passthrough_eps",
+        "worker_eps",
+        "worker_exactly_once_eps",
+        "worker_sequential_eps",
+        "per_event_eps",
+        "model_only_eps",
+    ):
+        assert throughput[row] > 0, row
+    # ONNX rows: figures, or a reason they were skipped, never silently absent.
+    assert (throughput["onnx_worker_eps"] or 0) > 0 or throughput["onnx_skipped"]
+    assert set(throughput["stage_us"]) == {
+        "poll", "decode", "state", "predict", "produce", "commit", "other",
+    }  # fmt: skip
+    assert throughput["stage_us"]["predict"] > 0
+    assert {"worker/model_only", "worker/per_event", "exactly_once/at_least_once"} <= set(
+        throughput["ratios"]
+    )
+
+    sklearn_rows = [row for row in doc["latency"] if row["runtime"] == "sklearn"]
+    assert [row["offered_eps"] for row in sklearn_rows] == [300.0, 600.0]
+    for row in doc["latency"]:
+        assert row["sent"] == int(row["offered_eps"])  # one second each
+        assert row["received"] == row["sent"], row  # every event got its prediction
+        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["p99_9_ms"] <= row["max_ms"]
+
+    assert [s["customers"] for s in doc["state"]] and doc["state"][0]["events"] > 0
+    assert {t["target"] for t in doc["targets"]} >= {
+        "worker / model alone",
+        "worker / per-event",
+        "exactly-once / at-least-once",
+    }
+
+    markdown = report.to_markdown()
+    for heading in ("## Throughput", "## Latency", "## State", "## Targets"):
+        assert heading in markdown
+    assert "| (b) driftline worker, at-least-once |" in markdown

@@ -1,0 +1,197 @@
+"""`driftline bench all`: throughput, latency and state in one run, one report.
+
+One broker and one trained model serve every benchmark of the run, so the figures sit
+side by side on the same machine state; the report says which issue-5 targets hold
+with the figures measured, in markdown for people and JSON for machines.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from driftline.bench import BenchResult, _broker, machine_description, run_bench, train_bench_model
+from driftline.bench_latency import LatencyFigures, run_latency_bench
+from driftline.core.spec import load_default_spec
+from driftline.model.onnx import onnx_missing_reason
+from driftline.model.registry import ModelRegistry
+from driftline.model.scoring import limit_native_threads
+from driftline.simulate import Population
+
+#: Issue 5's targets: (name, what it compares, threshold).
+TARGET_MODEL_RATIO = 0.75
+TARGET_PER_EVENT_RATIO = 100.0
+TARGET_EOS_RATIO = 0.85
+TARGET_P99_MS = 50.0
+TARGET_P99_RATE = 5000.0
+
+
+@dataclass
+class SuiteReport:
+    machine: str
+    throughput: BenchResult | None = None
+    latency: list[LatencyFigures] = field(default_factory=list)
+    state: list[Any] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def targets(self) -> list[dict[str, Any]]:
+        """Each target with the measured value and whether it holds (None: not measured)."""
+        out: list[dict[str, Any]] = []
+        t = self.throughput
+        if t is not None:
+            ratios = t.ratios
+            out += [
+                _target("worker / model alone", ratios["worker/model_only"], TARGET_MODEL_RATIO),
+                _target("worker / per-event", ratios["worker/per_event"], TARGET_PER_EVENT_RATIO),
+                _target(
+                    "exactly-once / at-least-once",
+                    ratios["exactly_once/at_least_once"],
+                    TARGET_EOS_RATIO,
+                ),
+            ]
+        at_rate = [
+            f for f in self.latency if f.offered_eps == TARGET_P99_RATE and f.runtime == "sklearn"
+        ]
+        if at_rate and at_rate[0].p99_ms is not None:
+            out.append(
+                {
+                    "target": f"p99 at {TARGET_P99_RATE:,.0f} ev/s",
+                    "measured": at_rate[0].p99_ms,
+                    "threshold": f"<= {TARGET_P99_MS:g} ms",
+                    "holds": at_rate[0].p99_ms <= TARGET_P99_MS
+                    and at_rate[0].received >= at_rate[0].sent,
+                }
+            )
+        return out
+
+    def to_json(self) -> str:
+        doc: dict[str, Any] = {
+            "machine": self.machine,
+            "settings": self.settings,
+            "throughput": (
+                {**asdict(self.throughput), "ratios": self.throughput.ratios}
+                if self.throughput
+                else None
+            ),
+            "latency": [asdict(f) for f in self.latency],
+            "state": [asdict(f) for f in self.state],
+            "targets": self.targets(),
+        }
+        return json.dumps(doc, indent=2)
+
+    def to_markdown(self) -> str:
+        lines = [f"machine: {self.machine}", ""]
+        if self.throughput is not None:
+            lines += ["## Throughput", "", self.throughput.to_table(), ""]
+        if self.latency:
+            lines += [
+                "## Latency under a fixed offered load (event sent -> prediction read)",
+                "",
+                "| runtime | offered ev/s | achieved ev/s | sent | received | p50 ms | p99 ms "
+                "| p99.9 ms | max ms | mean batch |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for f in self.latency:
+                lines.append(
+                    f"| {f.runtime} | {f.offered_eps:,.0f} | {f.achieved_eps:,.0f} | {f.sent:,} | "
+                    f"{f.received:,} | {_ms(f.p50_ms)} | {_ms(f.p99_ms)} | {_ms(f.p99_9_ms)} | "
+                    f"{_ms(f.max_ms)} | {f.mean_batch or 0:,.0f} |"
+                )
+            lines.append("")
+        if self.state:
+            from driftline.bench_state import to_table
+
+            lines += ["## State", "", "```", to_table(self.state), "```", ""]
+        targets = self.targets()
+        if targets:
+            lines += ["## Targets", "", "| target | measured | threshold | holds |"]
+            lines.append("|---|---:|---|---|")
+            for t in targets:
+                lines.append(
+                    f"| {t['target']} | {t['measured']:.3g} | {t['threshold']} | "
+                    f"{'yes' if t['holds'] else 'NO'} |"
+                )
+        return "\n".join(lines)
+
+
+def _target(name: str, value: float, threshold: float) -> dict[str, Any]:
+    return {
+        "target": name,
+        "measured": value,
+        "threshold": f">= {threshold:g}",
+        "holds": value >= threshold,
+    }
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def run_suite(
+    suites: set[str],
+    *,
+    events: int,
+    per_event_events: int,
+    batch_size: int,
+    partitions: int,
+    customers: int,
+    rates: list[float],
+    duration_s: float,
+    state_sizes: list[int],
+    changelog_sizes: list[int],
+    bootstrap: str | None = None,
+    progress: bool = True,
+    onnx: bool = True,
+    n_estimators: int = 100,
+) -> SuiteReport:
+    """Run the chosen suites (``throughput``, ``latency``, ``state``) on one broker."""
+    limit_native_threads(1)
+    report = SuiteReport(
+        machine=machine_description(),
+        settings={
+            "events": events,
+            "batch_size": batch_size,
+            "partitions": partitions,
+            "customers": customers,
+            "rates": rates,
+            "latency_duration_s": duration_s,
+            "n_estimators": n_estimators,
+        },
+    )
+    spec = load_default_spec()
+    with (
+        tempfile.TemporaryDirectory(prefix="driftline-suite-") as tmp,
+        _broker(bootstrap) as servers,
+    ):
+        registry = ModelRegistry(Path(tmp) / "models")
+        if suites & {"throughput", "latency"}:
+            population = Population(n_customers=customers, seed=7)
+            train_bench_model(registry, population, spec, progress, n_estimators)
+        if "throughput" in suites:
+            report.throughput = run_bench(
+                events=events,
+                per_event_events=per_event_events,
+                batch_size=batch_size,
+                partitions=partitions,
+                customers=customers,
+                bootstrap=servers,
+                progress=progress,
+                onnx=onnx,
+                registry=registry,
+            )
+        if "latency" in suites:
+            report.latency = run_latency_bench(
+                servers, registry.root, rates, duration_s, batch_size=batch_size
+            )
+            if onnx and onnx_missing_reason() is None:
+                report.latency += run_latency_bench(
+                    servers, registry.root, rates, duration_s, batch_size=batch_size, runtime="onnx"
+                )
+    if "state" in suites:
+        from driftline.bench_state import run_state_bench
+
+        report.state = run_state_bench(state_sizes, changelog_sizes)
+    return report
