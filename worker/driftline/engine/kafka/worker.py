@@ -420,16 +420,12 @@ class KafkaScoringWorker:
         value, key = msgspec.json.encode(request), request.incident_id.encode()
         produce = producer.produce
         if not s.exactly_once:
-            _produce_with_backpressure(
-                producer, produce, s.retrain_topic, value, key, self._on_delivery
-            )
+            _produce_with_backpressure(producer, produce, s.retrain_topic, value, key)
             producer.poll(0)
             return
         try:
             producer.begin_transaction()
-            _produce_with_backpressure(
-                producer, produce, s.retrain_topic, value, key, self._on_delivery
-            )
+            _produce_with_backpressure(producer, produce, s.retrain_topic, value, key)
             producer.commit_transaction(60)
         except KafkaException as error:
             raise TransactionFailed(f"retrain request not committed: {error}") from error
