@@ -23,9 +23,10 @@ import logging
 import time
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+from driftline.engine.kafka.topic_reader import read_to_end
 
 log = logging.getLogger(__name__)
 
@@ -49,41 +50,14 @@ class DriftCheckpoints:
 
     def load(self, timeout_s: float = 15.0) -> dict[str, Any] | None:
         """This worker's latest checkpoint, or None (none, unreadable, or another format)."""
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": "driftline-drift-checkpoints",  # required, never committed
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            }
-        )
         latest: bytes | None = None
         try:
-            metadata = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-            if metadata is None or metadata.error is not None or not metadata.partitions:
-                return None
-            pending = set(metadata.partitions)
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in pending])
-            deadline = time.monotonic() + timeout_s
-            # Read to partition EOF (fetch-based: right on Tansu, unlike its ListOffsets).
-            while pending:
-                if time.monotonic() > deadline:
-                    log.warning("drift checkpoints on %s not read to the end", self.topic)
-                    return None
-                message = consumer.poll(0.5)
-                if message is None:
-                    continue
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(message.partition())
-                        continue
-                    log.warning("reading %s: %s", self.topic, error)
-                    return None
+            for message in read_to_end(self.bootstrap, self.topic, timeout_s):
                 if message.key() == self.key:
                     latest = message.value()  # None for a tombstone
-        finally:
-            consumer.close()
+        except (TimeoutError, RuntimeError) as exc:
+            log.warning("drift checkpoints on %s not read: %s", self.topic, exc)
+            return None
         if not latest:
             return None
         try:
