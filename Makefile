@@ -27,10 +27,11 @@ system-deps:
 
 install: $(STAMP)
 
+# The onnx extra is installed too, so that the tests exercise the ONNX Runtime path.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==25.3
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,onnx]'
 	touch $(STAMP)
 
 demo: $(STAMP)
