@@ -99,7 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drift",
         action="store_true",
         help="monitor feature and prediction drift against the model's reference profile, "
-        "export it on /metrics and send retrain requests (preview: see docs/drift-detection.md)",
+        "export it on /metrics and send retrain requests (see docs/drift-detection.md)",
     )
     parser.add_argument(
         "--retrain-topic",
