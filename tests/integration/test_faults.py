@@ -165,6 +165,9 @@ def scenario_kill_loop(
             worker,
             kills,
             rng,
+            # Kill within half a second of progress: the worker gets through ~25k events
+            # a second here, and every kill must land while the stream still flows.
+            max_delay=0.5,
             done=lambda: committed_all(
                 topics.bootstrap, topics.group, topics.input, layout.end_offsets
             ),
@@ -210,7 +213,7 @@ def test_kill9_loop_exactly_once_gives_one_prediction_per_event_and_the_referenc
     topics: Topics, spec: FeatureSpec, loaded_model: LoadedModel, aborted_records_hidden: bool
 ) -> None:
     check, crashes, _ = scenario_kill_loop(
-        topics, spec, loaded_model, exactly_once=True, n_events=40_000, kills=3
+        topics, spec, loaded_model, exactly_once=True, n_events=60_000, kills=3
     )
     assert len(crashes) >= 3, "the stream ended before the worker was killed 3 times"
     assert check.lost == 0 and check.unexpected == 0, check.summary()
@@ -222,7 +225,7 @@ def test_kill9_loop_at_least_once_loses_nothing_and_duplicates_at_most_a_batch_p
     topics: Topics, spec: FeatureSpec, loaded_model: LoadedModel
 ) -> None:
     check, crashes, _ = scenario_kill_loop(
-        topics, spec, loaded_model, exactly_once=False, n_events=40_000, kills=3
+        topics, spec, loaded_model, exactly_once=False, n_events=60_000, kills=3
     )
     assert len(crashes) >= 3, "the stream ended before the worker was killed 3 times"
     assert check.lost == 0 and check.unexpected == 0, check.summary()

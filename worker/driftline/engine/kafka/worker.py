@@ -471,7 +471,13 @@ class KafkaScoringWorker:
             "on_delivery": self._on_delivery,
             **(
                 {
-                    "transactional.id": f"driftline-{s.group_id}-{s.worker_id}",
+                    # A restarted instance must fence its crashed predecessor's open
+                    # transaction: with static membership the instance id is the stable
+                    # identity (the pid in the default worker id is not), so it names the
+                    # transactional id too.  Brokers that never time out an abandoned
+                    # transaction (Tansu) otherwise keep it open for good.
+                    "transactional.id": f"driftline-{s.group_id}-"
+                    f"{s.group_instance_id or s.worker_id}",
                     # An abandoned transaction (a killed worker that does not come back
                     # under the same id) blocks read_committed readers until it times out.
                     "transaction.timeout.ms": 15000,
