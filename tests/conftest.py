@@ -73,15 +73,38 @@ def _docker_available() -> bool:
         return False
 
 
+def _broker_source() -> str:
+    """Which broker the session uses: "external", "docker" or "embedded" (Tansu)."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return "external"
+    if os.environ.get("DRIFTLINE_TEST_DOCKER", "1") != "0" and _docker_available():
+        return "docker"
+    return "embedded"
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def broker_source() -> str:
+    return _broker_source()
+
+
+@pytest.fixture(scope="session")
+def broker_times_out_transactions(broker_source: str) -> bool:
+    """Does the broker abort a transaction its dead producer left open?
+
+    Kafka does after ``transaction.timeout.ms``; the embedded Tansu never does.
+    """
+    return broker_source != "embedded"
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory, broker_source: str) -> Iterator[str]:
     """Bootstrap servers of the session's broker (see the module docstring for which)."""
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
+    if broker_source == "external" and configured:
         wait_for_broker(configured, timeout=30)  # fail here, clearly, not in every test
         yield configured
         return
-    if os.environ.get("DRIFTLINE_TEST_DOCKER", "1") != "0" and _docker_available():
+    if broker_source == "docker":
         try:
             from testcontainers.community.kafka import KafkaContainer
         except ImportError:  # older testcontainers layout

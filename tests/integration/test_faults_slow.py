@@ -82,9 +82,20 @@ def test_kill9_loop_with_dynamic_membership(
 
 
 def test_rebalance_long(
-    topics: Topics, spec: FeatureSpec, loaded_model: LoadedModel, aborted_records_hidden: bool
+    topics: Topics,
+    spec: FeatureSpec,
+    loaded_model: LoadedModel,
+    aborted_records_hidden: bool,
+    broker_times_out_transactions: bool,
 ) -> None:
-    check, _ = scenario_rebalance(topics, spec, loaded_model, n_events=120_000, rate=3_000)
+    check, _ = scenario_rebalance(
+        topics,
+        spec,
+        loaded_model,
+        n_events=120_000,
+        rate=3_000,
+        broker_times_out_transactions=broker_times_out_transactions,
+    )
     assert check.lost == 0 and check.unexpected == 0, check.summary()
     assert check.mismatched == 0, check.summary()
     assert_no_duplicates_or_xfail(check, aborted_records_hidden, 200, "rebalance")

@@ -173,7 +173,7 @@ class _Reader(threading.Thread):
         deadline = time.monotonic() + self.timeout_s
         try:
             while len(self.latencies) < self.expected and time.monotonic() < deadline:
-                for message in consumer.consume(1000, 0.05):
+                for message in consumer.consume(1000, 0.002):
                     arrived = time.time()
                     error = message.error()
                     if error is not None:

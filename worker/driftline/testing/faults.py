@@ -208,6 +208,16 @@ class WorkerProcess:
     def returncode(self) -> int | None:
         return self._process.returncode if self._process is not None else None
 
+    @property
+    def transactional_id(self) -> str:
+        """The transactional id this worker uses with ``--exactly-once``."""
+        from driftline.engine.kafka.worker import transactional_id
+
+        args = self.extra_args
+        flag = "--group-instance-id"
+        identity = args[args.index(flag) + 1] if flag in args else self.worker_id
+        return transactional_id(self.group, identity)
+
     def kill9(self) -> int | None:
         """SIGKILL the process and reap it; returns its status (-9), None if none ran."""
         process = self._process
@@ -560,6 +570,29 @@ def broker_filters_aborted_transactions(bootstrap: str, timeout: float = 20.0) -
     producer.commit_transaction(timeout)
     values = [m.value() for m in read_topic(bootstrap, topic, True, expected=1, timeout=timeout)]
     return values == [b"committed"]
+
+
+def fence_transactional_id(bootstrap: str, transactional_id: str, timeout: float = 30.0) -> None:
+    """Abort the transaction a dead producer left open under ``transactional_id``.
+
+    Starting a producer under the same id bumps its epoch, and the coordinator aborts the
+    open transaction.  Kafka does it by itself once ``transaction.timeout.ms`` passes;
+    Tansu (0.6.0) never does, and while such a transaction stays open it also holds back
+    every other producer's transactional offset commits for the group: the group stops
+    committing for good.  Tests that kill an exactly-once worker for good call this in
+    the broker's place.
+    """
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": transactional_id,
+            "logger": _KAFKA_LOGGER,
+        }
+    )
+    producer.init_transactions(timeout)
+    producer.flush(0)
 
 
 # ------------------------------------------------------------------------------ checking

@@ -476,8 +476,9 @@ class KafkaScoringWorker:
                     # identity (the pid in the default worker id is not), so it names the
                     # transactional id too.  Brokers that never time out an abandoned
                     # transaction (Tansu) otherwise keep it open for good.
-                    "transactional.id": f"driftline-{s.group_id}-"
-                    f"{s.group_instance_id or s.worker_id}",
+                    "transactional.id": transactional_id(
+                        s.group_id, s.group_instance_id or s.worker_id
+                    ),
                     # An abandoned transaction (a killed worker that does not come back
                     # under the same id) blocks read_committed readers until it times out.
                     "transaction.timeout.ms": 15000,
@@ -1053,6 +1054,17 @@ def _columns(
         np.array([r.offset() for r in records], np.int64),
         np.array([r.timestamp()[1] for r in records], np.int64),
     )
+
+
+def transactional_id(group_id: str, identity: str) -> str:
+    """An exactly-once worker's transactional id: stable per group and instance.
+
+    ``identity`` is the static group instance id, else the worker id.  Whoever starts a
+    producer under the same id fences the previous one and aborts its open transaction:
+    a restarted instance does, and so can an operator (or a test) standing in for the
+    broker's transaction timeout.
+    """
+    return f"driftline-{group_id}-{identity}"
 
 
 def _next_offsets(topic: str, raw: RawBatch) -> list[TopicPartition]:
