@@ -70,7 +70,8 @@ class BatchResult:
     rejected: list[Rejected]
     n_late: int
     scores: np.ndarray
-    features: pd.DataFrame
+    #: The batch's features, as the state's numpy blocks (None: no valid event).
+    feature_block: FeatureBlock | None
     event_latency_seconds: np.ndarray
     stage_seconds: dict[str, float] = field(default_factory=dict)
     #: State snapshots to write: (input partition, customer id key, snapshot or None).
@@ -214,22 +215,28 @@ class ScoringProcessor:
                 span = raw.offsets[raw.partitions == p]
                 record = (int(span.min()), int(span.max()), before, watermark.max_event_time_ms)
                 changelog.append((p, WATERMARK_KEY, _encode_watermark(record)))
-        # One feature frame for the whole batch, from the partitions' numpy blocks.
+        # One feature block for the whole batch, from the partitions' numpy blocks; a
+        # DataFrame only where one is needed (scikit-learn, the drift monitor).
         if kept_parts:
             valid = EventBatch.concat(kept_parts)
-            features = FeatureBlock.concat(blocks).frame()
+            block = FeatureBlock.concat(blocks)
         else:
             valid = EventBatch.empty()
-            features = pd.DataFrame(columns=self.spec.feature_names)
+            block = None
         t2 = time.perf_counter()
         stages["state"] = t2 - t1
 
-        scores = self.scorer.score(features)
+        scores = self.scorer.score_block(block) if block is not None else np.empty(0)
         t3 = time.perf_counter()
         stages["predict"] = t3 - t2
 
         drift_update = retrain_request = None
         if self.drift is not None:
+            features = (
+                block.frame()
+                if block is not None
+                else pd.DataFrame(columns=self.spec.feature_names)
+            )
             # Events from before the reference period are the history the model was
             # trained on (a backfill warming the state up): not monitored.
             recent = valid.event_time_ms > self.drift_since_ms
@@ -294,7 +301,7 @@ class ScoringProcessor:
             rejected=rejected,
             n_late=n_late,
             scores=scores,
-            features=features,
+            feature_block=block,
             event_latency_seconds=(now_ms - sent_ms) / 1000.0,
             stage_seconds=stages,
             changelog=changelog,

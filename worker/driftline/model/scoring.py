@@ -7,13 +7,16 @@ call on the whole frame pays it once per batch.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from driftline.model.registry import LoadedModel
+
+if TYPE_CHECKING:
+    from driftline.core.state import FeatureBlock
 
 
 class Scorer:
@@ -58,6 +61,14 @@ class Scorer:
         frame = features.loc[:, self.feature_names]
         probabilities = self.pipeline.predict_proba(frame)
         return np.asarray(probabilities[:, self._positive], dtype=np.float64)
+
+    def score_block(self, block: FeatureBlock) -> np.ndarray:
+        """Scores of a batch held as the state's numpy blocks (see ``FeatureBlock``).
+
+        scikit-learn needs a DataFrame; a runtime that reads the columns directly
+        (``driftline.model.compiled``) overrides this and skips building it.
+        """
+        return self.score(block.frame())
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         """``score >= threshold`` per row (bool array): the model's registered cut-off."""
