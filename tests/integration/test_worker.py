@@ -52,13 +52,18 @@ def offline_scores(
     return pd.Series(scores, index=frame.loc[features.index, "event_id"].to_numpy())
 
 
+@pytest.mark.parametrize("runtime", ["sklearn", "compiled"])
 def test_every_valid_event_gets_exactly_one_prediction_equal_to_offline_scoring(
     worker_settings: WorkerSettings,
     spec: FeatureSpec,
     loaded_model: LoadedModel,
     consume_all: Callable[..., list[Any]],
     worker_in_thread: Callable[..., Any],
+    runtime: str,
 ) -> None:
+    """The offline reference scores with scikit-learn's predict_proba, whatever runtime
+    the worker uses: the compiled one must give the same scores."""
+    worker_settings.model_runtime = runtime
     events = live_events(3000)
     with worker_in_thread(worker_settings, spec):
         produce(worker_settings.bootstrap_servers, worker_settings.input_topic, events)

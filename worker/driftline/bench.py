@@ -76,6 +76,11 @@ class BenchResult:
     #: µs per event by stage of the at-least-once run; "other" is wall time not in a stage.
     stage_us: dict[str, float] | None = None
     mean_batch: float | None = None
+    #: The compiled runtime (numpy preprocessing, direct tree calls; same scores).
+    compiled_worker_eps: float | None = None
+    compiled_model_only_eps: float | None = None
+    compiled_max_abs_diff: float | None = None
+    compiled_skipped: str | None = None
     onnx_worker_eps: float | None = None
     onnx_model_only_eps: float | None = None
     onnx_max_abs_diff: float | None = None
@@ -91,6 +96,11 @@ class BenchResult:
         }
         if self.worker_sequential_eps:
             ratios["pipelined/sequential"] = self.worker_eps / self.worker_sequential_eps
+        if self.compiled_worker_eps and self.compiled_model_only_eps:
+            ratios["compiled worker/compiled model_only"] = (
+                self.compiled_worker_eps / self.compiled_model_only_eps
+            )
+            ratios["compiled worker/model_only"] = self.compiled_worker_eps / self.model_only_eps
         if self.onnx_worker_eps and self.onnx_model_only_eps:
             ratios["onnx worker/onnx model_only"] = self.onnx_worker_eps / self.onnx_model_only_eps
             ratios["onnx worker/sklearn worker"] = self.onnx_worker_eps / self.worker_eps
@@ -112,6 +122,24 @@ class BenchResult:
             ),
             ("(c) per-event scoring loop", self.per_event_eps, self.per_event_events, ""),
             ("(d) model alone (predict_proba)", self.model_only_eps, self.events, ""),
+            (
+                "(b-compiled) worker, compiled runtime",
+                self.compiled_worker_eps,
+                self.events,
+                f"skipped: {self.compiled_skipped}" if self.compiled_skipped else "",
+            ),
+            (
+                "(d-compiled) model alone, compiled runtime",
+                self.compiled_model_only_eps,
+                self.events,
+                f"skipped: {self.compiled_skipped}"
+                if self.compiled_skipped
+                else (
+                    f"max |diff| vs sklearn {self.compiled_max_abs_diff:.1e}"
+                    if self.compiled_max_abs_diff is not None
+                    else ""
+                ),
+            ),
             ("(b-onnx) worker, ONNX Runtime forest", self.onnx_worker_eps, self.events, skip),
             (
                 "(d-onnx) model alone, ONNX Runtime",
@@ -355,6 +383,9 @@ def run_bench(
                 registry=str(registry.root),
                 batch_size=batch_size,
                 metrics_port=0,
+                # The issue's rows are scikit-learn's predict_proba; the compiled runtime
+                # (the worker's default) has rows of its own.
+                model_runtime="sklearn",
             )
             alo = worker_run(settings, spec, events)
             seq_eps = None
@@ -383,9 +414,35 @@ def run_bench(
                 stage_us=alo.stage_us,
                 mean_batch=alo.mean_batch,
             )
+            _compiled_rows(bench, loaded, features, settings, spec, run_id)
             if onnx:
                 _onnx_rows(bench, loaded, features, settings, spec, run_id)
     return bench
+
+
+def _compiled_rows(
+    bench: BenchResult,
+    loaded: LoadedModel,
+    features: pd.DataFrame,
+    settings: WorkerSettings,
+    spec: FeatureSpec,
+    run_id: str,
+) -> None:
+    """The compiled runtime's rows, or the reason they are skipped."""
+    from driftline.model.compiled import load_compiled_scorer
+    from driftline.model.verification import RuntimeRefused
+
+    try:
+        scorer, worst = load_compiled_scorer(loaded, extra_rows=features.head(5000))
+    except RuntimeRefused as error:
+        bench.compiled_skipped = str(error)
+        return
+    bench.compiled_max_abs_diff = worst
+    bench.compiled_model_only_eps = model_only(features, scorer, bench.batch_size)
+    settings.group_id = f"bench-worker-compiled-{run_id}"
+    settings.model_runtime = "compiled"
+    bench.compiled_worker_eps = worker_run(settings, spec, bench.events).eps
+    settings.model_runtime = "sklearn"
 
 
 def _onnx_rows(

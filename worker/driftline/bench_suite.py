@@ -52,17 +52,25 @@ class SuiteReport:
                     TARGET_EOS_RATIO,
                 ),
             ]
-        at_rate = [
-            f for f in self.latency if f.offered_eps == TARGET_P99_RATE and f.runtime == "sklearn"
-        ]
-        if at_rate and at_rate[0].p99_ms is not None:
+            if t.compiled_worker_eps and t.compiled_model_only_eps:
+                # Stricter than the wording: the compute limit is the model as the
+                # worker runs it, so a faster model leaves less room for everything else.
+                out.append(
+                    _target(
+                        "compiled worker / compiled model alone",
+                        ratios["compiled worker/compiled model_only"],
+                        TARGET_MODEL_RATIO,
+                    )
+                )
+        for f in self.latency:
+            if f.offered_eps != TARGET_P99_RATE or f.p99_ms is None:
+                continue
             out.append(
                 {
-                    "target": f"p99 at {TARGET_P99_RATE:,.0f} ev/s",
-                    "measured": at_rate[0].p99_ms,
+                    "target": f"p99 at {TARGET_P99_RATE:,.0f} ev/s ({f.runtime})",
+                    "measured": f.p99_ms,
                     "threshold": f"<= {TARGET_P99_MS:g} ms",
-                    "holds": at_rate[0].p99_ms <= TARGET_P99_MS
-                    and at_rate[0].received >= at_rate[0].sent,
+                    "holds": f.p99_ms <= TARGET_P99_MS and f.received >= f.sent,
                 }
             )
         return out
@@ -185,6 +193,9 @@ def run_suite(
         if "latency" in suites:
             report.latency = run_latency_bench(
                 servers, registry.root, rates, duration_s, batch_size=batch_size
+            )
+            report.latency += run_latency_bench(
+                servers, registry.root, rates, duration_s, batch_size=batch_size, runtime="compiled"
             )
             if onnx and onnx_missing_reason() is None:
                 report.latency += run_latency_bench(

@@ -62,12 +62,13 @@ from driftline.core.predictions import (
 )
 from driftline.core.spec import FeatureSpec
 from driftline.core.state import NO_TIME
-from driftline.engine.batching import AdaptiveBatcher
+from driftline.engine.batching import AdaptiveBatcher, BatchPlan
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.engine.kafka.drift_checkpoint import DriftCheckpoints
 from driftline.engine.kafka.retrain_history import read_retrain_requests
 from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
 from driftline.model.scoring import Scorer, limit_native_threads
+from driftline.model.verification import RuntimeRefused
 from driftline.model.watcher import ModelWatcher
 from driftline.observability.alerts import AlertIntake
 from driftline.observability.drift_metrics import DriftMetrics
@@ -103,10 +104,14 @@ class WorkerSettings:
     #: Deliver and commit batch N on a second thread while batch N+1 is consumed and
     #: scored (at most one batch in flight; same ordering guarantees as sequential).
     pipelined: bool = True
-    #: ``sklearn`` or ``onnx`` (ONNX Runtime, only after it matches scikit-learn on the
-    #: model's reference sample within ``onnx_tolerance``; see driftline.model.onnx).
-    model_runtime: str = "sklearn"
+    #: ``auto`` (compiled when it reproduces the model, else sklearn), ``sklearn``,
+    #: ``compiled`` or ``onnx``.  A faster runtime is only used after it matches
+    #: scikit-learn on the model's reference sample within its tolerance; see
+    #: driftline.model.compiled and driftline.model.onnx.
+    model_runtime: str = "auto"
     onnx_tolerance: float = 1e-5
+    #: ``compiled``: numpy preprocessing and direct tree calls; same bits expected.
+    compiled_tolerance: float = 1e-12
     metrics_host: str = "0.0.0.0"
     metrics_port: int = config.DEFAULT_METRICS_PORT
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -342,22 +347,52 @@ class KafkaScoringWorker:
         return scorer
 
     def _scorer_for(self, loaded: LoadedModel) -> Scorer:
-        """scikit-learn, or ONNX Runtime when asked for and only once it matches scikit-learn
-        on the model's reference sample (a mismatch or a missing runtime raises)."""
+        """scikit-learn, or a faster runtime when asked for and only once it matches
+        scikit-learn on the model's reference sample (a mismatch or an unsupported model
+        raises a ``RuntimeRefused``)."""
         runtime = self.settings.model_runtime
         if runtime == "sklearn":
             return Scorer(loaded)
-        if runtime != "onnx":
-            raise ValueError(f"unknown model runtime {runtime!r}: sklearn or onnx")
-        from driftline.model.onnx import load_onnx_scorer
+        if runtime == "auto":
+            # The compiled runtime when it reproduces the model, else scikit-learn's own.
+            from driftline.model.compiled import load_compiled_scorer
 
-        scorer, worst = load_onnx_scorer(loaded, self.settings.onnx_tolerance)
+            try:
+                compiled, _worst = load_compiled_scorer(loaded, self.settings.compiled_tolerance)
+            except RuntimeRefused as refused:
+                log.info(
+                    "model %s %s runs in scikit-learn: %s", loaded.name, loaded.version, refused
+                )
+                return Scorer(loaded)
+            log.info(
+                "model %s %s runs in the compiled runtime (same scores as scikit-learn on "
+                "its reference sample)",
+                loaded.name,
+                loaded.version,
+            )
+            return compiled
+        scorer: Scorer
+        if runtime == "compiled":
+            from driftline.model.compiled import load_compiled_scorer
+
+            tolerance = self.settings.compiled_tolerance
+            scorer, worst = load_compiled_scorer(loaded, tolerance)
+            where = "the compiled runtime"
+        elif runtime == "onnx":
+            from driftline.model.onnx import load_onnx_scorer
+
+            tolerance = self.settings.onnx_tolerance
+            scorer, worst = load_onnx_scorer(loaded, tolerance)
+            where = "ONNX Runtime"
+        else:
+            raise ValueError(f"unknown model runtime {runtime!r}: auto, sklearn, compiled or onnx")
         log.info(
-            "model %s %s runs in ONNX Runtime (max |diff| vs scikit-learn %.2g, tolerance %g)",
+            "model %s %s runs in %s (max |diff| vs scikit-learn %.2g, tolerance %g)",
             loaded.name,
             loaded.version,
+            where,
             worst,
-            self.settings.onnx_tolerance,
+            tolerance,
         )
         return scorer
 
@@ -661,7 +696,7 @@ class KafkaScoringWorker:
             while not self._stop.is_set():
                 plan = batcher.plan()
                 t0 = time.perf_counter()
-                messages = consumer.consume(num_messages=plan.size, timeout=plan.wait_s)
+                messages = self._poll_batch(consumer, plan)
                 poll_s = time.perf_counter() - t0
                 if self._failure is not None:  # raised in a rebalance callback
                     raise self._failure
@@ -713,6 +748,26 @@ class KafkaScoringWorker:
             consumer.close()  # leaves the group now, so partitions move without a timeout
         log.info("worker stopped after %d batches", self.batches)
         return exit_code
+
+    def _poll_batch(self, consumer: Consumer, plan: BatchPlan) -> list[Message]:
+        """Up to ``plan.size`` records: whatever is there, as soon as anything is.
+
+        librdkafka's ``consume(n, timeout)`` returns early only once it has ``n`` records,
+        so a caught-up worker would sit out the whole timeout with records in hand (at 5k
+        events/s that was ~17 ms of every event's wait).  Here the timeout only bounds
+        the wait for the *first* record; the batch is what arrived meanwhile, so it grows
+        with the load by itself (smart batching) and a backlog still yields full batches.
+        With ``adaptive_batch`` off the old fill-or-timeout behaviour is kept.
+        """
+        if not self.settings.adaptive_batch:
+            return consumer.consume(num_messages=plan.size, timeout=plan.wait_s)
+        ready = consumer.consume(num_messages=plan.size, timeout=0)
+        if ready:
+            return ready
+        first = consumer.poll(plan.wait_s)
+        if first is None:
+            return []
+        return [first, *consumer.consume(num_messages=plan.size - 1, timeout=0)]
 
     def _process(self, records: list[Message], consumer: Consumer, producer: Producer) -> None:
         self.health.begin_batch()
@@ -808,11 +863,7 @@ class KafkaScoringWorker:
         self.health.begin_batch()  # from here on: the batch's delivery is what is timed
         future = self._deliverer.submit(job, *args)
         self._in_flight = _InFlight(future, next_offsets, len(records), started)
-        if not s.pipelined or s.exactly_once:
-            # Exactly-once commits its transaction before the next poll: a run of the
-            # rebalance fault test hung with a transaction committing on the deliverer
-            # thread across a cooperative rebalance (not yet understood), so transactions
-            # are not pipelined until it is.
+        if not s.pipelined:
             self._collect_delivered(consumer, block=True)
 
         if result.n_redelivered:
@@ -1111,10 +1162,6 @@ def serve_worker(settings: WorkerSettings, spec: FeatureSpec) -> int:
         except ModelRefused as refused:
             log.error("model refused (%s): %s", refused.reason, refused.message)
             return 2
-        except RuntimeError as error:
-            from driftline.model.onnx import OnnxMismatch, OnnxUnavailable
-
-            if not isinstance(error, OnnxMismatch | OnnxUnavailable):
-                raise
-            log.error("model runtime onnx refused: %s", error)
+        except RuntimeRefused as error:
+            log.error("model runtime %s refused: %s", settings.model_runtime, error)
             return 2
