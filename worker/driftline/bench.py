@@ -414,58 +414,37 @@ def run_bench(
                 stage_us=alo.stage_us,
                 mean_batch=alo.mean_batch,
             )
-            _compiled_rows(bench, loaded, features, settings, spec, run_id)
-            if onnx:
-                _onnx_rows(bench, loaded, features, settings, spec, run_id)
+            for runtime in ("compiled", "onnx") if onnx else ("compiled",):
+                _runtime_rows(bench, runtime, loaded, features, settings, spec, run_id)
     return bench
 
 
-def _compiled_rows(
+def _runtime_rows(
     bench: BenchResult,
+    runtime: str,
     loaded: LoadedModel,
     features: pd.DataFrame,
     settings: WorkerSettings,
     spec: FeatureSpec,
     run_id: str,
 ) -> None:
-    """The compiled runtime's rows, or the reason they are skipped."""
+    """A faster runtime's rows (``compiled`` or ``onnx``), or the reason they are skipped."""
     from driftline.model.compiled import load_compiled_scorer
+    from driftline.model.onnx import load_onnx_scorer
     from driftline.model.verification import RuntimeRefused
 
+    load = {"compiled": load_compiled_scorer, "onnx": load_onnx_scorer}[runtime]
     try:
-        scorer, worst = load_compiled_scorer(loaded, extra_rows=features.head(5000))
+        scorer, worst = load(loaded, extra_rows=features.head(5000))
     except RuntimeRefused as error:
-        bench.compiled_skipped = str(error)
+        setattr(bench, f"{runtime}_skipped", str(error))
         return
-    bench.compiled_max_abs_diff = worst
-    bench.compiled_model_only_eps = model_only(features, scorer, bench.batch_size)
-    settings.group_id = f"bench-worker-compiled-{run_id}"
-    settings.model_runtime = "compiled"
-    bench.compiled_worker_eps = worker_run(settings, spec, bench.events).eps
+    setattr(bench, f"{runtime}_max_abs_diff", worst)
+    setattr(bench, f"{runtime}_model_only_eps", model_only(features, scorer, bench.batch_size))
+    settings.group_id = f"bench-worker-{runtime}-{run_id}"
+    settings.model_runtime = runtime
+    setattr(bench, f"{runtime}_worker_eps", worker_run(settings, spec, bench.events).eps)
     settings.model_runtime = "sklearn"
-
-
-def _onnx_rows(
-    bench: BenchResult,
-    loaded: LoadedModel,
-    features: pd.DataFrame,
-    settings: WorkerSettings,
-    spec: FeatureSpec,
-    run_id: str,
-) -> None:
-    """The ONNX Runtime rows, or the reason they are skipped."""
-    from driftline.model.onnx import OnnxMismatch, OnnxUnavailable, load_onnx_scorer
-
-    try:
-        onnx_scorer, worst = load_onnx_scorer(loaded, extra_rows=features.head(5000))
-    except (OnnxUnavailable, OnnxMismatch) as error:
-        bench.onnx_skipped = str(error)
-        return
-    bench.onnx_max_abs_diff = worst
-    bench.onnx_model_only_eps = model_only(features, onnx_scorer, bench.batch_size)
-    settings.group_id = f"bench-worker-onnx-{run_id}"
-    settings.model_runtime = "onnx"
-    bench.onnx_worker_eps = worker_run(settings, spec, bench.events).eps
 
 
 def _take_frames(population: Population, n: int) -> Iterator[pd.DataFrame]:
