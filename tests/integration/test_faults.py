@@ -12,7 +12,9 @@ The short versions here run in CI; ``test_faults_slow.py`` runs them longer
 from __future__ import annotations
 
 import collections
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +49,7 @@ from driftline.testing.faults import (
 pytestmark = pytest.mark.integration
 
 CONSUMED = "driftline_events_consumed_total"
+ABORTED = "driftline_transactions_aborted_total"
 ASSIGNED = "driftline_assigned_partitions"
 EXACTLY_ONCE = "--exactly-once"
 
@@ -393,12 +396,18 @@ def scenario_broker_frozen(
     rate: float,
     freeze_s: float,
     extra: tuple[str, ...] = (),
+    until_aborted: int = 0,
 ) -> tuple[PredictionCheck, dict[str, Any]]:
-    """SIGSTOP the broker mid-stream for ``freeze_s``, then SIGCONT; its own broker."""
+    """SIGSTOP the broker mid-stream for ``freeze_s``, then SIGCONT; its own broker.
+
+    ``until_aborted``: freeze (up to that many times) while the worker works through a
+    backlog, until a transaction has been aborted: a caught-up worker is usually polling,
+    not inside a transaction, when the broker freezes.
+    """
     events = live_events(n_events, seed=13)
     figures: dict[str, Any] = {}
     try:
-        return _broker_frozen(registry, logs, events, rate, freeze_s, extra, figures)
+        return _broker_frozen(registry, logs, events, rate, freeze_s, extra, until_aborted, figures)
     finally:
         print(f"\nbroker frozen: {figures}")
 
@@ -410,6 +419,7 @@ def _broker_frozen(
     rate: float,
     freeze_s: float,
     extra: tuple[str, ...],
+    until_aborted: int,
     figures: dict[str, Any],
 ) -> tuple[PredictionCheck, dict[str, Any]]:
     from driftline.broker import EmbeddedBroker
@@ -431,36 +441,11 @@ def _broker_frozen(
             worker.wait_ready(90)
             with BackgroundProducer(bootstrap, names.input, events, rate) as producer:
                 wait_for(lambda: worker.metric(CONSUMED) >= 2_000, 60, "progress")
-                figures["consumed_at_freeze"] = worker.metric(CONSUMED)
-                statuses: list[int | None] = []
-                broker.pause()
-                frozen_at = time.monotonic()
-                first_503: float | None = None
-                heartbeat_age = 0.0
-                try:
-                    while time.monotonic() - frozen_at < freeze_s:
-                        answer = worker.readyz(timeout=1.0)
-                        status = None if answer is None else answer[0]
-                        statuses.append(status)
-                        if status == 503 and first_503 is None:
-                            first_503 = time.monotonic() - frozen_at
-                            figures["readyz_503_body"] = answer[1] if answer else None
-                        health = worker.healthz(timeout=1.0)
-                        if health is not None:
-                            age = float(health[1].get("heartbeat_age_seconds", 0.0))
-                            heartbeat_age = max(heartbeat_age, age)
-                        assert worker.alive, f"worker died while frozen:\n{worker.log_tail()}"
-                        time.sleep(0.25)
-                finally:
-                    broker.resume()
-                resumed_at = time.monotonic()
-                figures["freeze_s"] = round(resumed_at - frozen_at, 1)
-                figures["readyz_during_freeze"] = dict(collections.Counter(statuses))
-                figures["first_503_after_s"] = None if first_503 is None else round(first_503, 1)
-                figures["max_heartbeat_age_s"] = round(heartbeat_age, 1)
-                figures["ready_again_after_resume_s"] = round(
-                    wait_for(worker.ready, 90, "ready again after the broker resumed"), 1
-                )
+                for attempt in range(1, max(1, until_aborted) + 1):
+                    figures["freezes"] = attempt
+                    _freeze_once(broker, worker, freeze_s, bool(until_aborted), figures)
+                    if worker.metric(ABORTED) >= 1:
+                        break
                 producer.join(180)
             layout = topic_layout(bootstrap, names.input, len(events))
             figures["drain_s"] = round(
@@ -476,6 +461,7 @@ def _broker_frozen(
             )
             assert worker.alive
             figures["starts"] = worker.starts
+            figures["transactions_aborted"] = worker.metric(ABORTED)
             assert worker.sigterm(timeout=60) == 0, worker.log_tail()
         predictions = read_predictions(
             bootstrap, names.output, read_committed=read_committed, expected=len(events)
@@ -483,6 +469,53 @@ def _broker_frozen(
     check = PredictionCheck.of(predictions, (e["event_id"] for e in events))
     figures["check"] = check.summary()
     return check, figures
+
+
+def _freeze_once(
+    broker: Any, worker: WorkerProcess, freeze_s: float, mid_batch: bool, figures: dict[str, Any]
+) -> None:
+    """Freeze the broker for ``freeze_s``, watching /readyz and /healthz, then resume.
+
+    ``mid_batch``: first let a backlog of ~3 s build up (the worker stopped), then freeze
+    a few batches into it, when the worker is most likely inside a transaction.
+    """
+    if mid_batch:
+        assert worker.pid is not None
+        before = worker.metric(CONSUMED)
+        os.kill(worker.pid, signal.SIGSTOP)
+        time.sleep(3)
+        os.kill(worker.pid, signal.SIGCONT)
+        wait_for(lambda: worker.metric(CONSUMED) >= before + 400, 30, "backlog")
+    figures["consumed_at_freeze"] = worker.metric(CONSUMED)
+    statuses: list[int | None] = []
+    broker.pause()
+    frozen_at = time.monotonic()
+    first_503: float | None = None
+    heartbeat_age = 0.0
+    try:
+        while time.monotonic() - frozen_at < freeze_s:
+            answer = worker.readyz(timeout=1.0)
+            status = None if answer is None else answer[0]
+            statuses.append(status)
+            if status == 503 and first_503 is None:
+                first_503 = time.monotonic() - frozen_at
+                figures["readyz_503_body"] = answer[1] if answer else None
+            health = worker.healthz(timeout=1.0)
+            if health is not None:
+                age = float(health[1].get("heartbeat_age_seconds", 0.0))
+                heartbeat_age = max(heartbeat_age, age)
+            assert worker.alive, f"worker died while frozen:\n{worker.log_tail()}"
+            time.sleep(0.25)
+    finally:
+        broker.resume()
+    resumed_at = time.monotonic()
+    figures["freeze_s"] = round(resumed_at - frozen_at, 1)
+    figures["readyz_during_freeze"] = dict(collections.Counter(statuses))
+    figures["first_503_after_s"] = None if first_503 is None else round(first_503, 1)
+    figures["max_heartbeat_age_s"] = round(heartbeat_age, 1)
+    figures["ready_again_after_resume_s"] = round(
+        wait_for(worker.ready, 90, "ready again after the broker resumed"), 1
+    )
 
 
 def test_a_frozen_broker_makes_the_worker_unready_and_it_resumes_losing_nothing(
@@ -498,6 +531,28 @@ def test_a_frozen_broker_makes_the_worker_unready_and_it_resumes_losing_nothing(
         f"/readyz never said 503 during a {figures['freeze_s']} s broker freeze: "
         f"{figures['readyz_during_freeze']}"
     )
+
+
+def test_an_exactly_once_batch_whose_transaction_times_out_is_rewound_and_scored_once(
+    trained_registry: Path, tmp_path: Path
+) -> None:
+    # Frozen longer than the transaction timeout, inside a transaction: its records time
+    # out, the worker replaces its producer, rewinds to the last committed batch and
+    # carries on (it used to stop with exit 3).
+    check, figures = scenario_broker_frozen(
+        trained_registry,
+        tmp_path,
+        n_events=40_000,
+        rate=1_000,
+        freeze_s=8,
+        extra=(EXACTLY_ONCE, "--transaction-timeout", "4"),
+        until_aborted=3,
+    )
+    assert figures["transactions_aborted"] >= 1, f"no transaction timed out: {figures}"
+    assert figures["starts"] == 1, "the worker was restarted"
+    assert check.lost == 0 and check.unexpected == 0, check.summary()
+    assert check.duplicated == 0, check.summary()
+    assert check.mismatched == 0, check.summary()
 
 
 def scenario_poison(

@@ -105,12 +105,19 @@ def test_rebalance_long(
 def test_broker_frozen_60s(trained_registry: Path, tmp_path: Path, mode: str) -> None:
     extra = ("--exactly-once",) if mode == "exactly-once" else ()
     check, figures = scenario_broker_frozen(
-        trained_registry, tmp_path, n_events=40_000, rate=800, freeze_s=60, extra=extra
+        trained_registry,
+        tmp_path,
+        n_events=40_000,
+        rate=800,
+        freeze_s=60,
+        extra=extra,
+        until_aborted=3 if mode == "exactly-once" else 0,
     )
     assert figures["starts"] == 1
     assert check.lost == 0 and check.unexpected == 0, check.summary()
     if mode == "exactly-once":
         assert check.duplicated == 0, check.summary()
+        assert figures["transactions_aborted"] >= 1, figures
     assert figures["first_503_after_s"] is not None, figures
 
 

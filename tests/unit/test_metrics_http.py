@@ -158,6 +158,7 @@ def test_metrics_endpoint_exposes_expected_names(
         "driftline_dead_letters_total",
         "driftline_late_events_total",
         "driftline_producer_delivery_errors_total",
+        "driftline_transactions_aborted_total",
         "driftline_batch_size_bucket",
         "driftline_stage_duration_seconds_bucket",
         "driftline_batch_duration_seconds_count",

@@ -81,6 +81,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(consumers of the output must read with isolation.level=read_committed)",
     )
     parser.add_argument(
+        "--transaction-timeout",
+        type=float,
+        default=15.0,
+        help="seconds, with --exactly-once: an abandoned transaction (a worker killed for "
+        "good) blocks read_committed readers this long on brokers that time it out; a "
+        "broker unreachable longer makes the batch's transaction fail, and the worker "
+        "then rewinds to its last committed batch (default: %(default)s)",
+    )
+    parser.add_argument(
         "--changelog",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -175,6 +184,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         max_event_bytes=args.max_event_bytes,
         native_threads=args.native_threads,
         exactly_once=args.exactly_once,
+        transaction_timeout_s=args.transaction_timeout,
         changelog=args.changelog,
         group_instance_id=args.group_instance_id,
         model_poll_interval_s=args.model_poll_interval,

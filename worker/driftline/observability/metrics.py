@@ -224,6 +224,12 @@ class WorkerMetrics:
             "producer_delivery_errors_total", "Producer delivery reports carrying an error.",
             namespace=ns, registry=reg,
         )  # fmt: skip
+        self.transactions_aborted = Counter(
+            "transactions_aborted_total",
+            "Exactly-once batches whose transaction was aborted (the worker rewound to the "
+            "last committed batch and scored them again).",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
 
         # --- timing -----------------------------------------------------------------------
         self.batch_size = BulkHistogram(
@@ -333,6 +339,9 @@ class WorkerMetrics:
 
     def inc_producer_delivery_errors(self, n: int = 1) -> None:
         self.producer_delivery_errors.inc(n)
+
+    def inc_transactions_aborted(self) -> None:
+        self.transactions_aborted.inc()
 
     def inc_model_load_failures(self, reason: str) -> None:
         self.model_load_failures.labels(reason=reason).inc()

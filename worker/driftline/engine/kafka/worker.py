@@ -13,8 +13,12 @@ redelivered), the others recompute the same predictions (duplicates, bounded by 
 Exactly-once (``exactly_once``): one transaction per batch holds the predictions, the dead
 letters, the changelog records and the input offsets (``send_offsets_to_transaction``).
 Restores read the changelog ``read_committed``, so state always matches the committed
-offsets.  A failed or fenced transaction stops the worker (exit 3) without committing:
-whoever takes the partitions over restores them from the last committed batch.
+offsets.  A failed transaction (its records timed out: a broker that did not answer for
+longer than the transaction timeout) rewinds the worker to the last committed batch: a
+new producer aborts the transaction, state is restored from the changelog, the consumer
+sought back and the batch scored again.  A fenced producer, or a fatal error, stops the
+worker (exit 3) without committing: whoever takes the partitions over restores them from
+the last committed batch.
 
 Shutdown on SIGTERM/SIGINT: the flag is checked between batches, so the current batch
 is finished, flushed and committed before the consumer leaves the group; exit code 0.
@@ -22,6 +26,7 @@ is finished, flushed and committed before the consumer leaves the group; exit co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -121,6 +126,9 @@ class WorkerSettings:
     model_poll_interval_s: float = 5.0
     changelog: bool = True
     exactly_once: bool = False
+    #: Exactly-once: how long the broker keeps a transaction open (an abandoned one blocks
+    #: read_committed readers until then), and how long librdkafka lets its records wait.
+    transaction_timeout_s: float = 15.0
     group_instance_id: str | None = None
     restore_timeout_s: float = 300.0
     broker_probe_interval_s: float = 2.0
@@ -153,12 +161,26 @@ class _InFlight:
     started: float
 
 
+#: How long a replacement transactional producer waits for the broker to answer its
+#: ``init_transactions`` before the worker gives up and stops (exit 3).
+INIT_TRANSACTIONS_PATIENCE_S = 600.0
+
+
 class DeliveryFailed(RuntimeError):
     """The producer could not deliver part of a batch: its offsets must not be committed."""
 
 
 class TransactionFailed(RuntimeError):
-    """A batch's transaction was aborted or fenced: nothing of it is visible."""
+    """A batch's transaction was aborted or fenced: nothing of it is visible.
+
+    ``recoverable``: the producer is not done for (its records timed out, a broker did not
+    answer in time), so the worker replaces it, rewinds to the last committed batch and
+    carries on.  Otherwise (fenced, a fatal producer error) it stops.
+    """
+
+    def __init__(self, message: str, *, recoverable: bool = False) -> None:
+        super().__init__(message)
+        self.recoverable = recoverable
 
 
 class RestoreFailed(RuntimeError):
@@ -181,6 +203,7 @@ class KafkaScoringWorker:
         self.health = health or HealthState()
         self._stop = threading.Event()
         self._delivery_errors: list[str] = []
+        self._last_eviction = self._last_contact = time.monotonic()
         self.processor: ScoringProcessor | None = None
         self.model_watcher: ModelWatcher | None = None
         self.drift_metrics = DriftMetrics(self.metrics.registry) if settings.drift else None
@@ -198,6 +221,9 @@ class KafkaScoringWorker:
         self.first_batch_started: float | None = None  # perf_counter, for benchmarks
         self.last_batch_done: float | None = None
         self._assigned: set[int] = set()
+        #: Exactly-once: each assigned partition's offset as this worker last committed it
+        #: (or found it at assignment); what a rewind restates.
+        self._last_committed: dict[int, int] = {}
         #: The batch being delivered by the deliverer thread, if any.
         self._in_flight: _InFlight | None = None
         self._deliverer = ThreadPoolExecutor(1, thread_name_prefix="driftline-deliver")
@@ -516,7 +542,7 @@ class KafkaScoringWorker:
                     ),
                     # An abandoned transaction (a killed worker that does not come back
                     # under the same id) blocks read_committed readers until it times out.
-                    "transaction.timeout.ms": 15000,
+                    "transaction.timeout.ms": int(s.transaction_timeout_s * 1000),
                 }
                 if s.exactly_once
                 else {}
@@ -552,14 +578,13 @@ class KafkaScoringWorker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self.processor is not None
         numbers = sorted(tp.partition for tp in partitions)
-        if self.settings.changelog and numbers:
+        s = self.settings
+        committed = self._committed(consumer, numbers) if numbers and s.exactly_once else {}
+        self._last_committed.update(committed)
+        if s.changelog and numbers:
             self.health.set_restoring(f"restoring state of partitions {numbers}")
-            committed = {
-                tp.partition: tp.offset
-                for tp in consumer.committed(
-                    [TopicPartition(self.settings.input_topic, p) for p in numbers], timeout=30
-                )
-            }
+            committed = committed or self._committed(consumer, numbers)
+            log.info("restoring %s, committed offsets %s", numbers, committed)
             self._restore(numbers, committed)
             self.health.set_restoring(None)
         else:
@@ -567,6 +592,93 @@ class KafkaScoringWorker:
         self._assigned.update(numbers)
         self._report_assignment()
         log.info("assigned %s", sorted(tp.partition for tp in partitions))
+
+    def _committed(self, consumer: Consumer, partitions: list[int]) -> dict[int, int]:
+        """The group's committed input offset per partition (negative: none yet)."""
+        topic = self.settings.input_topic
+        asked = [TopicPartition(topic, p) for p in partitions]
+        return {tp.partition: tp.offset for tp in consumer.committed(asked, timeout=30)}
+
+    def _rewind(
+        self, consumer: Consumer, producer: Producer, failed: TransactionFailed
+    ) -> Producer:
+        """After a failed transaction, carry on from the last committed batch.
+
+        The failed batch's records are purged and its producer replaced: the new one's
+        ``init_transactions`` fences the old epoch and aborts the open transaction, so
+        none of the batch's predictions, changelog records or offsets become visible.
+        This process's state already holds the batch's events, though, and the consumer
+        is past them: as a new owner would, the worker restores its partitions from the
+        changelog (read committed: as of the last committed batch) and seeks back to the
+        committed offsets, so the batch is scored again, once.  Kafka Streams treats a
+        task whose transaction failed the same way (closed dirty, restored, resumed).  The
+        drift monitor keeps what it saw of the failed batch: it sees those events twice.
+        """
+        assert self.processor is not None
+        s = self.settings
+        partitions = sorted(self._assigned)
+        log.warning("%s: rewinding partitions %s to the last committed batch", failed, partitions)
+        self.metrics.inc_transactions_aborted()
+        producer.purge()
+        producer.poll(0)  # the purged records' delivery reports, then forget them
+        self._delivery_errors.clear()
+        producer = self._transactional_producer()
+        self._pending_changelog = []  # evictions since: redone on the restored state
+        if partitions:
+            committed = {p: self._last_committed.get(p, -1) for p in partitions}
+            log.info("rewinding to the committed offsets %s", committed)
+            self._restate_offsets(consumer, producer, committed)
+            self.health.set_restoring(f"rewinding partitions {partitions} after an abort")
+            self._restore(partitions, committed)
+            self.health.set_restoring(None)
+            for p in partitions:
+                offset = committed[p]
+                position = offset if offset >= 0 else OFFSET_BEGINNING
+                consumer.seek(TopicPartition(s.input_topic, p, position))
+        return producer
+
+    def _restate_offsets(
+        self, consumer: Consumer, producer: Producer, committed: dict[int, int]
+    ) -> None:
+        """Commit the last committed offsets again, in a transaction of their own.
+
+        The failed transaction's offset commit may reach the broker after the new
+        producer fenced it (a request sent before the broker froze, read when it woke).
+        Kafka refuses such a request (old epoch); on Tansu a rewind once lost a batch
+        that way, its offsets committed without its records, so the offsets this worker
+        knows to be right are restated before it goes on.  A partition never committed
+        gets offset 0, which reads the same as no commit (``auto.offset.reset`` earliest).
+        """
+        topic = self.settings.input_topic
+        offsets = [TopicPartition(topic, p, max(o, 0)) for p, o in committed.items()]
+        try:
+            producer.begin_transaction()
+            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 60)
+            producer.commit_transaction(60)
+        except KafkaException as error:
+            # A rebalance since (the group moved on while the broker was away) refuses it:
+            # the partitions are then revoked at the next poll and restored by their owner.
+            log.warning("could not restate the committed offsets: %s", error)
+            kafka_error = error.args[0] if error.args else None
+            if isinstance(kafka_error, KafkaError) and kafka_error.fatal():
+                raise TransactionFailed(f"offsets not restated: {error}") from error
+            with contextlib.suppress(KafkaException):
+                producer.abort_transaction(30)
+
+    def _transactional_producer(self) -> Producer:
+        """A producer with transactions initialised, waiting while the broker is away."""
+        producer = Producer(self._producer_config())
+        deadline = time.monotonic() + INIT_TRANSACTIONS_PATIENCE_S
+        while True:
+            try:
+                producer.init_transactions(30)
+                return producer
+            except KafkaException as error:
+                kafka_error = error.args[0] if error.args else None
+                retriable = isinstance(kafka_error, KafkaError) and kafka_error.retriable()
+                if not retriable or self._stop.is_set() or time.monotonic() > deadline:
+                    raise TransactionFailed(f"transactions not initialised: {error}") from error
+                log.warning("init_transactions not answered yet (%s): retrying", error)
 
     def _restore(self, partitions: list[int], committed: dict[int, int]) -> None:
         """Read the partitions' changelogs to their ends and rebuild their state.
@@ -640,6 +752,8 @@ class KafkaScoringWorker:
         self.processor.revoke(sorted(revoked))
         self._pending_changelog = [r for r in self._pending_changelog if r[0] not in revoked]
         self._assigned.difference_update(tp.partition for tp in partitions)
+        for p in revoked:
+            self._last_committed.pop(p, None)
         self._report_assignment()
         log.info("revoked %s", sorted(tp.partition for tp in partitions))
 
@@ -669,9 +783,9 @@ class KafkaScoringWorker:
             self._ensure_changelog_topic()
         consumer = Consumer(self._consumer_config())
         self._consumer = consumer
-        producer = Producer(self._producer_config())
-        if s.exactly_once:
-            producer.init_transactions(60)
+        producer = (
+            self._transactional_producer() if s.exactly_once else Producer(self._producer_config())
+        )
         consumer.subscribe(
             [s.input_topic],
             on_assign=self._on_assign,
@@ -690,45 +804,16 @@ class KafkaScoringWorker:
         self.metrics.set_up(True)
         if ready:
             ready()
-        last_eviction = last_contact = time.monotonic()
+        self._last_eviction = self._last_contact = time.monotonic()
         exit_code = 0
         try:
             while not self._stop.is_set():
-                plan = batcher.plan()
-                t0 = time.perf_counter()
-                messages = self._poll_batch(consumer, plan)
-                poll_s = time.perf_counter() - t0
-                if self._failure is not None:  # raised in a rebalance callback
-                    raise self._failure
-                self.health.beat()
-                self.metrics.heartbeat()
-                records = [m for m in messages if not _is_error(m)]
-                busy_s = 0.0
-                if records:
-                    self.health.set_broker_ok(True)
-                    last_contact = time.monotonic()
-                    self.metrics.observe_stage("poll", poll_s)
-                    t1 = time.perf_counter()
-                    self._process(records, consumer, producer)
-                    busy_s = time.perf_counter() - t1
-                else:
-                    self._collect_delivered(consumer, block=False)
-                    self._tick_trigger(producer)
-                    if time.monotonic() - last_contact > s.broker_probe_interval_s:
-                        self._probe_broker(consumer)
-                        last_contact = time.monotonic()
-                batcher.observe(plan.size, len(messages), busy_s)
-                if time.monotonic() - last_eviction > s.eviction_interval_s:
-                    tombstones = self.processor.evict_idle()
-                    if s.changelog:
-                        self._pending_changelog.extend(tombstones)
-                    self.metrics.inc_customers_evicted(len(tombstones))
-                    self.metrics.set_customers_in_state(self.processor.customers_in_state)
-                    last_eviction = time.monotonic()
-                self._check_model()
-                self._take_alerts(producer)
-                if time.monotonic() - self._drift_saved_at > s.drift_checkpoint_interval_s:
-                    self._save_drift_checkpoint()
+                try:
+                    self._step(consumer, producer, batcher)
+                except TransactionFailed as failed:
+                    if not failed.recoverable:
+                        raise
+                    producer = self._rewind(consumer, producer, failed)
             self._collect_delivered(consumer, block=True)  # the last batch: committed
         except (DeliveryFailed, TransactionFailed, RestoreFailed) as failed:
             log.error("stopping without commit: %s", failed)
@@ -748,6 +833,47 @@ class KafkaScoringWorker:
             consumer.close()  # leaves the group now, so partitions move without a timeout
         log.info("worker stopped after %d batches", self.batches)
         return exit_code
+
+    def _step(self, consumer: Consumer, producer: Producer, batcher: AdaptiveBatcher) -> None:
+        """One turn of the loop: a batch (or an idle tick), then the periodic chores."""
+        s = self.settings
+        assert self.processor is not None
+        plan = batcher.plan()
+        t0 = time.perf_counter()
+        messages = self._poll_batch(consumer, plan)
+        poll_s = time.perf_counter() - t0
+        if self._failure is not None:  # raised in a rebalance callback
+            failure, self._failure = self._failure, None
+            raise failure
+        self.health.beat()
+        self.metrics.heartbeat()
+        records = [m for m in messages if not _is_error(m)]
+        busy_s = 0.0
+        if records:
+            self.health.set_broker_ok(True)
+            self._last_contact = time.monotonic()
+            self.metrics.observe_stage("poll", poll_s)
+            t1 = time.perf_counter()
+            self._process(records, consumer, producer)
+            busy_s = time.perf_counter() - t1
+        else:
+            self._collect_delivered(consumer, block=False)
+            self._tick_trigger(producer)
+            if time.monotonic() - self._last_contact > s.broker_probe_interval_s:
+                self._probe_broker(consumer)
+                self._last_contact = time.monotonic()
+        batcher.observe(plan.size, len(messages), busy_s)
+        if time.monotonic() - self._last_eviction > s.eviction_interval_s:
+            tombstones = self.processor.evict_idle()
+            if s.changelog:
+                self._pending_changelog.extend(tombstones)
+            self.metrics.inc_customers_evicted(len(tombstones))
+            self.metrics.set_customers_in_state(self.processor.customers_in_state)
+            self._last_eviction = time.monotonic()
+        self._check_model()
+        self._take_alerts(producer)
+        if time.monotonic() - self._drift_saved_at > s.drift_checkpoint_interval_s:
+            self._save_drift_checkpoint()
 
     def _poll_batch(self, consumer: Consumer, plan: BatchPlan) -> list[Message]:
         """Up to ``plan.size`` records: whatever is there, as soon as anything is.
@@ -787,7 +913,9 @@ class KafkaScoringWorker:
             return
         self._in_flight = None
         in_flight.future.result()
-        if not self.settings.exactly_once:
+        if self.settings.exactly_once:
+            self._last_committed.update((tp.partition, tp.offset) for tp in in_flight.offsets)
+        else:
             self._commit(consumer, in_flight.offsets)
         self.batches += 1
         self.events_processed += in_flight.n
@@ -909,13 +1037,19 @@ class KafkaScoringWorker:
             )
 
     def _abort(self, producer: Producer, error: KafkaException) -> None:
+        """The batch's transaction failed: stop, or let the loop rewind (``_rewind``).
+
+        A fenced or fatal producer stops the worker.  Anything else is recoverable, and is
+        not aborted here: records that timed out need an epoch bump to abort (KIP-360),
+        which Tansu refuses with an unknown error that librdkafka retries for good.  A new
+        producer under the same transactional id aborts the open transaction on any
+        broker, in ``init_transactions``.
+        """
         kafka_error = error.args[0] if error.args else None
-        if isinstance(kafka_error, KafkaError) and kafka_error.txn_requires_abort():
-            try:
-                producer.abort_transaction(30)
-            except KafkaException as abort_error:
-                log.error("abort failed: %s", abort_error)
-        raise TransactionFailed(f"transaction not committed: {error}") from error
+        recoverable = isinstance(kafka_error, KafkaError) and not kafka_error.fatal()
+        raise TransactionFailed(
+            f"transaction not committed: {error}", recoverable=recoverable
+        ) from error
 
     def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
         """Commit a delivered batch's offsets; a group that moved on is not an error.
