@@ -510,6 +510,7 @@ class KafkaScoringWorker:
             "statistics.interval.ms": 5000,
             "stats_cb": self.metrics.update_from_librdkafka_stats,
             "error_cb": self._on_client_error,
+            "on_commit": self._on_commit,
             "isolation.level": "read_committed",
             **({"group.instance.id": s.group_instance_id} if s.group_instance_id else {}),
             **s.consumer_config,
@@ -899,7 +900,9 @@ class KafkaScoringWorker:
         self.health.begin_batch()
         self._process_batch(records, consumer, producer)
 
-    def _collect_delivered(self, consumer: Consumer, *, block: bool) -> None:
+    def _collect_delivered(
+        self, consumer: Consumer, *, block: bool, commit_async: bool = False
+    ) -> None:
         """Wait for (or, ``block=False``, just look at) the batch in flight, then commit
         its offsets (at-least-once) and count it done.
 
@@ -907,6 +910,14 @@ class KafkaScoringWorker:
         commit from another thread while this one sits in ``consume()`` waits for a reply
         that ``consume()`` takes off the queue (it hung for seconds in the benchmark).  A
         delivery failure is re-raised here, so the worker stops without committing.
+
+        ``commit_async``: the loop, about to produce the next batch, does not wait for the
+        commit's answer (a broker round trip off every event's latency).  Nothing waits on
+        it: the batch's predictions and changelog are delivered already, so a commit lost
+        in a crash only means the batch comes again, and the restored state skips its
+        events (counted as redelivered), as after any crash before a commit.  Commits
+        from one consumer reach the coordinator in order, and a later one covers an
+        earlier one that failed.  Rebalances and shutdown still commit synchronously.
         """
         in_flight = self._in_flight
         if in_flight is None or (not block and not in_flight.future.done()):
@@ -915,6 +926,8 @@ class KafkaScoringWorker:
         in_flight.future.result()
         if self.settings.exactly_once:
             self._last_committed.update((tp.partition, tp.offset) for tp in in_flight.offsets)
+        elif commit_async:
+            consumer.commit(offsets=in_flight.offsets, asynchronous=True)
         else:
             self._commit(consumer, in_flight.offsets)
         self.batches += 1
@@ -966,7 +979,7 @@ class KafkaScoringWorker:
 
         # The previous batch must be delivered and committed before this one produces.
         t_wait = time.perf_counter()
-        self._collect_delivered(consumer, block=True)
+        self._collect_delivered(consumer, block=True, commit_async=True)
         t0 = time.perf_counter()
         # "commit": what the loop waits for the previous batch's delivery, plus its commit.
         m.observe_stage("commit", t0 - t_wait)
@@ -1067,6 +1080,16 @@ class KafkaScoringWorker:
             if code not in _GROUP_MOVED_ON:
                 raise
             log.warning("commit refused (%s): the partitions moved; the batch comes again", error)
+
+    def _on_commit(self, error: KafkaError | None, _partitions: list[TopicPartition]) -> None:
+        """An asynchronous commit's answer (served in ``consume()``): failures are logged;
+        the next commit covers the offsets, and a crash meanwhile only redelivers."""
+        if error is None:
+            return
+        if error.code() in _GROUP_MOVED_ON:
+            log.warning("commit refused (%s): the partitions moved; the batch comes again", error)
+        else:
+            log.error("commit failed (%s): the next commit covers it", error)
 
     def _flush(self, producer: Producer) -> None:
         remaining = producer.flush(60)
