@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -119,3 +120,74 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_valid_events_around_it_are_
     for m in dead:
         headers = dict(m.headers())
         assert int(headers[DLQ_SOURCE_PARTITION]) >= 0 and int(headers[DLQ_SOURCE_OFFSET]) >= 0
+
+
+def test_an_exactly_once_restore_passes_over_snapshots_of_a_transaction_that_did_not_commit(
+    worker_settings: WorkerSettings,
+    spec: FeatureSpec,
+    loaded_model: LoadedModel,
+    consume_all: Callable[..., list[Any]],
+    worker_in_thread: Callable[..., Any],
+) -> None:
+    """Exactly-once commits a batch's changelog and its offsets in one transaction, so a
+    snapshot that holds an event at or past the committed offset comes from a transaction
+    that did not commit.  Tansu once showed such records to the restore's read_committed
+    reader (a kill -9 loop lost a batch: its events were skipped as already applied).
+
+    Here such snapshots are written to the changelog by hand, for every customer of the
+    events not yet scored; the restarted worker must pass them over and score those
+    events from the committed state, as if the snapshots were not there."""
+    from confluent_kafka import Producer
+
+    from driftline.core.state import FeatureState
+
+    worker_settings.exactly_once = True
+    events = live_events(900)
+    first, rest = events[:600], events[600:]
+    with worker_in_thread(worker_settings, spec) as worker:
+        produce(worker_settings.bootstrap_servers, worker_settings.input_topic, first)
+        deadline = time.monotonic() + 90
+        while worker.events_processed < len(first):
+            assert time.monotonic() < deadline, "the first events were not scored"
+            time.sleep(0.05)
+    produce(worker_settings.bootstrap_servers, worker_settings.input_topic, rest)
+
+    # The snapshots a transaction over the rest would have written, built from the input
+    # as the worker reads it (per partition, in offset order).
+    records = consume_all(worker_settings.input_topic, expected=len(events), timeout=60)
+    by_id = {e["event_id"]: e for e in events}
+    rest_ids = {e["event_id"] for e in rest}
+    forged = Producer({"bootstrap.servers": worker_settings.bootstrap_servers})
+    for p in sorted({m.partition() for m in records}):
+        mine = sorted((m for m in records if m.partition() == p), key=lambda m: m.offset())
+        rows = [by_id[decode_event_id(m.value())] for m in mine]
+        state = FeatureState(spec)
+        state.update_block(
+            EventBatch.from_frame(pd.DataFrame(rows)), np.array([m.offset() for m in mine])
+        )
+        customers = sorted({r["customer_id"] for r in rows if r["event_id"] in rest_ids})
+        for customer, snapshot in zip(customers, state.export(customers), strict=True):
+            forged.produce(worker_settings.changelog_topic, snapshot, customer.encode(), p)
+    assert forged.flush(30) == 0
+
+    with worker_in_thread(worker_settings, spec) as worker:
+        deadline = time.monotonic() + 90
+        while worker.events_processed < len(rest):
+            assert time.monotonic() < deadline, (
+                f"{worker.events_processed} of {len(rest)} events scored after the restore"
+            )
+            time.sleep(0.05)
+    messages = consume_all(worker_settings.output_topic, expected=len(events), timeout=60)
+    predictions = [decode_prediction(m.value()) for m in messages]
+    ids = collections.Counter(p.event_id for p in predictions)
+    assert set(ids) == set(by_id) and max(ids.values()) == 1
+    partitions = {p.customer_id: p.source_partition for p in predictions}
+    expected = offline_scores(events, partitions, spec, loaded_model)
+    got = pd.Series({p.event_id: p.score for p in predictions})
+    np.testing.assert_allclose(
+        got[expected.index].to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12
+    )
+
+
+def decode_event_id(value: bytes) -> str:
+    return str(msgspec.json.decode(value)["event_id"])

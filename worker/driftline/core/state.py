@@ -914,6 +914,23 @@ class FeatureState:
             for i in range(len(slots))
         ]
 
+    def applied_offset_of(self, snapshot: bytes) -> int | None:
+        """The input offset of the latest event a snapshot holds (None: not readable here,
+        e.g. a version 1 snapshot, which has none, or another layout's)."""
+        try:
+            decoded = _ANY_DECODER.decode(snapshot)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        if not (isinstance(decoded, list) and len(decoded) == 4 and decoded[0] == SNAPSHOT_VERSION):
+            return None
+        record = decoded[2]
+        if decoded[1] != self.layout or not isinstance(record, bytes):
+            return None
+        if len(record) != self._record.itemsize:
+            return None
+        at = self._record.fields["applied_offset"][1]
+        return int.from_bytes(record[at : at + 8], "little", signed=True)
+
     def restore(self, customer_ids: list[str], snapshots: list[bytes]) -> int:
         """Load snapshots (latest per customer wins); returns how many were applied.
 

@@ -66,7 +66,7 @@ from driftline.core.predictions import (
     DLQ_WORKER,
 )
 from driftline.core.spec import FeatureSpec
-from driftline.core.state import NO_TIME
+from driftline.core.state import NO_TIME, FeatureState
 from driftline.engine.batching import AdaptiveBatcher, BatchPlan
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.engine.kafka.drift_checkpoint import DriftCheckpoints
@@ -704,6 +704,14 @@ class KafkaScoringWorker:
         )
         latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in partitions}
         records = dict.fromkeys(partitions, 0)
+        ahead = dict.fromkeys(partitions, 0)
+        # Exactly-once: a snapshot can only be as new as the committed offsets (one
+        # transaction holds both), so one that holds a later event comes from a
+        # transaction that did not commit.  Tansu was seen to show such records to this
+        # read_committed reader (a kill -9 loop lost a batch: its snapshots restored,
+        # its events then skipped as already applied, their predictions never visible).
+        # Such a snapshot is passed over; the customer's previous one stands.
+        probe = FeatureState(self.spec, capacity=16) if s.exactly_once else None
         pending = set(partitions)
         try:
             reader.assign(
@@ -724,12 +732,26 @@ class KafkaScoringWorker:
                             continue
                         raise KafkaException(error)
                     p = message.partition()
-                    latest[p][message.key() or b""] = message.value()
+                    key, value = message.key() or b"", message.value()
                     records[p] += 1
+                    if probe is not None and key and value is not None:
+                        applied = probe.applied_offset_of(value)
+                        if applied is not None and applied >= committed.get(p, -1):
+                            ahead[p] += 1
+                            continue
+                    latest[p][key] = value
                 self.health.beat()
         finally:
             reader.close()
         for p in partitions:
+            if ahead[p]:
+                log.warning(
+                    "partition %d: %d changelog snapshots hold events at or past the committed "
+                    "offset %d: records of a transaction that did not commit, passed over",
+                    p,
+                    ahead[p],
+                    committed.get(p, -1),
+                )
             customers = self.processor.restore(p, list(latest[p].items()), committed.get(p, -1))
             self.metrics.record_restore(records[p], customers, time.perf_counter() - started)
             log.info(
