@@ -643,12 +643,14 @@ class KafkaScoringWorker:
     ) -> None:
         """Commit the last committed offsets again, in a transaction of their own.
 
-        The failed transaction's offset commit may reach the broker after the new
-        producer fenced it (a request sent before the broker froze, read when it woke).
-        Kafka refuses such a request (old epoch); on Tansu a rewind once lost a batch
-        that way, its offsets committed without its records, so the offsets this worker
-        knows to be right are restated before it goes on.  A partition never committed
-        gets offset 0, which reads the same as no commit (``auto.offset.reset`` earliest).
+        Defensive: the failed transaction's offset commit may reach the broker after the
+        new producer fenced it (a request sent before the broker froze, read when it
+        woke).  Kafka refuses it (old epoch); a broker that did not would move the group
+        past a batch that was never delivered, so the offsets this worker knows to be
+        right are restated before it goes on.  (A rewind on Tansu once lost a small batch;
+        the restore reading the aborted batch's changelog explains it as well, and is
+        guarded in ``_restore``.)  A partition never committed gets offset 0, which reads
+        the same as no commit (``auto.offset.reset`` earliest).
         """
         topic = self.settings.input_topic
         offsets = [TopicPartition(topic, p, max(o, 0)) for p, o in committed.items()]
