@@ -580,11 +580,12 @@ class KafkaScoringWorker:
         assert self.processor is not None
         numbers = sorted(tp.partition for tp in partitions)
         s = self.settings
-        committed = self._committed(consumer, numbers) if numbers and s.exactly_once else {}
-        self._last_committed.update(committed)
+        needed = bool(numbers) and (s.changelog or s.exactly_once)
+        committed = self._committed(consumer, numbers) if needed else {}
+        if s.exactly_once:
+            self._last_committed.update(committed)
         if s.changelog and numbers:
             self.health.set_restoring(f"restoring state of partitions {numbers}")
-            committed = committed or self._committed(consumer, numbers)
             log.info("restoring %s, committed offsets %s", numbers, committed)
             self._restore(numbers, committed)
             self.health.set_restoring(None)
@@ -1031,8 +1032,9 @@ class KafkaScoringWorker:
         if not s.pipelined or s.exactly_once:
             # Exactly-once commits its transaction before the next poll.  Pipelined
             # transactions lost one batch (200 predictions) in the 300k-event, 20-kill
-            # loop (DRIFTLINE_SLOW) where the sequential loop lost none; not understood
-            # (session 2's hang, blamed on pipelining then, was a Tansu zombie instead).
+            # loop (DRIFTLINE_SLOW); most likely the restore taking an aborted batch's
+            # changelog (Tansu returns aborted records to read_committed readers), now
+            # guarded in ``_restore``.  Pipelining stays off until that loop passes with it.
             self._collect_delivered(consumer, block=True)
 
         if result.n_redelivered:
