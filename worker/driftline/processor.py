@@ -84,6 +84,21 @@ class BatchResult:
     retrain_request: RetrainRequest | None = None
 
 
+@dataclass(slots=True)
+class PreparedBatch:
+    """A batch up to its scores (``ScoringProcessor.prepare``): what ``finish`` needs."""
+
+    raw: RawBatch
+    #: The events to score, in the order of ``block``'s rows.
+    valid: EventBatch
+    block: FeatureBlock | None
+    rejected: list[Rejected]
+    n_late: int
+    n_redelivered: int
+    changelog: list[tuple[int, bytes, bytes | None]]
+    stage_seconds: dict[str, float]
+
+
 #: Changelog key of a partition's watermark record; customer ids are never empty.
 WATERMARK_KEY = b""
 _encode_watermark = msgspec.msgpack.Encoder().encode
@@ -175,7 +190,23 @@ class ScoringProcessor:
 
     # ------------------------------------------------------------ batch
     def process(self, raw: RawBatch) -> BatchResult:
-        stages: dict[str, float] = {}
+        """Decode, update the state, score with this process's scorer, and encode."""
+        prepared = self.prepare(raw)
+        t0 = time.perf_counter()
+        block = prepared.block
+        scores = self.scorer.score_block(block) if block is not None else np.empty(0)
+        prepared.stage_seconds["predict"] = time.perf_counter() - t0
+        return self.finish(prepared, scores)
+
+    def prepare(self, raw: RawBatch) -> PreparedBatch:
+        """Everything before the model: decode, late events, state update, changelog.
+
+        Split from ``finish`` so that an engine can have the batch scored elsewhere (a
+        scoring process) while it prepares the next one.  The state already holds the
+        batch when this returns: an engine that drops a prepared batch must restore the
+        partitions' state before it consumes those records again.
+        """
+        stages: dict[str, float] = {"predict": 0.0}  # set by whoever scores the batch
         t0 = time.perf_counter()
         batch, rejections = decode_batch(raw.values, raw.keys, self.max_event_bytes)
         rejected = [Rejected(r.index, r.reason, "decode", r.message) for r in rejections]
@@ -224,13 +255,19 @@ class ScoringProcessor:
         else:
             valid = EventBatch.empty()
             block = None
-        t2 = time.perf_counter()
-        stages["state"] = t2 - t1
+        stages["state"] = time.perf_counter() - t1
+        return PreparedBatch(raw, valid, block, rejected, n_late, n_redelivered, changelog, stages)
 
-        scores = self.scorer.score_block(block) if block is not None else np.empty(0)
+    def finish(self, prepared: PreparedBatch, scores: np.ndarray) -> BatchResult:
+        """Everything after the model: drift, decisions, predictions to produce.
+
+        ``scores`` are the prepared block's, scored by this processor's model (an engine
+        that scores elsewhere finishes a batch before it swaps the model).
+        """
+        raw, valid, block = prepared.raw, prepared.valid, prepared.block
+        stages = prepared.stage_seconds
+        rejected = prepared.rejected
         t3 = time.perf_counter()
-        stages["predict"] = t3 - t2
-
         drift_update = retrain_request = None
         if self.drift is not None:
             features = (
@@ -289,13 +326,13 @@ class ScoringProcessor:
             prediction_values=values,
             prediction_index=src,
             rejected=rejected,
-            n_late=n_late,
+            n_late=prepared.n_late,
             scores=scores,
             feature_block=block,
             event_latency_seconds=(now_ms - sent_ms) / 1000.0,
             stage_seconds=stages,
-            changelog=changelog,
-            n_redelivered=n_redelivered,
+            changelog=prepared.changelog,
+            n_redelivered=prepared.n_redelivered,
             drift=drift_update,
             retrain_request=retrain_request,
         )

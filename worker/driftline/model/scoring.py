@@ -38,6 +38,12 @@ class Scorer:
         self._positive = classes.index(1)
         _pin_single_job(self.pipeline)
 
+    def __reduce__(self) -> tuple[type[Scorer], tuple[LoadedModel]]:
+        """Pickled as the model it scores: a copy (a scoring process's) is rebuilt by the
+        same constructor, so a runtime's compiled closures or sessions never need pickling
+        and the copy scores exactly as this one does."""
+        return (type(self), (self.model,))
+
     @property
     def name(self) -> str:
         return self.model.name
