@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,7 +54,7 @@ def offline_scores(
     return pd.Series(scores, index=frame.loc[features.index, "event_id"].to_numpy())
 
 
-@pytest.mark.parametrize("runtime", ["sklearn", "compiled"])
+@pytest.mark.parametrize("runtime", ["sklearn", "compiled", "sklearn+scoring-process"])
 def test_every_valid_event_gets_exactly_one_prediction_equal_to_offline_scoring(
     worker_settings: WorkerSettings,
     spec: FeatureSpec,
@@ -63,8 +64,10 @@ def test_every_valid_event_gets_exactly_one_prediction_equal_to_offline_scoring(
     runtime: str,
 ) -> None:
     """The offline reference scores with scikit-learn's predict_proba, whatever runtime
-    the worker uses: the compiled one must give the same scores."""
-    worker_settings.model_runtime = runtime
+    the worker uses: the compiled one must give the same scores, and so must a scoring
+    process (a copy of the model in a child, batches pipelined through it)."""
+    worker_settings.model_runtime, _, process = runtime.partition("+")
+    worker_settings.scoring_process = bool(process)
     events = live_events(3000)
     with worker_in_thread(worker_settings, spec):
         produce(worker_settings.bootstrap_servers, worker_settings.input_topic, events)
@@ -89,12 +92,17 @@ def test_every_valid_event_gets_exactly_one_prediction_equal_to_offline_scoring(
     assert consume_all(worker_settings.dead_letter_topic, expected=0, timeout=20) == []
 
 
+@pytest.mark.parametrize("scoring_process", [False, True], ids=["in-loop", "scoring-process"])
 def test_bad_input_goes_to_the_dead_letter_topic_and_valid_events_around_it_are_scored(
     worker_settings: WorkerSettings,
     spec: FeatureSpec,
     consume_all: Callable[..., list[Any]],
     worker_in_thread: Callable[..., Any],
+    scoring_process: bool,
 ) -> None:
+    """With a scoring process, batches of rejects only (nothing to score) pass through
+    the pipeline between scored ones."""
+    worker_settings.scoring_process = scoring_process
     valid = [msgspec.json.encode(e) for e in live_events(1500, seed=8)]
     bad = bad_payloads(600, seed=4)
     mixed = interleave([(v, None) for v in valid], bad, seed=2)
@@ -120,6 +128,48 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_valid_events_around_it_are_
     for m in dead:
         headers = dict(m.headers())
         assert int(headers[DLQ_SOURCE_PARTITION]) >= 0 and int(headers[DLQ_SOURCE_OFFSET]) >= 0
+
+
+def test_a_rebalance_while_a_batch_is_in_the_scoring_process_loses_and_repeats_nothing(
+    worker_settings: WorkerSettings,
+    spec: FeatureSpec,
+    loaded_model: LoadedModel,
+    consume_all: Callable[..., list[Any]],
+    worker_in_thread: Callable[..., Any],
+) -> None:
+    """A worker scoring in a child process holds a prepared batch between two steps.  A
+    second worker joins during a backlog: the first finishes that batch (publishes and
+    commits it) before its partitions go, so every event is scored once, from the state
+    that moved with its partition."""
+    worker_settings.scoring_process = True
+    # scikit-learn's ~12 ms per predict call and small batches keep the first worker
+    # busy with its backlog (~8k events/s) until the second has started and joined.
+    worker_settings.model_runtime = "sklearn"
+    worker_settings.batch_size = 100
+    population = Population(n_customers=2_000, seed=11)
+    population.generate_history(days=30)
+    events = list(population.stream_events(max_events=50_000))
+    produce(worker_settings.bootstrap_servers, worker_settings.input_topic, events)
+    with worker_in_thread(worker_settings, spec) as first:
+        deadline = time.monotonic() + 90
+        while first.events_processed < 1_000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.events_processed >= 1_000, "the first worker made no progress"
+        joining = dataclasses.replace(worker_settings, worker_id="second-worker")
+        with worker_in_thread(joining, spec) as second:
+            messages = consume_all(worker_settings.output_topic, expected=len(events), timeout=120)
+            assert second.events_processed > 0, "the second worker got no partition"
+        assert first.revoked_with_pending >= 1, "no revocation found a batch pending"
+    predictions = [decode_prediction(m.value()) for m in messages]
+    ids = collections.Counter(p.event_id for p in predictions)
+    assert set(ids) == {e["event_id"] for e in events}
+    assert max(ids.values()) == 1, f"{sum(c - 1 for c in ids.values())} duplicated"
+    partitions = {p.customer_id: p.source_partition for p in predictions}
+    expected = offline_scores(events, partitions, spec, loaded_model)
+    got = pd.Series({p.event_id: p.score for p in predictions})
+    np.testing.assert_allclose(
+        got[expected.index].to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12
+    )
 
 
 def test_an_exactly_once_restore_passes_over_snapshots_of_a_transaction_that_did_not_commit(

@@ -19,7 +19,9 @@ installed, the worker and the model alone with the forest in ONNX Runtime.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import tempfile
 import threading
@@ -58,6 +60,9 @@ class WorkerRun:
     eps: float
     mean_batch: float
     stage_us: dict[str, float]
+    #: CPU the worker used (its process, and its scoring process if any), in cores, from
+    #: its first batch to the last: how much of the machine the rate took.
+    cpu_cores: float | None = None
 
 
 @dataclass
@@ -85,6 +90,14 @@ class BenchResult:
     onnx_model_only_eps: float | None = None
     onnx_max_abs_diff: float | None = None
     onnx_skipped: str | None = None
+    #: scikit-learn in a scoring process (``--scoring-process``), batches pipelined.
+    process_worker_eps: float | None = None
+    process_worker_exactly_once_eps: float | None = None
+    process_stage_us: dict[str, float] | None = None
+    process_mean_batch: float | None = None
+    #: Cores used by (b) and by the scoring-process run.
+    worker_cpu_cores: float | None = None
+    process_cpu_cores: float | None = None
 
     @property
     def ratios(self) -> dict[str, float]:
@@ -101,6 +114,15 @@ class BenchResult:
                 self.compiled_worker_eps / self.compiled_model_only_eps
             )
             ratios["compiled worker/model_only"] = self.compiled_worker_eps / self.model_only_eps
+        if self.process_worker_eps:
+            ratios["scoring-process worker/model_only"] = (
+                self.process_worker_eps / self.model_only_eps
+            )
+            ratios["scoring-process worker/worker"] = self.process_worker_eps / self.worker_eps
+            if self.process_worker_exactly_once_eps:
+                ratios["scoring-process exactly_once/at_least_once"] = (
+                    self.process_worker_exactly_once_eps / self.process_worker_eps
+                )
         if self.onnx_worker_eps and self.onnx_model_only_eps:
             ratios["onnx worker/onnx model_only"] = self.onnx_worker_eps / self.onnx_model_only_eps
             ratios["onnx worker/sklearn worker"] = self.onnx_worker_eps / self.worker_eps
@@ -112,13 +134,30 @@ class BenchResult:
         skip = f"skipped: {self.onnx_skipped}" if self.onnx_skipped else ""
         return [
             ("(a) pass-through consume->produce", self.passthrough_eps, self.events, ""),
-            ("(b) driftline worker, at-least-once", self.worker_eps, self.events, ""),
+            (
+                "(b) driftline worker, at-least-once",
+                self.worker_eps,
+                self.events,
+                _cores_note(self.worker_cpu_cores),
+            ),
             ("(b') driftline worker, exactly-once", self.worker_exactly_once_eps, self.events, ""),
             (
                 "(b0) worker, sequential loop",
                 self.worker_sequential_eps,
                 self.events,
                 "at-least-once, no pipelining",
+            ),
+            (
+                "(b-process) worker, scoring process, at-least-once",
+                self.process_worker_eps,
+                self.events,
+                _cores_note(self.process_cpu_cores),
+            ),
+            (
+                "(b'-process) worker, scoring process, exactly-once",
+                self.process_worker_exactly_once_eps,
+                self.events,
+                "",
             ),
             ("(c) per-event scoring loop", self.per_event_eps, self.per_event_events, ""),
             ("(d) model alone (predict_proba)", self.model_only_eps, self.events, ""),
@@ -162,7 +201,8 @@ class BenchResult:
         lines = [
             f"machine: {self.machine}",
             f"batch size {self.batch_size} (mean chosen by the worker: "
-            f"{self.mean_batch or 0:,.0f}), {self.partitions} partitions",
+            f"{self.mean_batch or 0:,.0f}; with a scoring process: "
+            f"{self.process_mean_batch or 0:,.0f}), {self.partitions} partitions",
             "",
             "| | events/s | events | note |",
             "|---|---:|---:|---|",
@@ -172,13 +212,20 @@ class BenchResult:
             lines.append(f"| {name} | {figure} | {n:,} | {note} |")
         lines += ["", "| ratio | value |", "|---|---:|"]
         lines += [f"| {name} | {value:.3f} |" for name, value in self.ratios.items()]
-        if self.stage_us:
-            total = sum(self.stage_us.values())
-            lines += ["", "| stage (worker, at-least-once) | µs/event | share |", "|---|---:|---:|"]
-            lines += [
-                f"| {stage} | {us:.2f} | {us / total:.0%} |" for stage, us in self.stage_us.items()
-            ]
+        for title, stage_us in (
+            ("worker, at-least-once", self.stage_us),
+            ("worker, scoring process (predict: the wait)", self.process_stage_us),
+        ):
+            if not stage_us:
+                continue
+            total = sum(stage_us.values())
+            lines += ["", f"| stage ({title}) | µs/event | share |", "|---|---:|---:|"]
+            lines += [f"| {name} | {us:.2f} | {us / total:.0%} |" for name, us in stage_us.items()]
         return "\n".join(lines)
+
+
+def _cores_note(cores: float | None) -> str:
+    return f"{cores:.2f} cores" if cores is not None else ""
 
 
 def machine_description() -> str:
@@ -277,21 +324,40 @@ def worker_run(settings: WorkerSettings, spec: FeatureSpec, n: int) -> WorkerRun
     worker = KafkaScoringWorker(settings, spec)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
+    cpu_start: tuple[float, float] | None = None
     try:
         while worker.events_processed < n:
             if not thread.is_alive():
                 raise RuntimeError("worker stopped during the benchmark")
+            if cpu_start is None and worker.first_batch_started is not None:
+                cpu_start = (time.perf_counter(), _cpu_seconds(worker))
             time.sleep(0.01)
+        cpu_end = (time.perf_counter(), _cpu_seconds(worker))
         assert worker.first_batch_started is not None and worker.last_batch_done is not None
         events = worker.events_processed
         wall = worker.last_batch_done - worker.first_batch_started
         sums = _stage_sums(worker)
         stage_us = {stage: sums.get(stage, 0.0) / events * 1e6 for stage in BREAKDOWN_STAGES}
         stage_us["other"] = max(0.0, wall / events * 1e6 - sum(stage_us.values()))
-        return WorkerRun(events / wall, events / max(worker.batches, 1), stage_us)
+        cores = None
+        if cpu_start is not None and cpu_end[0] - cpu_start[0] > 0.2:
+            cores = (cpu_end[1] - cpu_start[1]) / (cpu_end[0] - cpu_start[0])
+        return WorkerRun(events / wall, events / max(worker.batches, 1), stage_us, cores)
     finally:
         worker.stop()
         thread.join(60)
+
+
+def _cpu_seconds(worker: KafkaScoringWorker) -> float:
+    """CPU seconds of this process (the worker's thread and librdkafka's; the benchmark's
+    own thread mostly sleeps) plus the worker's scoring process, if it has one."""
+    total = time.process_time()
+    pid = worker.scoring_pid
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _stage_sums(worker: KafkaScoringWorker) -> dict[str, float]:
@@ -388,6 +454,13 @@ def run_bench(
                 model_runtime="sklearn",
             )
             alo = worker_run(settings, spec, events)
+            settings.group_id = f"bench-worker-process-{run_id}"
+            settings.scoring_process = True
+            in_process = worker_run(settings, spec, events)
+            settings.group_id = f"bench-worker-process-eos-{run_id}"
+            settings.exactly_once = True
+            process_eos_eps = worker_run(settings, spec, events).eps
+            settings.exactly_once = settings.scoring_process = False
             seq_eps = None
             if sequential:
                 settings.group_id = f"bench-worker-seq-{run_id}"
@@ -413,6 +486,12 @@ def run_bench(
                 worker_sequential_eps=seq_eps,
                 stage_us=alo.stage_us,
                 mean_batch=alo.mean_batch,
+                process_worker_eps=in_process.eps,
+                process_worker_exactly_once_eps=process_eos_eps,
+                process_stage_us=in_process.stage_us,
+                process_mean_batch=in_process.mean_batch,
+                worker_cpu_cores=alo.cpu_cores,
+                process_cpu_cores=in_process.cpu_cores,
             )
             for runtime in ("compiled", "onnx") if onnx else ("compiled",):
                 _runtime_rows(bench, runtime, loaded, features, settings, spec, run_id)

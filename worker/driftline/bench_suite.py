@@ -52,6 +52,16 @@ class SuiteReport:
                     TARGET_EOS_RATIO,
                 ),
             ]
+            if t.process_worker_eps:
+                # The same target, with the model in a scoring process: the worker then
+                # uses a second core (the report gives the cores each run took).
+                out.append(
+                    _target(
+                        "worker with a scoring process / model alone",
+                        ratios["scoring-process worker/model_only"],
+                        TARGET_MODEL_RATIO,
+                    )
+                )
             if t.compiled_worker_eps and t.compiled_model_only_eps:
                 # Stricter than the wording: the compute limit is the model as the
                 # worker runs it, so a faster model leaves less room for everything else.

@@ -140,6 +140,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "otherwise (default: %(default)s)",
     )
     parser.add_argument(
+        "--scoring-process",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="score in a child process, overlapping the model with the next batch's decode "
+        "and state update: faster when the model costs about as much as the rest "
+        "(scikit-learn forests) and a second core is free (default: off)",
+    )
+    parser.add_argument(
         "--onnx-tolerance",
         type=float,
         default=1e-5,
@@ -193,6 +201,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         drift_events_per_day=args.drift_events_per_day,
         retrain_persistence_s=args.retrain_persistence,
         model_runtime=args.model_runtime,
+        scoring_process=args.scoring_process,
         onnx_tolerance=args.onnx_tolerance,
         latency_target_s=args.latency_target,
         adaptive_batch=args.adaptive_batch,
