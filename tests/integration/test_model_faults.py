@@ -82,6 +82,7 @@ def register_copy(root: Path, source: Path, version: str, **metadata_changes: An
     return folder
 
 
+@pytest.mark.parametrize("scoring_process", [False, True], ids=["in-loop", "scoring-process"])
 def test_bad_models_are_refused_while_the_previous_one_serves_then_a_good_one_swaps_in(
     worker_settings: WorkerSettings,
     spec: FeatureSpec,
@@ -90,7 +91,10 @@ def test_bad_models_are_refused_while_the_previous_one_serves_then_a_good_one_sw
     consume_all: Callable[..., list[Any]],
     worker_in_thread: Callable[..., Any],
     tmp_path: Path,
+    scoring_process: bool,
 ) -> None:
+    """With a scoring process, a swap starts a child for the new model once the batch
+    pending in the old one is published."""
     root = tmp_path / "models"
     shutil.copytree(trained_registry, root)  # never damage the session's registry
     assert ModelRegistry(root).versions(MODEL) == ["v0001"]
@@ -102,6 +106,7 @@ def test_bad_models_are_refused_while_the_previous_one_serves_then_a_good_one_sw
         model_version="latest",
         batch_size=200,
         model_poll_interval_s=0.2,
+        scoring_process=scoring_process,
     )
 
     population = Population(n_customers=200, seed=31)
