@@ -54,6 +54,24 @@ def offline_scores(
     return pd.Series(scores, index=frame.loc[features.index, "event_id"].to_numpy())
 
 
+def assert_scored_once_as_offline(
+    messages: list[Any], events: list[dict[str, Any]], spec: FeatureSpec, model: LoadedModel
+) -> list[Prediction]:
+    """One prediction per event, none for anything else, each with the offline score of
+    its partition's events in order; returns the predictions."""
+    predictions = [decode_prediction(m.value()) for m in messages]
+    ids = collections.Counter(p.event_id for p in predictions)
+    assert set(ids) == {e["event_id"] for e in events}
+    assert max(ids.values()) == 1, f"{sum(c - 1 for c in ids.values())} duplicated"
+    partitions = {p.customer_id: p.source_partition for p in predictions}
+    expected = offline_scores(events, partitions, spec, model)
+    got = pd.Series({p.event_id: p.score for p in predictions})
+    np.testing.assert_allclose(
+        got[expected.index].to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12
+    )
+    return predictions
+
+
 @pytest.mark.parametrize("runtime", ["sklearn", "compiled", "sklearn+scoring-process"])
 def test_every_valid_event_gets_exactly_one_prediction_equal_to_offline_scoring(
     worker_settings: WorkerSettings,
@@ -72,20 +90,10 @@ def test_every_valid_event_gets_exactly_one_prediction_equal_to_offline_scoring(
     with worker_in_thread(worker_settings, spec):
         produce(worker_settings.bootstrap_servers, worker_settings.input_topic, events)
         messages = consume_all(worker_settings.output_topic, expected=len(events), timeout=90)
-    predictions = [decode_prediction(m.value()) for m in messages]
-    ids = collections.Counter(p.event_id for p in predictions)
+    predictions = assert_scored_once_as_offline(messages, events, spec, loaded_model)
     assert len(predictions) == len(events)
-    assert set(ids) == {e["event_id"] for e in events}
-    assert max(ids.values()) == 1
     assert all(
         m.key().decode() == p.customer_id for m, p in zip(messages, predictions, strict=True)
-    )
-
-    partitions = {p.customer_id: p.source_partition for p in predictions}
-    expected = offline_scores(events, partitions, spec, loaded_model)
-    got = pd.Series({p.event_id: p.score for p in predictions})
-    np.testing.assert_allclose(
-        got[expected.index].to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12
     )
     assert all(p.decision == (p.score >= p.threshold) for p in predictions)
     assert {p.model_version for p in predictions} == {loaded_model.version}
@@ -160,16 +168,7 @@ def test_a_rebalance_while_a_batch_is_in_the_scoring_process_loses_and_repeats_n
             messages = consume_all(worker_settings.output_topic, expected=len(events), timeout=120)
             assert second.events_processed > 0, "the second worker got no partition"
         assert first.revoked_with_pending >= 1, "no revocation found a batch pending"
-    predictions = [decode_prediction(m.value()) for m in messages]
-    ids = collections.Counter(p.event_id for p in predictions)
-    assert set(ids) == {e["event_id"] for e in events}
-    assert max(ids.values()) == 1, f"{sum(c - 1 for c in ids.values())} duplicated"
-    partitions = {p.customer_id: p.source_partition for p in predictions}
-    expected = offline_scores(events, partitions, spec, loaded_model)
-    got = pd.Series({p.event_id: p.score for p in predictions})
-    np.testing.assert_allclose(
-        got[expected.index].to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12
-    )
+    assert_scored_once_as_offline(messages, events, spec, loaded_model)
 
 
 def test_an_exactly_once_restore_passes_over_snapshots_of_a_transaction_that_did_not_commit(
@@ -228,15 +227,7 @@ def test_an_exactly_once_restore_passes_over_snapshots_of_a_transaction_that_did
             )
             time.sleep(0.05)
     messages = consume_all(worker_settings.output_topic, expected=len(events), timeout=60)
-    predictions = [decode_prediction(m.value()) for m in messages]
-    ids = collections.Counter(p.event_id for p in predictions)
-    assert set(ids) == set(by_id) and max(ids.values()) == 1
-    partitions = {p.customer_id: p.source_partition for p in predictions}
-    expected = offline_scores(events, partitions, spec, loaded_model)
-    got = pd.Series({p.event_id: p.score for p in predictions})
-    np.testing.assert_allclose(
-        got[expected.index].to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12
-    )
+    assert_scored_once_as_offline(messages, events, spec, loaded_model)
 
 
 def decode_event_id(value: bytes) -> str:

@@ -9,8 +9,6 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from driftline.commands.train import register, train_on_events
-from driftline.core.spec import FeatureSpec, load_default_spec
 from driftline.model.compiled import (
     CompiledMismatch,
     CompiledScorer,
@@ -18,26 +16,9 @@ from driftline.model.compiled import (
     compile_forest,
     load_compiled_scorer,
 )
-from driftline.model.registry import LoadedModel, ModelRegistry
+from driftline.model.registry import LoadedModel
 from driftline.model.scoring import Scorer
 from driftline.model.verification import reference_sample
-from driftline.simulate import Population
-
-
-@pytest.fixture(scope="module")
-def spec() -> FeatureSpec:
-    return load_default_spec()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, spec: FeatureSpec) -> LoadedModel:
-    history = Population(n_customers=300, seed=8).generate_history(days=200)
-    result = train_on_events(
-        history, spec, horizon_days=60, n_estimators=25, cv_folds=2, progress=False
-    )
-    registry = ModelRegistry(tmp_path_factory.mktemp("compiled-models"))
-    version = register(result, registry, "churn", spec)
-    return registry.load(version.name, expected_features=spec.feature_names)
 
 
 def test_compiled_scores_are_scikit_learns_bit_for_bit(model: LoadedModel) -> None:

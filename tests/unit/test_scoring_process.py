@@ -15,31 +15,14 @@ import msgspec
 import numpy as np
 import pytest
 
-from driftline.commands.train import register, train_on_events
-from driftline.core.spec import FeatureSpec, load_default_spec
+from driftline.core.spec import FeatureSpec
 from driftline.core.state import FeatureBlock, FeatureState
 from driftline.model.compiled import CompiledScorer, load_compiled_scorer
-from driftline.model.registry import LoadedModel, ModelRegistry
+from driftline.model.registry import LoadedModel
 from driftline.model.scoring import Scorer
 from driftline.model.scoring_process import ScoringProcess, ScoringProcessFailed
 from driftline.processor import RawBatch, ScoringProcessor
 from driftline.simulate import Population
-
-
-@pytest.fixture(scope="module")
-def spec() -> FeatureSpec:
-    return load_default_spec()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, spec: FeatureSpec) -> LoadedModel:
-    history = Population(n_customers=300, seed=8).generate_history(days=200)
-    result = train_on_events(
-        history, spec, horizon_days=60, n_estimators=25, cv_folds=2, progress=False
-    )
-    registry = ModelRegistry(tmp_path_factory.mktemp("process-models"))
-    version = register(result, registry, "churn", spec)
-    return registry.load(version.name, expected_features=spec.feature_names)
 
 
 @pytest.fixture(scope="module")
