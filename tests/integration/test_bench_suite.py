@@ -36,6 +36,8 @@ def test_a_tiny_suite_reports_every_row_stage_rate_and_target(kafka_bootstrap: s
         "worker_eps",
         "worker_exactly_once_eps",
         "worker_sequential_eps",
+        "process_worker_eps",
+        "process_worker_exactly_once_eps",
         "per_event_eps",
         "model_only_eps",
     ):
@@ -46,12 +48,16 @@ def test_a_tiny_suite_reports_every_row_stage_rate_and_target(kafka_bootstrap: s
         "poll", "decode", "state", "predict", "produce", "commit", "other",
     }  # fmt: skip
     assert throughput["stage_us"]["predict"] > 0
+    assert set(throughput["process_stage_us"]) == set(throughput["stage_us"])
+    for cores in (throughput["worker_cpu_cores"], throughput["process_cpu_cores"]):
+        assert cores is None or cores > 0  # None: a run too short (< 0.2 s) to time
     assert {"worker/model_only", "worker/per_event", "exactly_once/at_least_once"} <= set(
         throughput["ratios"]
     )
 
     sklearn_rows = [row for row in doc["latency"] if row["runtime"] == "sklearn"]
     assert [row["offered_eps"] for row in sklearn_rows] == [300.0, 600.0]
+    assert {row["runtime"] for row in doc["latency"]} >= {"sklearn", "compiled", "sklearn+process"}
     for row in doc["latency"]:
         assert row["sent"] == int(row["offered_eps"])  # one second each
         assert row["received"] == row["sent"], row  # every event got its prediction
@@ -62,9 +68,11 @@ def test_a_tiny_suite_reports_every_row_stage_rate_and_target(kafka_bootstrap: s
         "worker / model alone",
         "worker / per-event",
         "exactly-once / at-least-once",
+        "worker with a scoring process / model alone",
     }
 
     markdown = report.to_markdown()
     for heading in ("## Throughput", "## Latency", "## State", "## Targets"):
         assert heading in markdown
     assert "| (b) driftline worker, at-least-once |" in markdown
+    assert "| (b-process) worker, scoring process, at-least-once |" in markdown

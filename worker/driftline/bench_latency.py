@@ -259,8 +259,14 @@ def run_latency_bench(
     latency_target_s: float = 0.05,
     runtime: str = "sklearn",
 ) -> list[LatencyFigures]:
-    """One worker process, then each offered rate in turn on its input topic."""
+    """One worker process, then each offered rate in turn on its input topic.
+
+    ``runtime``: a model runtime, with ``+process`` for a scoring process
+    (``sklearn+process``)."""
     from driftline.testing.faults import WorkerProcess
+
+    model_runtime, _, process = runtime.partition("+")
+    scoring_process = process == "process"
 
     run_id = uuid.uuid4().hex[:8]
     topics = (f"lat-in-{run_id}", f"lat-out-{run_id}", f"lat-dlq-{run_id}")
@@ -281,7 +287,8 @@ def run_latency_bench(
                 "--latency-target",
                 str(latency_target_s),
                 "--model-runtime",
-                runtime,
+                model_runtime,
+                *(["--scoring-process"] if scoring_process else []),
             ],
             log_path=Path(logs) / "worker.log",
             name="latency",

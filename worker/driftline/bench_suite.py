@@ -207,6 +207,14 @@ def run_suite(
             report.latency += run_latency_bench(
                 servers, registry.root, rates, duration_s, batch_size=batch_size, runtime="compiled"
             )
+            report.latency += run_latency_bench(
+                servers,
+                registry.root,
+                rates,
+                duration_s,
+                batch_size=batch_size,
+                runtime="sklearn+process",
+            )
             if onnx and onnx_missing_reason() is None:
                 report.latency += run_latency_bench(
                     servers, registry.root, rates, duration_s, batch_size=batch_size, runtime="onnx"
