@@ -87,9 +87,13 @@ def test_every_valid_event_gets_exactly_one_prediction_equal_to_offline_scoring(
     worker_settings.model_runtime, _, process = runtime.partition("+")
     worker_settings.scoring_process = bool(process)
     events = live_events(3000)
-    with worker_in_thread(worker_settings, spec):
+    if process:  # a backlog: the scoring process only takes full batches
         produce(worker_settings.bootstrap_servers, worker_settings.input_topic, events)
+    with worker_in_thread(worker_settings, spec) as worker:
+        if not process:
+            produce(worker_settings.bootstrap_servers, worker_settings.input_topic, events)
         messages = consume_all(worker_settings.output_topic, expected=len(events), timeout=90)
+        assert (worker.batches_to_scoring_process > 0) == bool(process)
     predictions = assert_scored_once_as_offline(messages, events, spec, loaded_model)
     assert len(predictions) == len(events)
     assert all(
@@ -119,13 +123,12 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_valid_events_around_it_are_
         batch, _ = decode_batch([value]) if value else (EventBatch.empty(), [])
         key = batch.customer_id[0].encode() if len(batch) else b"poison"
         records.append((key, value, None))
+    produce_records(worker_settings.bootstrap_servers, worker_settings.input_topic, iter(records))
     with worker_in_thread(worker_settings, spec) as worker:
-        produce_records(
-            worker_settings.bootstrap_servers, worker_settings.input_topic, iter(records)
-        )
         predictions = consume_all(worker_settings.output_topic, expected=len(valid), timeout=90)
         dead = consume_all(worker_settings.dead_letter_topic, expected=len(bad), timeout=60)
         assert worker.batches > 0
+        assert (worker.batches_to_scoring_process > 0) == scoring_process
     assert len(predictions) == len(valid)
     assert len(dead) == len(bad)
     expected_reasons = collections.Counter(reason for _, reason in bad)
@@ -168,6 +171,7 @@ def test_a_rebalance_while_a_batch_is_in_the_scoring_process_loses_and_repeats_n
             messages = consume_all(worker_settings.output_topic, expected=len(events), timeout=120)
             assert second.events_processed > 0, "the second worker got no partition"
         assert first.revoked_with_pending >= 1, "no revocation found a batch pending"
+        assert first.batches_to_scoring_process > 0
     assert_scored_once_as_offline(messages, events, spec, loaded_model)
 
 
