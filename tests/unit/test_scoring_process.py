@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -163,3 +166,42 @@ def test_prepare_then_finish_is_process(
         customers = sorted(state._slots)
         assert customers == sorted(other._slots)
         assert state.export(customers) == other.export(customers)
+
+
+def test_the_child_exits_when_its_parent_is_killed(model: LoadedModel, tmp_path: Path) -> None:
+    """A worker killed -9 leaves no scoring process behind: the child reads the end of
+    its pipe and stops."""
+    script = tmp_path / "parent.py"
+    with (tmp_path / "scorer.pkl").open("wb") as f:
+        pickle.dump(Scorer(model), f)
+    script.write_text(  # spawn imports the main module again: hence the guard
+        "import pickle, time\n"
+        "from driftline.model.scoring_process import ScoringProcess\n"
+        "if __name__ == '__main__':\n"
+        f"    scorer = pickle.load(open({str(tmp_path / 'scorer.pkl')!r}, 'rb'))\n"
+        "    child = ScoringProcess(scorer)\n"
+        "    print(child.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        assert _alive(child_pid)
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 20
+        while _alive(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child_pid), "the scoring process outlived its parent"
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, reaped by init soon, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -1052,9 +1052,9 @@ class KafkaScoringWorker:
         (decoded, state updated) and sent to the child, and the previous batch is finished
         (scores taken, published) only then: the child scores N while the loop prepares
         N+1.  Without a backlog the loop scores the batch itself with its own copy of the
-        model, as without a scoring process.  Nothing of N+1 is published
-        before N, and nothing of a pending batch is published or committed until it is
-        finished, so dropping one (a rewind) only needs the state restored.
+        model, as without a scoring process.  Nothing of N+1 is published before N, and
+        nothing of a pending batch is published or committed until it is finished, so
+        dropping one (a rewind) only needs the state restored.
         """
         s = self.settings
         started = time.perf_counter()
