@@ -146,6 +146,7 @@ def scenario_kill_loop(
     batch_size: int = 200,
     seed: int = 7,
     static_membership: bool = True,
+    extra_args: tuple[str, ...] = (),
 ) -> tuple[PredictionCheck, list[Any], float]:
     """Produce ``n_events`` up front, then kill -9 the worker ``kills`` times, restarting it,
     and let a last run finish.  Returns the check against offline scores, the crashes and
@@ -161,7 +162,7 @@ def scenario_kill_loop(
     extra = ["--batch-size", str(batch_size)] + ([EXACTLY_ONCE] if exactly_once else [])
     if static_membership:
         extra += ["--group-instance-id", "kill-loop-0"]
-    worker = topics.worker("kill-loop", *extra)
+    worker = topics.worker("kill-loop", *extra, *extra_args)
     rng = random.Random(seed)
     started = time.monotonic()
     with killed_on_exit(worker):
@@ -238,6 +239,26 @@ def test_kill9_loop_at_least_once_loses_nothing_and_duplicates_at_most_a_batch_p
     assert check.duplicated <= 200 * len(crashes), check.summary()
     # A redelivered event is scored from the state restored at the commit before it, so
     # its score repeats: duplicates are copies, and every score is the reference one.
+    assert check.mismatched == 0, f"state not restored exactly: {check.summary()}"
+
+
+def test_kill9_loop_with_a_scoring_process_loses_nothing_and_scores_as_offline(
+    topics: Topics, spec: FeatureSpec, loaded_model: LoadedModel
+) -> None:
+    """Killed with a batch in the child and the next one prepared: neither was published
+    nor committed, so both come again to the restarted worker (and its new child)."""
+    check, crashes, _ = scenario_kill_loop(
+        topics,
+        spec,
+        loaded_model,
+        exactly_once=False,
+        n_events=60_000,
+        kills=3,
+        extra_args=("--scoring-process",),
+    )
+    assert len(crashes) >= 3, "the stream ended before the worker was killed 3 times"
+    assert check.lost == 0 and check.unexpected == 0, check.summary()
+    assert check.duplicated <= 200 * len(crashes), check.summary()
     assert check.mismatched == 0, f"state not restored exactly: {check.summary()}"
 
 
