@@ -192,11 +192,15 @@ class ScoringProcessor:
     def process(self, raw: RawBatch) -> BatchResult:
         """Decode, update the state, score with this process's scorer, and encode."""
         prepared = self.prepare(raw)
+        return self.finish(prepared, self.score(prepared))
+
+    def score(self, prepared: PreparedBatch) -> np.ndarray:
+        """The prepared batch's scores from this processor's model, here ("predict")."""
         t0 = time.perf_counter()
         block = prepared.block
         scores = self.scorer.score_block(block) if block is not None else np.empty(0)
         prepared.stage_seconds["predict"] = time.perf_counter() - t0
-        return self.finish(prepared, scores)
+        return scores
 
     def prepare(self, raw: RawBatch) -> PreparedBatch:
         """Everything before the model: decode, late events, state update, changelog.
