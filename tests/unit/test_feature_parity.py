@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from driftline.core.events import EVENT_TYPES, EventBatch
 from driftline.core.offline import reference_features
 from driftline.core.spec import load_default_spec, parse_spec
-from driftline.core.state import FeatureState
+from driftline.core.state import NATIVE_KERNEL, FeatureState
 from driftline.core.watermark import PartitionWatermark
 
 SMALL_SPEC = parse_spec(
@@ -96,7 +96,18 @@ def event_streams(draw: st.DrawFn) -> pd.DataFrame:
     return frame
 
 
-def stream_features(events: pd.DataFrame, cuts: list[int], spec=SMALL_SPEC) -> pd.DataFrame:
+#: Both ways of applying events: the C kernel (when built) and the numpy rounds.
+ENGINES = [
+    pytest.param(
+        True, id="c-kernel", marks=pytest.mark.skipif(not NATIVE_KERNEL, reason="not built")
+    ),
+    pytest.param(False, id="numpy"),
+]
+
+
+def stream_features(
+    events: pd.DataFrame, cuts: list[int], spec=SMALL_SPEC, native: bool | None = None
+) -> pd.DataFrame:
     """Run the engine as the worker does: per partition, in the given micro-batches."""
     batch = EventBatch.from_frame(events)
     states: dict[int, FeatureState] = {}
@@ -111,7 +122,7 @@ def stream_features(events: pd.DataFrame, cuts: list[int], spec=SMALL_SPEC) -> p
             mark = marks.setdefault(p, PartitionWatermark(spec.allowed_lateness_ms))
             late = mark.classify(part.event_time_ms)
             on_time = part.take(np.flatnonzero(~late))
-            state = states.setdefault(p, FeatureState(spec, capacity=2))
+            state = states.setdefault(p, FeatureState(spec, capacity=2, native=native))
             features = state.update(on_time)
             features.index = events.index[on_time.index]
             frames.append(features)
@@ -132,18 +143,29 @@ def assert_same(online: pd.DataFrame, offline: pd.DataFrame) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("native", ENGINES)
 @given(events=event_streams(), cuts=st.lists(st.integers(0, 60), max_size=6))
-def test_streaming_features_equal_reference(events: pd.DataFrame, cuts: list[int]) -> None:
-    assert_same(stream_features(events, cuts), reference_features(events, SMALL_SPEC))
+def test_streaming_features_equal_reference(
+    native: bool, events: pd.DataFrame, cuts: list[int]
+) -> None:
+    assert_same(
+        stream_features(events, cuts, native=native), reference_features(events, SMALL_SPEC)
+    )
 
 
 @settings(max_examples=50, deadline=None)
+@pytest.mark.parametrize("native", ENGINES)
 @given(events=event_streams(), cuts=st.lists(st.integers(0, 60), max_size=6))
-def test_batching_does_not_change_features(events: pd.DataFrame, cuts: list[int]) -> None:
-    assert_same(stream_features(events, cuts), stream_features(events, []))
+def test_batching_does_not_change_features(
+    native: bool, events: pd.DataFrame, cuts: list[int]
+) -> None:
+    assert_same(
+        stream_features(events, cuts, native=native), stream_features(events, [], native=native)
+    )
 
 
-def test_default_spec_parity_on_a_daily_stream() -> None:
+@pytest.mark.parametrize("native", ENGINES)
+def test_default_spec_parity_on_a_daily_stream(native: bool) -> None:
     rng = np.random.default_rng(7)
     n = 400
     events = pd.DataFrame(
@@ -160,11 +182,14 @@ def test_default_spec_parity_on_a_daily_stream() -> None:
         }
     )
     spec = load_default_spec()
-    assert_same(stream_features(events, [57, 130, 300], spec), reference_features(events, spec))
+    assert_same(
+        stream_features(events, [57, 130, 300], spec, native=native),
+        reference_features(events, spec),
+    )
 
 
 def stream_with_restarts(
-    events: pd.DataFrame, restarts: list[int], spec=SMALL_SPEC
+    events: pd.DataFrame, restarts: list[int], spec=SMALL_SPEC, native: bool | None = None
 ) -> pd.DataFrame:
     """Like a worker that is restarted at the given positions and restores its state.
 
@@ -177,10 +202,10 @@ def stream_with_restarts(
     bounds = sorted({0, len(events), *[c for c in restarts if 0 < c < len(events)]})
     changelog: dict[str, bytes] = {}
     mark = PartitionWatermark(spec.allowed_lateness_ms)
-    state = FeatureState(spec)
+    state = FeatureState(spec, native=native)
     frames = []
     for lo, hi in itertools.pairwise(bounds):
-        restored = FeatureState(spec)
+        restored = FeatureState(spec, native=native)
         restored.restore(list(changelog), list(changelog.values()))
         state = restored
         part = batch.take(np.arange(lo, hi))
@@ -195,12 +220,16 @@ def stream_with_restarts(
 
 
 @settings(max_examples=100, deadline=None)
+@pytest.mark.parametrize("native", ENGINES)
 @given(events=event_streams(), restarts=st.lists(st.integers(0, 60), max_size=5))
 def test_state_restored_from_snapshots_gives_the_same_features(
-    events: pd.DataFrame, restarts: list[int]
+    native: bool, events: pd.DataFrame, restarts: list[int]
 ) -> None:
     single = events.assign(partition=0)
-    assert_same(stream_with_restarts(single, restarts), stream_features(single, []))
+    assert_same(
+        stream_with_restarts(single, restarts, native=native),
+        stream_features(single, [], native=native),
+    )
 
 
 def test_snapshots_of_another_spec_are_not_restored() -> None:

@@ -9,17 +9,20 @@ wraps silently, and that the per-customer footprint stays under its budget.
 
 from __future__ import annotations
 
+import itertools
+
 import msgspec
 import numpy as np
 import pandas as pd
 import pytest
-from test_feature_parity import SMALL_SPEC, T0, assert_same
+from test_feature_parity import ENGINES, SMALL_SPEC, T0, assert_same
 
 from driftline.core.events import EventBatch
 from driftline.core.offline import reference_features
 from driftline.core.spec import load_default_spec
 from driftline.core.state import (
     COUNT_MAX,
+    NATIVE_KERNEL,
     SNAPSHOT_VERSION,
     CountOverflowError,
     FeatureBlock,
@@ -165,8 +168,9 @@ def _with_count(state: FeatureState, customer: str, count: int) -> None:
     state.restore([customer], [snapshot])
 
 
-def test_counts_reach_their_limit_and_refuse_to_wrap() -> None:
-    state = FeatureState(SMALL_SPEC)
+@pytest.mark.parametrize("native", ENGINES)
+def test_counts_reach_their_limit_and_refuse_to_wrap(native: bool) -> None:
+    state = FeatureState(SMALL_SPEC, native=native)
     purchase = [("a", 0, "purchase", 1.0, None, None, None)]
     state.update(EventBatch.from_frame(events(purchase)))
     _with_count(state, "a", COUNT_MAX - 2)
@@ -178,9 +182,10 @@ def test_counts_reach_their_limit_and_refuse_to_wrap() -> None:
     assert state.export(["a"]) == before  # refused before anything changed
 
 
-def test_a_single_round_keeps_batch_order_whatever_the_slots() -> None:
+@pytest.mark.parametrize("native", ENGINES)
+def test_a_single_round_keeps_batch_order_whatever_the_slots(native: bool) -> None:
     """Customers restored in one order and seen in another (every one once per batch)."""
-    state = FeatureState(SMALL_SPEC)
+    state = FeatureState(SMALL_SPEC, native=native)
     state.update(
         EventBatch.from_frame(events([(c, 0, "purchase", 1.0, None, None, None) for c in "abc"]))
     )
@@ -210,3 +215,54 @@ def test_feature_frames_concatenate_in_spec_order_with_object_categories() -> No
 def test_a_customer_fits_in_a_kilobyte_with_the_default_spec() -> None:
     state = FeatureState(load_default_spec(), capacity=1000)
     assert state.nbytes / 1000 <= 1024
+
+
+def test_the_c_state_kernel_is_built() -> None:
+    """The install builds it (an optional extension: a failed build would otherwise only
+    show as a worker several times slower)."""
+    assert NATIVE_KERNEL, "driftline.core._state_kernel is missing: was a C compiler there?"
+
+
+def _random_stream(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    """Many customers, repeats within batches, late jitter and idle gaps (evictions)."""
+    steps = rng.choice([0, MINUTE, 3 * 3_600_000, 40 * 86_400_000], n, p=[0.3, 0.6, 0.09, 0.01])
+    jitter = rng.integers(-30 * MINUTE, 1, n)
+    frame = pd.DataFrame(
+        {
+            "event_id": [f"e{i}" for i in range(n)],
+            "customer_id": rng.choice([f"c{i}" for i in range(60)], n),
+            "event_time": T0 + np.cumsum(steps) + jitter,
+            "event_type": rng.choice(["purchase", "login", "support_ticket", "payment_failed"], n),
+            "amount": np.where(rng.random(n) < 0.7, rng.gamma(2, 30, n).round(2), np.nan),
+            "quantity": np.where(rng.random(n) < 0.5, rng.integers(1, 5, n), np.nan),
+            "income": np.where(rng.random(n) < 0.1, rng.normal(5e4, 1e4, n), np.nan),
+            "plan_type": pd.Series(rng.choice(["basic", "pro", None], n), dtype=object),
+            "region": pd.Series(rng.choice(["eu", "us", None], n), dtype=object),
+        }
+    )
+    frame["event_time"] = frame["event_time"].astype(np.int64)
+    return frame
+
+
+@pytest.mark.skipif(not NATIVE_KERNEL, reason="the C state kernel is not built")
+def test_the_c_kernel_leaves_the_records_the_numpy_rounds_leave() -> None:
+    """Stronger than feature parity: every number of every record (rings, clocks,
+    offsets, latest values) and every category, after each batch, and the features read."""
+    spec = load_default_spec()
+    rng = np.random.default_rng(11)
+    stream = _random_stream(rng, 3000)
+    native, rounds = FeatureState(spec, native=True), FeatureState(spec, native=False)
+    cuts = [0, *sorted(rng.choice(np.arange(1, 3000), 25, replace=False).tolist()), 3000]
+    for lo, hi in itertools.pairwise(cuts):
+        batch = EventBatch.from_frame(stream.iloc[lo:hi].reset_index(drop=True))
+        offsets = np.arange(lo, hi, dtype=np.int64)
+        a = native.update_block(batch, offsets)
+        b = rounds.update_block(batch, offsets)
+        np.testing.assert_allclose(a.numeric, b.numeric, rtol=1e-12, atol=0, equal_nan=True)
+        assert a.categorical.tolist() == b.categorical.tolist()
+        used = np.fromiter(native._slots.values(), np.int64)
+        assert native._slots == rounds._slots
+        for name in native._record.names:
+            np.testing.assert_array_equal(native._rows[name][used], rounds._rows[name][used])
+        assert native._latest_category[used].tolist() == rounds._latest_category[used].tolist()
+        assert native.export(list(native._slots)) == rounds.export(list(rounds._slots))

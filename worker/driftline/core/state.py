@@ -44,6 +44,7 @@ the float64 reference and float32 cannot hold e.g. 19.99 exactly.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -59,6 +60,15 @@ from driftline.core.spec import (
     RatioFeature,
     TenureFeature,
 )
+
+try:  # built at install time when a C compiler is there (an optional extension)
+    from driftline.core import _state_kernel
+except ImportError:  # pragma: no cover - depends on the install
+    _state_kernel = None  # type: ignore[assignment]
+
+#: Whether ``FeatureState`` applies events with the C kernel (``_state_kernel.c``) by
+#: default; without it, the numpy rounds do the same, several times slower.
+NATIVE_KERNEL = _state_kernel is not None and sys.byteorder == "little"
 
 NO_TIME = np.iinfo(np.int64).min
 #: Largest count a windowed bucket holds (its dtype is int32).
@@ -78,6 +88,9 @@ _IDENTITY = {_COUNT: 0, _PRESENT: 0, _SUM: 0.0, _MIN: np.inf, _MAX: -np.inf}
 #: Keys of these kinds share a block; counts of present values are counts too.
 _BLOCK_KIND = {_COUNT: _COUNT, _PRESENT: _COUNT, _SUM: _SUM, _MIN: _MIN, _MAX: _MAX}
 _N_TYPES = len(EVENT_TYPES)
+#: Block kinds and dtypes as the C kernel numbers them.
+_KERNEL_KIND = {_COUNT: 0, _SUM: 1, _MIN: 2, _MAX: 3}
+_KERNEL_DTYPE = {np.dtype(np.int32): 0, np.dtype(np.int64): 1, np.dtype(np.float64): 2}
 
 
 class SnapshotError(ValueError):
@@ -274,7 +287,13 @@ class FeatureBlock:
 class FeatureState:
     """Windowed aggregates and latest profile values for the customers of one partition."""
 
-    def __init__(self, spec: FeatureSpec, capacity: int = 1024) -> None:
+    def __init__(
+        self, spec: FeatureSpec, capacity: int = 1024, *, native: bool | None = None
+    ) -> None:
+        """``native``: apply events with the C kernel (None: whenever it is built)."""
+        if native and not NATIVE_KERNEL:
+            raise RuntimeError("the C state kernel is not built (driftline.core._state_kernel)")
+        self.native = NATIVE_KERNEL if native is None else native
         self.spec = spec
         self._n = spec.buckets_per_window
         self._evict_after = spec.eviction_after_ms
@@ -409,8 +428,11 @@ class FeatureState:
         if self._value_cols:
             empty["latest_value"] = np.nan
         self._empty = empty
+        self._empty_bytes = empty.tobytes()
+        self._kernel_tables = self._describe_for_kernel()
         self._rows = np.empty(0, dtype=self._record)
         self._raw = self._rows.view(f"V{self._record.itemsize}")
+        self._bytes = self._rows.view(np.uint8)
         self._latest_category = np.empty((0, len(self._category_cols)), dtype=object)
         self._grow(max(capacity, 16))
 
@@ -437,6 +459,7 @@ class FeatureState:
         # The same bytes as opaque items: numpy copies a structured record field by field
         # but a void item with one memcpy, so rounds gather and scatter through this view.
         self._raw = rows.view(f"V{self._record.itemsize}")
+        self._bytes = rows.view(np.uint8)  # the C kernel's view
         categories = np.full((capacity, len(self._category_cols)), None, dtype=object)
         categories[:old] = self._latest_category[:old]
         self._latest_category = categories
@@ -510,6 +533,12 @@ class FeatureState:
         if n_events == 0:
             return FeatureBlock.empty(self._frame_layout)
         slots = self._slots_for(batch.customer_id.tolist())
+        if self.native:
+            self._check_batch_headroom(slots)
+            numeric, categorical = self._features(self._apply_native(batch, slots, offsets))
+            if offsets is not None:
+                self._applied_bound = max(self._applied_bound, int(offsets.max()))
+            return FeatureBlock(self._frame_layout, numeric, categorical)
         rounds = self._plan_rounds(slots, batch.event_time_ms)
         readings = self._apply(batch, rounds)
         if offsets is not None:
@@ -622,6 +651,161 @@ class FeatureState:
                 )
         self._count_bound += more
 
+    def _check_batch_headroom(self, slots: np.ndarray) -> None:
+        """``_check_headroom`` with the batch's size as the bound of any customer's events
+        (no per-customer counts unless that loose bound nears the limit)."""
+        if self._count_bound + len(slots) <= COUNT_MAX:
+            self._count_bound += len(slots)
+            return
+        customers, events = np.unique(slots, return_counts=True)
+        self._check_headroom(customers, events)
+
+    def _describe_for_kernel(self) -> dict[str, np.ndarray]:
+        """The record layout and the accumulator keys as flat int64 tables (C kernel).
+
+        Keys are numbered block after block; each key has its window (index into
+        ``_bucket_ms``), its field (column of the kernel's values; the last column, all
+        ones, for keys without a field) and the event types it accepts.
+        """
+        offset = {name: self._record.fields[name][1] for name in self._record.names}
+        rows, first_key = [], 0
+        for block in self._blocks:
+            rows.append(
+                [
+                    _KERNEL_KIND[block.kind],
+                    int(block.windowed),
+                    _KERNEL_DTYPE[block.dtype],
+                    len(block.keys),
+                    block.buckets,
+                    offset[block.name],
+                    first_key,
+                ]
+            )
+            first_key += len(block.keys)
+        n_keys = first_key
+        latest_cols = [
+            [
+                self._value_cols.index(j) if j in self._value_cols else -1,
+                self._category_cols.index(j) if j in self._category_cols else -1,
+            ]
+            for j in range(len(self._latest_sources))
+        ]
+        layout = [
+            offset["clock"],
+            offset["first_seen"],
+            offset["applied_offset"],
+            offset.get("latest_time", 0),
+            len(self._latest_sources),
+            offset.get("latest_value", 0),
+            len(self._value_cols),
+            self._n,
+            len(self._fields) + 1,
+            n_keys,
+        ]
+
+        def table(values: list[object], dtype: type = np.int64) -> np.ndarray:
+            return np.ascontiguousarray(np.array(values, dtype=dtype))
+
+        return {
+            "layout": table(layout),
+            "blocks": table(rows).reshape(len(rows), 7),
+            "key_window": table([int(w) for b in self._blocks for w in b.window_index]),
+            "key_field": table([int(f) for b in self._blocks for f in b.field_index]),
+            "type_table": np.ascontiguousarray(
+                np.concatenate([b.type_table for b in self._blocks], axis=1)
+                if self._blocks
+                else np.zeros((_N_TYPES, 0), dtype=bool)
+            ).view(np.uint8),
+            "windows": table(self._bucket_ms.tolist()),
+            "latest_cols": table(latest_cols).reshape(len(latest_cols), 2),
+            "first_key": table([r[6] for r in rows]),
+        }
+
+    def _apply_native(
+        self, batch: EventBatch, slots: np.ndarray, offsets: np.ndarray | None
+    ) -> _Readings:
+        """``_apply``'s readings, in batch order, from the C kernel: one pass over the
+        events in arrival order, each applied straight into its customer's record (no
+        rounds, no per-block numpy calls)."""
+        k = self._kernel_tables
+        n_events = len(slots)
+        values = np.ones((n_events, len(self._fields) + 1))
+        for j, name in enumerate(self._fields):
+            values[:, j] = getattr(batch, name)
+        latest_mask, latest_values, latest_categories = self._latest_inputs(batch, None)
+        n_keys = int(k["layout"][9])
+        clock = np.empty(n_events, dtype=np.int64)
+        first = np.empty(n_events, dtype=np.int64)
+        totals = np.empty((n_events, n_keys))
+        time_out = np.empty((n_events, len(self._latest_sources)), dtype=np.int64)
+        value_out = np.empty_like(latest_values)
+        category_out = np.empty((n_events, len(self._category_cols)), dtype=object)
+        categories = self._latest_category
+        assert categories.flags.c_contiguous and latest_categories.flags.c_contiguous
+        _state_kernel.apply_events(
+            self._bytes,
+            self._empty_bytes,
+            np.ascontiguousarray(slots, dtype=np.int64),
+            np.ascontiguousarray(batch.event_time_ms, dtype=np.int64),
+            np.ascontiguousarray(batch.event_type, dtype=np.int8),
+            values,
+            None if offsets is None else np.ascontiguousarray(offsets, dtype=np.int64),
+            latest_mask.view(np.uint8),
+            latest_values,
+            self._evict_after,
+            k["layout"],
+            k["blocks"],
+            k["key_window"],
+            k["key_field"],
+            k["type_table"],
+            k["windows"],
+            k["latest_cols"],
+            categories.ctypes.data,
+            latest_categories.ctypes.data,
+            category_out.ctypes.data,
+            len(self._category_cols),
+            clock,
+            first,
+            totals,
+            time_out,
+            value_out,
+        )
+        starts = k["first_key"].tolist()
+        return _Readings(
+            clock=clock,
+            first_seen=first,
+            totals=[
+                totals[:, a : a + len(b.keys)] for a, b in zip(starts, self._blocks, strict=True)
+            ],
+            latest_time=time_out,
+            latest_value=value_out,
+            latest_category=category_out,
+        )
+
+    def _latest_inputs(
+        self, batch: EventBatch, order: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per event (in ``order``; None: batch order) and latest column: whether the event
+        may set it (its type, and a value present), the numeric values and the categories."""
+        types = batch.event_type if order is None else batch.event_type[order]
+        n_events = len(types)
+        latest_mask = self._latest_types[types]
+        latest_values = np.empty((n_events, len(self._value_cols)))
+        latest_categories = np.empty((n_events, len(self._category_cols)), dtype=object)
+        for j, source in enumerate(self._latest_sources):
+            if source is None:
+                continue
+            column = getattr(batch, source)
+            if order is not None:
+                column = column[order]
+            if j in self._category_cols:
+                latest_categories[:, self._category_cols.index(j)] = column
+                latest_mask[:, j] &= (column != None).astype(bool)  # noqa: E711 - elementwise
+            else:
+                latest_values[:, self._value_cols.index(j)] = column
+                latest_mask[:, j] &= ~np.isnan(column)
+        return latest_mask, latest_values, latest_categories
+
     def _apply(self, batch: EventBatch, rounds: _Rounds) -> _Readings:
         """Apply the rounds; return the raw per-event readings, in round order.
 
@@ -683,19 +867,7 @@ class FeatureState:
                 contributions.append(np.where(counts, values[:, block.field_index], block.identity))
             targets.append(target)
             keeps.append(keep)
-        latest_mask = self._latest_types[types]
-        latest_values = np.empty((n_events, len(self._value_cols)))
-        latest_categories = np.empty((n_events, len(self._category_cols)), dtype=object)
-        for j, source in enumerate(self._latest_sources):
-            if source is None:
-                continue
-            column = getattr(batch, source)[order]
-            if j in self._category_cols:
-                latest_categories[:, self._category_cols.index(j)] = column
-                latest_mask[:, j] &= (column != None).astype(bool)  # noqa: E711 - elementwise
-            else:
-                latest_values[:, self._value_cols.index(j)] = column
-                latest_mask[:, j] &= ~np.isnan(column)
+        latest_mask, latest_values, latest_categories = self._latest_inputs(batch, order)
 
         # Readings after each event.
         first_out = np.empty(n_events, dtype=np.int64)
