@@ -266,3 +266,28 @@ def test_the_c_kernel_leaves_the_records_the_numpy_rounds_leave() -> None:
             np.testing.assert_array_equal(native._rows[name][used], rounds._rows[name][used])
         assert native._latest_category[used].tolist() == rounds._latest_category[used].tolist()
         assert native.export(list(native._slots)) == rounds.export(list(rounds._slots))
+
+
+@pytest.mark.skipif(not NATIVE_KERNEL, reason="the C state kernel is not built")
+def test_the_c_kernel_writes_snapshots_as_msgspec_does() -> None:
+    """Byte for byte, at every msgpack string size class (fixstr, str8, str16, str32)."""
+    spec = load_default_spec()
+    plans = [None, "", "pro", "x" * 31, "é" * 16, "y" * 32, "z" * 255, "w" * 256, "v" * 70_000]
+    frame = pd.DataFrame(
+        {
+            "event_id": [f"e{i}" for i in range(len(plans))],
+            "customer_id": [f"c{i}" for i in range(len(plans))],
+            "event_time": [T0 + i for i in range(len(plans))],
+            "event_type": "purchase",
+            "amount": 5.0,
+            "plan_type": pd.Series(plans, dtype=object),
+            "region": pd.Series(["eu", None] * 4 + ["ü"], dtype=object),
+        }
+    )
+    state = FeatureState(spec, native=True)
+    state.update(EventBatch.from_frame(frame), np.arange(len(plans), dtype=np.int64))
+    customers = list(state._slots)
+    native = state.export(customers)
+    state.native = False
+    assert native == state.export(customers)
+    assert msgspec.msgpack.decode(native[-1])[3] == ["v" * 70_000, "ü"]

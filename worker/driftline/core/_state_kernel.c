@@ -309,7 +309,103 @@ done:
     return result;
 }
 
+/* A category (str or None) as UTF-8: its length, -1 for None; -2 with TypeError else. */
+static Py_ssize_t category_utf8(PyObject *value, const char **utf8) {
+    *utf8 = NULL;
+    if (value == NULL || value == Py_None) return -1;
+    if (!PyUnicode_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "a category that is not a str");
+        return -2;
+    }
+    Py_ssize_t n;
+    *utf8 = PyUnicode_AsUTF8AndSize(value, &n);
+    return *utf8 == NULL ? -2 : n;
+}
+
+/* Bytes of its msgpack form, as msgspec writes it (nil, fixstr, str8, str16, str32). */
+static Py_ssize_t category_size(Py_ssize_t n) {
+    return n < 0 ? 1 : n + (n < 32 ? 1 : n < 256 ? 2 : n < 65536 ? 3 : 5);
+}
+
+static char *write_category(char *out, const char *utf8, Py_ssize_t n) {
+    if (n < 0) { *out++ = (char)0xc0; return out; }
+    if (n < 32) *out++ = (char)(0xa0 | n);
+    else if (n < 256) { *out++ = (char)0xd9; *out++ = (char)n; }
+    else if (n < 65536) { *out++ = (char)0xda; *out++ = (char)(n >> 8); *out++ = (char)n; }
+    else {
+        *out++ = (char)0xdb;
+        for (int shift = 24; shift >= 0; shift -= 8) *out++ = (char)(n >> shift);
+    }
+    memcpy(out, utf8, (size_t)n);
+    return out + n;
+}
+
+/* Snapshots: prefix (the msgpack of the version, the layout and the record's bin header),
+   the record's bytes, then the categories as a msgpack array. */
+static PyObject *export_snapshots(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "export_snapshots(records, itemsize, slots, prefix, categories_at, "
+                        "n_categories)");
+        return NULL;
+    }
+    Py_ssize_t itemsize = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t categories_at = PyLong_AsSsize_t(args[4]);
+    Py_ssize_t n_cat = PyLong_AsSsize_t(args[5]);
+    if (PyErr_Occurred()) return NULL;
+    if (n_cat > 15) {
+        PyErr_SetString(PyExc_ValueError, "more than 15 categorical values per customer");
+        return NULL;
+    }
+    Buf bufs[3];
+    memset(bufs, 0, sizeof bufs);
+    PyObject *result = NULL;
+    if (get_buf(args[0], &bufs[0], 0, 0, "records") < 0 ||
+        get_buf(args[2], &bufs[1], 0, 0, "slots") < 0 ||
+        get_buf(args[3], &bufs[2], 0, 0, "prefix") < 0)
+        goto done;
+    const char *records = bufs[0].b.buf, *prefix = bufs[2].b.buf;
+    const Py_ssize_t capacity = itemsize > 0 ? bufs[0].b.len / itemsize : 0;
+    const int64_t *slots = bufs[1].b.buf;
+    const Py_ssize_t n = bufs[1].b.len / 8, n_prefix = bufs[2].b.len;
+    PyObject *const *categories = (PyObject *const *)categories_at;
+    result = PyList_New(n);
+    if (result == NULL) goto done;
+    const char *utf8[15];
+    Py_ssize_t lengths[15];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const int64_t s = slots[i];
+        if (s < 0 || s >= capacity) {
+            PyErr_Format(PyExc_IndexError, "slot %lld out of range", (long long)s);
+            Py_CLEAR(result);
+            goto done;
+        }
+        Py_ssize_t total = n_prefix + itemsize + 1;
+        for (Py_ssize_t c = 0; c < n_cat; c++) {
+            lengths[c] = category_utf8(categories[s * n_cat + c], &utf8[c]);
+            if (lengths[c] < -1) { Py_CLEAR(result); goto done; }
+            total += category_size(lengths[c]);
+        }
+        PyObject *snapshot = PyBytes_FromStringAndSize(NULL, total);
+        if (snapshot == NULL) { Py_CLEAR(result); goto done; }
+        char *out = PyBytes_AS_STRING(snapshot);
+        memcpy(out, prefix, (size_t)n_prefix);
+        out += n_prefix;
+        memcpy(out, records + s * itemsize, (size_t)itemsize);
+        out += itemsize;
+        *out++ = (char)(0x90 | n_cat);
+        for (Py_ssize_t c = 0; c < n_cat; c++) out = write_category(out, utf8[c], lengths[c]);
+        PyList_SET_ITEM(result, i, snapshot);
+    }
+done:
+    release(bufs, 3);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"export_snapshots", (PyCFunction)(void (*)(void))export_snapshots, METH_FASTCALL,
+     "Changelog snapshots of the given slots (see FeatureState.export)."},
     {"apply_events", (PyCFunction)(void (*)(void))apply_events, METH_FASTCALL,
      "Apply a batch's events to the records in arrival order; see FeatureState."},
     {NULL, NULL, 0, NULL},

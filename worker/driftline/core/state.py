@@ -429,6 +429,10 @@ class FeatureState:
             empty["latest_value"] = np.nan
         self._empty = empty
         self._empty_bytes = empty.tobytes()
+        # A snapshot up to its record's bytes is the same for every customer: the C
+        # kernel writes it, then the record, then the categories (see ``export``).
+        blank = _SNAPSHOT.encode((SNAPSHOT_VERSION, self._layout, bytes(self._record.itemsize), []))
+        self._snapshot_prefix = blank[: len(blank) - self._record.itemsize - 1]
         self._kernel_tables = self._describe_for_kernel()
         self._rows = np.empty(0, dtype=self._record)
         self._raw = self._rows.view(f"V{self._record.itemsize}")
@@ -1078,6 +1082,18 @@ class FeatureState:
         if (slots < 0).any():
             raise KeyError(customer_ids[int(np.argmax(slots < 0))])
         width = self._record.itemsize
+        if self.native:
+            try:
+                return _state_kernel.export_snapshots(
+                    self._bytes,
+                    width,
+                    slots,
+                    self._snapshot_prefix,
+                    self._latest_category.ctypes.data,
+                    len(self._category_cols),
+                )
+            except TypeError:  # a category that is not a str: msgspec encodes it below
+                pass
         data = np.take(self._raw, slots).tobytes()
         categories = self._latest_category[slots].tolist()
         layout, encode = self.layout, _SNAPSHOT.encode
