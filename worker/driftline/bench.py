@@ -231,9 +231,12 @@ def _cores_note(cores: float | None) -> str:
 def machine_description() -> str:
     import os
 
+    from driftline.core.state import NATIVE_KERNEL
+
     return (
         f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} "
-        f"{platform.python_version()}, {platform.platform(terse=True)}"
+        f"{platform.python_version()}, {platform.platform(terse=True)}, state update: "
+        f"{'C kernel' if NATIVE_KERNEL else 'numpy (C kernel not built)'}"
     )
 
 

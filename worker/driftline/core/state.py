@@ -18,12 +18,16 @@ holds the one bucket ``k`` with ``k % n == p`` inside the window that ends at th
 the identity), by clearing the buckets that slide out whenever the clock moves on.  Reading
 a window is then a plain reduction over the ring, and no memory goes to bucket ids.
 
-A batch is applied in *rounds*: round ``r`` holds the ``r``-th event of every customer in
-the batch, so inside a round every customer appears at most once and numpy fancy indexing
-updates all of them at once.  Features are read after each round, so every event gets the
-features as of itself (its customer's events up to and including it), whatever the batch
-boundaries are: a prediction does not depend on how the stream was cut into batches.  What
-a round reads is only the raw totals; the features are derived from them once per batch.
+A batch is applied by a C kernel (``_state_kernel.c``, built at install when a compiler
+is there): one pass over the events in arrival order, each straight into its customer's
+record, with the features as of each event read on the way.  The numpy path below is
+the fallback without it, and the oracle the tests hold the kernel to (same records, same
+features).  It applies a batch in *rounds*: round ``r`` holds the ``r``-th event of every
+customer in the batch, so inside a round every customer appears at most once and numpy
+fancy indexing updates all of them at once.  Either way every event gets the features as
+of itself (its customer's events up to and including it), whatever the batch boundaries
+are: a prediction does not depend on how the stream was cut into batches.  Only the raw
+totals are read per event; the features are derived from them once per batch.
 
 Semantics (the offline reference in ``core.offline`` implements the same, independently):
 

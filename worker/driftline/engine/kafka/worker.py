@@ -66,7 +66,7 @@ from driftline.core.predictions import (
     DLQ_WORKER,
 )
 from driftline.core.spec import FeatureSpec
-from driftline.core.state import NO_TIME, FeatureState
+from driftline.core.state import NATIVE_KERNEL, NO_TIME, FeatureState
 from driftline.engine.batching import AdaptiveBatcher, BatchPlan
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.engine.kafka.drift_checkpoint import DriftCheckpoints
@@ -854,6 +854,11 @@ class KafkaScoringWorker:
             trigger=trigger,
         )
         self.processor.drift_since_ms = _reference_start(scorer.model)
+        if not NATIVE_KERNEL:
+            log.warning(
+                "the C state kernel is not built (no compiler at install?): state updates "
+                "run on the numpy path, several times slower"
+            )
         self._restore_drift_checkpoint()
         if s.changelog:
             self._ensure_changelog_topic()
