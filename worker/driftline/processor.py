@@ -243,10 +243,13 @@ class ScoringProcessor:
             blocks.append(state.update_block(part, offsets))
             kept_parts.append(part)
             if self.changelog:
-                customers = list(dict.fromkeys(part.customer_id.tolist()))
-                snapshots = state.export(customers)
+                # Each customer once, in order of first appearance, with its record key.
+                touched = dict(
+                    zip(part.customer_id.tolist(), part.customer_key.tolist(), strict=True)
+                )
+                snapshots = state.export(list(touched))
                 changelog.extend(
-                    (p, c.encode(), v) for c, v in zip(customers, snapshots, strict=True)
+                    zip(repeat(p, len(touched)), touched.values(), snapshots, strict=True)
                 )
                 span = raw.offsets[raw.partitions == p]
                 record = (int(span.min()), int(span.max()), before, watermark.max_event_time_ms)
@@ -302,7 +305,7 @@ class ScoringProcessor:
         now_ms = int(self._clock() * 1000)
         decisions = self.scorer.decide(scores)
         src = valid.index
-        keys = [c.encode() for c in valid.customer_id.tolist()]
+        keys = valid.customer_key.tolist()
         name, version, threshold = self.scorer.name, self.scorer.version, self.scorer.threshold
         # Positional fields, mapped in C: a keyword call per prediction cost ~15 % more.
         predictions = map(

@@ -117,6 +117,9 @@ class EventBatch:
     index: np.ndarray  # int64
     event_id: np.ndarray  # object (str)
     customer_id: np.ndarray  # object (str)
+    #: ``customer_id`` as UTF-8 (object, bytes): the record key of the customer's
+    #: predictions and changelog, encoded once per event here.
+    customer_key: np.ndarray
     event_time_ms: np.ndarray  # int64
     event_type: np.ndarray  # int8 code into EVENT_TYPES
     amount: np.ndarray  # float64
@@ -192,7 +195,8 @@ class EventBatch:
             event_id=frame["event_id"].astype(str).to_numpy(dtype=object)
             if "event_id" in frame
             else np.array([str(i) for i in range(n)], dtype=object),
-            customer_id=frame["customer_id"].astype(str).to_numpy(dtype=object),
+            customer_id=(ids := frame["customer_id"].astype(str).to_numpy(dtype=object)),
+            customer_key=np.fromiter(map(str.encode, ids), dtype=object, count=n),
             event_time_ms=time_ms.astype(np.int64),
             event_type=types.to_numpy(dtype=np.int8),
             amount=col("amount", float),
@@ -270,6 +274,8 @@ def _batch_from_rows(rows: Iterable[tuple[Any, ...]], index: np.ndarray) -> Even
         index=np.asarray(index, dtype=np.int64),
         event_id=objects(event_id),
         customer_id=objects(customer_id),
+        # Cannot fail: the JSON decoder refuses lone surrogates.
+        customer_key=np.fromiter(map(str.encode, customer_id), dtype=object, count=n),
         event_time_ms=_epoch_ms_column(event_time),
         event_type=np.fromiter(map(_event_type_code, event_type), dtype=np.int8, count=n),
         amount=numbers(amount),
@@ -376,11 +382,9 @@ def _reject_mis_keyed(
 
     The common batch has every key right, so the check is one C-level list comparison of
     the keys against the encoded ids; only when that fails is the row-by-row test run.
-    Encoding cannot fail: the JSON decoder refuses lone surrogates, so every id is
-    encodable UTF-8.
     """
     row_keys = list(map(keys.__getitem__, batch.index.tolist()))
-    encoded = list(map(str.encode, batch.customer_id.tolist()))
+    encoded = batch.customer_key.tolist()
     if row_keys == encoded:
         return batch
     mismatch = np.fromiter(
