@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -23,6 +25,7 @@ from driftline.core.drift import (
     TimeWindow,
     bernoulli_cusum_threshold,
     chi2_statistic,
+    cusum,
     cusum_threshold,
     g_statistic,
     jensen_shannon,
@@ -33,9 +36,28 @@ from driftline.core.drift import (
     variance_increments,
 )
 from driftline.core.drift.calibration import DEGENERATE_H, discrete_cusum_threshold
-from driftline.core.drift.cusum import kish_design_effect
+from driftline.core.drift.cusum import NATIVE_SCAN, kish_design_effect
 from driftline.core.drift.monitor import RankScores
 from driftline.model.profile import OTHER, assign_bins, build_reference_profile
+
+#: Both scans: the C recursion (when built) and the numpy closed form with re-scans.
+SCANS = [
+    pytest.param(True, id="c-scan", marks=pytest.mark.skipif(not NATIVE_SCAN, reason="not built")),
+    pytest.param(False, id="numpy-scan"),
+]
+
+
+@contextmanager
+def scan_path(native: bool) -> Iterator[None]:
+    saved, cusum.NATIVE_SCAN = cusum.NATIVE_SCAN, native
+    try:
+        yield
+    finally:
+        cusum.NATIVE_SCAN = saved
+
+
+def test_the_c_cusum_scan_is_built() -> None:
+    assert NATIVE_SCAN, "driftline.core.drift._cusum_kernel is missing: was a C compiler there?"
 
 
 def loop_cusum(
@@ -104,8 +126,14 @@ def cusum_cases(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 
 
 @settings(max_examples=300, deadline=None)
+@pytest.mark.parametrize("native", SCANS)
 @given(cusum_cases())
-def test_vectorized_cusum_equals_the_loop(case: tuple) -> None:
+def test_vectorized_cusum_equals_the_loop(native: bool, case: tuple) -> None:
+    with scan_path(native):
+        _check_against_the_loop(case)
+
+
+def _check_against_the_loop(case: tuple) -> None:
     batch, k, h, split, restart = case
     bank = CusumBank([f"s{j}" for j in range(batch.shape[1])], k, h=h, restart_on_alarm=restart)
     # Two batches, so the carried-over state (and a restart at a batch end) is exercised.
@@ -124,7 +152,13 @@ def test_vectorized_cusum_equals_the_loop(case: tuple) -> None:
         upper, lower = expected["upper"], expected["lower"]
 
 
-def test_vectorized_cusum_matches_loop_on_continuous_values() -> None:
+@pytest.mark.parametrize("native", SCANS)
+def test_vectorized_cusum_matches_loop_on_continuous_values(native: bool) -> None:
+    with scan_path(native):
+        _check_continuous_values()
+
+
+def _check_continuous_values() -> None:
     rng = np.random.default_rng(7)
     batch = rng.standard_normal((400, 5)) + np.array([0.0, 0.3, -0.6, 1.0, 0.0])
     batch[rng.random(batch.shape) < 0.1] = np.nan
@@ -233,7 +267,13 @@ def test_bernoulli_cusum_detects_a_rate_jump() -> None:
     assert np.median(jump.first_alarm) < 300
 
 
-def test_bernoulli_cusum_matches_the_loop() -> None:
+@pytest.mark.parametrize("native", SCANS)
+def test_bernoulli_cusum_matches_the_loop(native: bool) -> None:
+    with scan_path(native):
+        _check_bernoulli_against_the_loop()
+
+
+def _check_bernoulli_against_the_loop() -> None:
     rng = np.random.default_rng(14)
     x = (rng.random((300, 3)) < [0.05, 0.2, 0.5]).astype(np.float64)
     x[rng.random(x.shape) < 0.1] = np.nan

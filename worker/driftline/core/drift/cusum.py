@@ -52,7 +52,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+try:  # built at install time when a C compiler is there (an optional extension)
+    from driftline.core.drift import _cusum_kernel
+except ImportError:  # pragma: no cover - depends on the install
+    _cusum_kernel = None  # type: ignore[assignment]
+
 STATE_VERSION = 1
+#: Whether ``_scan`` runs the per-event recursion in C (``_cusum_kernel.c``); without it the
+#: numpy closed form below, whose cost grows with the alarms in a batch.
+NATIVE_SCAN = _cusum_kernel is not None
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,8 @@ def _scan(
     ``sides[i]`` holds the (n, K) increments of side ``i``, ``states[i]`` its (K,) state.
     Returns the new states and the per-stream result.  A restart resets every side.
     """
+    if NATIVE_SCAN:
+        return _native_scan(sides, states, h, restart)
     n, k = sides[0].shape
     paths = [lindley_path(x, s) for x, s in zip(sides, states, strict=True)]
     crossed = [p > h[None, :] for p in paths]
@@ -155,6 +165,41 @@ def _scan(
         direction=direction,
     )
     return finals, result
+
+
+def _native_scan(
+    sides: Sequence[np.ndarray],
+    states: Sequence[np.ndarray],
+    h: np.ndarray,
+    restart: bool,
+) -> tuple[list[np.ndarray], CusumResult]:
+    """``_scan`` by the C recursion: one pass over the rows per stream, restarts included."""
+    k = len(h)
+    finals = np.array(states, dtype=np.float64)  # (sides, K), updated in place
+    peak = np.empty(k)
+    first = np.empty(k, dtype=np.int64)
+    n_alarms = np.empty(k, dtype=np.int64)
+    direction = np.empty(k, dtype=np.int8)
+    _cusum_kernel.scan(
+        np.ascontiguousarray(np.stack(sides), dtype=np.float64),
+        finals,
+        np.ascontiguousarray(h, dtype=np.float64),
+        len(sides),
+        restart,
+        peak,
+        first,
+        n_alarms,
+        direction,
+    )
+    result = CusumResult(
+        statistic=finals.max(axis=0),
+        peak=peak,
+        alarm=first >= 0,
+        first_alarm=first,
+        n_alarms=n_alarms,
+        direction=direction,
+    )
+    return list(finals), result
 
 
 def _peak(paths: Sequence[np.ndarray], stop: np.ndarray | None) -> np.ndarray:
