@@ -36,6 +36,7 @@ def test_a_tiny_suite_reports_every_row_stage_rate_and_target(kafka_bootstrap: s
         "worker_eps",
         "worker_exactly_once_eps",
         "worker_sequential_eps",
+        "drift_worker_eps",
         "process_worker_eps",
         "process_worker_exactly_once_eps",
         "per_event_eps",
@@ -45,9 +46,11 @@ def test_a_tiny_suite_reports_every_row_stage_rate_and_target(kafka_bootstrap: s
     # ONNX rows: figures, or a reason they were skipped, never silently absent.
     assert (throughput["onnx_worker_eps"] or 0) > 0 or throughput["onnx_skipped"]
     assert set(throughput["stage_us"]) == {
-        "poll", "decode", "state", "predict", "produce", "commit", "other",
+        "poll", "decode", "state", "predict", "drift", "produce", "commit", "other",
     }  # fmt: skip
     assert throughput["stage_us"]["predict"] > 0
+    assert throughput["stage_us"]["drift"] == 0  # (b) runs without the monitor
+    assert throughput["drift_stage_us"]["drift"] > 0  # (b-drift) ran it
     assert set(throughput["process_stage_us"]) == set(throughput["stage_us"])
     for cores in (throughput["worker_cpu_cores"], throughput["process_cpu_cores"]):
         assert cores is None or cores > 0  # None: a run too short (< 0.2 s) to time
@@ -76,3 +79,4 @@ def test_a_tiny_suite_reports_every_row_stage_rate_and_target(kafka_bootstrap: s
         assert heading in markdown
     assert "| (b) driftline worker, at-least-once |" in markdown
     assert "| (b-process) worker, scoring process, at-least-once |" in markdown
+    assert "| (b-drift) worker, at-least-once, drift monitor on |" in markdown

@@ -50,7 +50,7 @@ from driftline.model.scoring import Scorer, limit_native_threads
 from driftline.simulate import Population, produce_records
 
 #: Stages of the breakdown, in pipeline order (the worker's ``stage`` label values).
-BREAKDOWN_STAGES = ("poll", "decode", "state", "predict", "produce", "commit")
+BREAKDOWN_STAGES = ("poll", "decode", "state", "predict", "drift", "produce", "commit")
 
 
 @dataclass
@@ -98,6 +98,9 @@ class BenchResult:
     #: Cores used by (b) and by the scoring-process run.
     worker_cpu_cores: float | None = None
     process_cpu_cores: float | None = None
+    #: (b) with the drift monitor on (``--drift``), as the product is deployed.
+    drift_worker_eps: float | None = None
+    drift_stage_us: dict[str, float] | None = None
 
     @property
     def ratios(self) -> dict[str, float]:
@@ -109,6 +112,8 @@ class BenchResult:
         }
         if self.worker_sequential_eps:
             ratios["pipelined/sequential"] = self.worker_eps / self.worker_sequential_eps
+        if self.drift_worker_eps:
+            ratios["drift-monitored worker/worker"] = self.drift_worker_eps / self.worker_eps
         if self.compiled_worker_eps and self.compiled_model_only_eps:
             ratios["compiled worker/compiled model_only"] = (
                 self.compiled_worker_eps / self.compiled_model_only_eps
@@ -141,6 +146,12 @@ class BenchResult:
                 _cores_note(self.worker_cpu_cores),
             ),
             ("(b') driftline worker, exactly-once", self.worker_exactly_once_eps, self.events, ""),
+            (
+                "(b-drift) worker, at-least-once, drift monitor on",
+                self.drift_worker_eps,
+                self.events,
+                "--drift",
+            ),
             (
                 "(b0) worker, sequential loop",
                 self.worker_sequential_eps,
@@ -214,6 +225,7 @@ class BenchResult:
         lines += [f"| {name} | {value:.3f} |" for name, value in self.ratios.items()]
         for title, stage_us in (
             ("worker, at-least-once", self.stage_us),
+            ("worker, at-least-once, drift monitor on", self.drift_stage_us),
             ("worker, scoring process (predict: the wait)", self.process_stage_us),
         ):
             if not stage_us:
@@ -457,6 +469,10 @@ def run_bench(
                 model_runtime="sklearn",
             )
             alo = worker_run(settings, spec, events)
+            settings.group_id = f"bench-worker-drift-{run_id}"
+            settings.drift = True
+            drifted = worker_run(settings, spec, events)
+            settings.drift = False
             settings.group_id = f"bench-worker-process-{run_id}"
             settings.scoring_process = True
             in_process = worker_run(settings, spec, events)
@@ -495,6 +511,8 @@ def run_bench(
                 process_mean_batch=in_process.mean_batch,
                 worker_cpu_cores=alo.cpu_cores,
                 process_cpu_cores=in_process.cpu_cores,
+                drift_worker_eps=drifted.eps,
+                drift_stage_us=drifted.stage_us,
             )
             for runtime in ("compiled", "onnx") if onnx else ("compiled",):
                 _runtime_rows(bench, runtime, loaded, features, settings, spec, run_id)
