@@ -87,6 +87,7 @@ import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import repeat
 from typing import Any, Protocol
 
 import numpy as np
@@ -467,6 +468,11 @@ class DriftMonitor:
             _WINDOW_THRESHOLDS[key] = (test.threshold, test.chi2_threshold)
             self.category_tests[c] = test
         self._category_index = {c: pd.Index(list(self._vocab[c])) for c in self.categorical}
+        #: Vocabulary position of each category (a dict: one C-level lookup per value).
+        self._category_code = {
+            c: {str(v): i for i, v in reversed(list(enumerate(self._vocab[c])))}
+            for c in self.categorical
+        }
 
         # Binning for PSI / JS: numeric, categorical, then the score.
         self._columns = [*self.numeric, *self.categorical, SCORE]
@@ -645,9 +651,13 @@ class DriftMonitor:
         unseen = np.zeros((n, len(self.categorical)))
         cat_bins = np.full((n, len(self.categorical)), -1, dtype=np.int64)
         for j, name in enumerate(self.categorical):
-            series = pd.Series(features[name].to_numpy(dtype=object), dtype=object)
-            missing = series.isna().to_numpy()
-            codes = self._category_index[name].get_indexer(series.map(str))
+            values = features[name].to_numpy(dtype=object)
+            missing = pd.isna(values)
+            codes = np.fromiter(
+                map(self._category_code[name].get, map(str, values), repeat(-1)),
+                dtype=np.int64,
+                count=n,
+            )
             other = self._category_index[name].get_loc(OTHER)
             outside = (codes < 0) | (codes == other)
             cat_missing[:, j] = missing
