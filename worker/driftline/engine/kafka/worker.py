@@ -52,6 +52,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from driftline import config
+from driftline.core.drift.cusum import NATIVE_SCAN
 from driftline.core.drift.monitor import DriftMonitor, MonitorBudget
 from driftline.core.drift.trigger import RetrainPolicy, RetrainRequest, RetrainTrigger
 from driftline.core.predictions import (
@@ -858,6 +859,11 @@ class KafkaScoringWorker:
             log.warning(
                 "the C state kernel is not built (no compiler at install?): state updates "
                 "run on the numpy path, several times slower"
+            )
+        if monitor is not None and not NATIVE_SCAN:
+            log.warning(
+                "the C CUSUM scan is not built (no compiler at install?): while a feature "
+                "stays drifted the monitor costs several times more per event"
             )
         self._restore_drift_checkpoint()
         if s.changelog:
