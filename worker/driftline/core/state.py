@@ -737,9 +737,7 @@ class FeatureState:
         rounds, no per-block numpy calls)."""
         k = self._kernel_tables
         n_events = len(slots)
-        values = np.ones((n_events, len(self._fields) + 1))
-        for j, name in enumerate(self._fields):
-            values[:, j] = getattr(batch, name)
+        values = self._field_values(batch, None)
         latest_mask, latest_values, latest_categories = self._latest_inputs(batch, None)
         n_keys = int(k["layout"][9])
         clock = np.empty(n_events, dtype=np.int64)
@@ -790,6 +788,15 @@ class FeatureState:
             latest_category=category_out,
         )
 
+    def _field_values(self, batch: EventBatch, order: np.ndarray | None) -> np.ndarray:
+        """Per event (in ``order``; None: batch order), the accumulated fields' values (NaN:
+        absent), plus a last all-ones column for keys without a field."""
+        values = np.ones((len(batch), len(self._fields) + 1))
+        for j, name in enumerate(self._fields):
+            column = getattr(batch, name)
+            values[:, j] = column if order is None else column[order]
+        return values
+
     def _latest_inputs(
         self, batch: EventBatch, order: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -832,9 +839,7 @@ class FeatureState:
         fresh = (rounds.previous == NO_TIME) | rounds.expired
         # Per event, per field: the value (NaN: absent); one extra all-present column for
         # keys without a field.
-        values = np.ones((n_events, len(self._fields) + 1))
-        for j, name in enumerate(self._fields):
-            values[:, j] = getattr(batch, name)[order]
+        values = self._field_values(batch, order)
         present = ~np.isnan(values)
 
         if self._windows:

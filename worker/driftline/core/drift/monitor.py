@@ -467,7 +467,6 @@ class DriftMonitor:
             )
             _WINDOW_THRESHOLDS[key] = (test.threshold, test.chi2_threshold)
             self.category_tests[c] = test
-        self._category_index = {c: pd.Index(list(self._vocab[c])) for c in self.categorical}
         #: Vocabulary position of each category (a dict: one C-level lookup per value).
         self._category_code = {
             c: {str(v): i for i, v in reversed(list(enumerate(self._vocab[c])))}
@@ -658,7 +657,7 @@ class DriftMonitor:
                 dtype=np.int64,
                 count=n,
             )
-            other = self._category_index[name].get_loc(OTHER)
+            other = self._category_code[name][str(OTHER)]
             outside = (codes < 0) | (codes == other)
             cat_missing[:, j] = missing
             unseen[:, j] = np.where(missing, np.nan, outside)
