@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (see README.md):
 #   make demo   set up the virtualenv, then run the whole product on the embedded broker
-#   make test   set up the virtualenv (and promtool), then lint, check schemas and alert
-#               rules, and run every test
+#   make test   set up the virtualenv (and promtool, and Apache Kafka's jars), then lint,
+#               check schemas and alert rules, and run every test on Apache Kafka
 # .ci/run calls `make test`, so CI proves the install steps too.
 
 PYTHON ?= python3
@@ -9,21 +9,32 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install system-deps demo test test-fast bench lint format clean
+.PHONY: install system-deps kafka-jars demo test test-fast bench lint format clean
 
 # Debian packages the tests use: prometheus (the server the dashboard queries run on,
-# and promtool for the alert rules) and prometheus-alertmanager (amtool checks its config).
+# and promtool for the alert rules), prometheus-alertmanager (amtool checks its config),
+# and Java 17 with Maven for the Apache Kafka broker the integration tests run on.
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager openjdk-17-jre-headless maven
 system-deps:
-	@if ! command -v promtool >/dev/null 2>&1 || ! command -v amtool >/dev/null 2>&1; then \
+	@missing=""; \
+	for tool in promtool amtool java mvn; do \
+	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian packages prometheus prometheus-alertmanager"; \
+	    echo "missing$$missing: installing Debian packages $(SYSTEM_PACKAGES)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      prometheus prometheus-alertmanager >/dev/null; \
+	      $(SYSTEM_PACKAGES) >/dev/null; \
 	  else \
-	    echo "missing promtool/amtool: apt-get install prometheus prometheus-alertmanager" >&2; \
+	    echo "missing$$missing: apt-get install $(SYSTEM_PACKAGES)" >&2; \
 	    exit 1; \
 	  fi; \
 	fi
+
+# Apache Kafka's jars, fetched once with Maven (the version is pinned in
+# worker/driftline/data/kafka-broker-pom.xml); the test session starts the broker itself.
+kafka-jars: $(STAMP) system-deps
+	$(BIN)/driftline broker --kind kafka --fetch
 
 install: $(STAMP)
 
@@ -37,7 +48,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/driftline demo $(ARGS)
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps kafka-jars
 	$(BIN)/ruff check worker tests
 	$(BIN)/ruff format --check worker tests
 	$(BIN)/driftline schemas --check

@@ -1,10 +1,17 @@
-"""Shared fixtures: one Kafka-protocol broker per test session, unique topics per test.
+"""Shared fixtures: one Apache Kafka broker per test session, unique topics per test.
 
 Broker choice, most explicit first:
 
-1. ``KAFKA_BOOTSTRAP_SERVERS`` set: use that cluster (CI service, a real Kafka);
-2. a reachable Docker engine: a real Kafka in KRaft mode via testcontainers;
-3. otherwise: the embedded Tansu broker (no Docker, no JVM; the default on a laptop).
+1. ``KAFKA_BOOTSTRAP_SERVERS`` set: use that cluster (an existing Kafka);
+2. ``DRIFTLINE_TEST_BROKER`` = ``kafka`` | ``docker`` | ``tansu``: that kind;
+3. otherwise ``kafka``: Apache Kafka on the JVM (``driftline.kafka_broker``), started
+   once for the session (the JVM takes seconds).  If Java or the jars are missing the
+   session fails saying so: it never falls back to another broker silently.
+
+``docker`` runs Kafka in KRaft mode through testcontainers (needs a Docker engine);
+``tansu`` runs the whole suite on the pip-only Tansu broker, which hides nothing from
+``read_committed`` readers, so the exactly-once checks then only xfail.  Tansu keeps its
+own smoke tests on every run (``tansu_bootstrap``): the demo path and one end-to-end test.
 
 Tests never share topics or consumer groups (uuid suffixes), so they are independent of
 order and of whatever an earlier test or run left on the broker.
@@ -39,7 +46,7 @@ def _require_shared(*parts: str) -> Path:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Any test that needs the broker is an integration test, marked or not."""
     for item in items:
-        if "kafka_bootstrap" in getattr(item, "fixturenames", ()):
+        if {"kafka_bootstrap", "tansu_bootstrap"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
 
 
@@ -73,13 +80,22 @@ def _docker_available() -> bool:
         return False
 
 
+#: ``DRIFTLINE_TEST_BROKER`` values.
+TEST_BROKERS = ("kafka", "docker", "tansu")
+
+
 def _broker_source() -> str:
-    """Which broker the session uses: "external", "docker" or "embedded" (Tansu)."""
+    """Which broker the session uses: "external", "kafka", "docker" or "tansu"."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         return "external"
-    if os.environ.get("DRIFTLINE_TEST_DOCKER", "1") != "0" and _docker_available():
-        return "docker"
-    return "embedded"
+    chosen = os.environ.get("DRIFTLINE_TEST_BROKER", "kafka").strip().lower()
+    if chosen not in TEST_BROKERS:
+        raise pytest.UsageError(
+            f"DRIFTLINE_TEST_BROKER={chosen!r}: choose one of {', '.join(TEST_BROKERS)}"
+        )
+    if chosen == "docker" and not _docker_available():
+        raise pytest.UsageError("DRIFTLINE_TEST_BROKER=docker but no Docker engine answers")
+    return chosen
 
 
 @pytest.fixture(scope="session")
@@ -91,9 +107,15 @@ def broker_source() -> str:
 def broker_times_out_transactions(broker_source: str) -> bool:
     """Does the broker abort a transaction its dead producer left open?
 
-    Kafka does after ``transaction.timeout.ms``; the embedded Tansu never does.
+    Kafka does after ``transaction.timeout.ms``; Tansu never does.
     """
-    return broker_source != "embedded"
+    return broker_source != "tansu"
+
+
+@pytest.fixture(scope="session")
+def strict_exactly_once(broker_source: str) -> bool:
+    """Exactly-once checks are strict (no xfail) on every broker but Tansu."""
+    return broker_source != "tansu"
 
 
 @pytest.fixture(scope="session")
@@ -117,14 +139,32 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory, broker_source: str
         finally:
             container.stop()
         return
-    from driftline.broker import EmbeddedBroker
+    from driftline.broker import BrokerError, make_broker
 
-    # Log under pytest's temp dir: kept after the run for a post-mortem.
-    broker = EmbeddedBroker(log_dir=tmp_path_factory.mktemp("broker")).start()
+    # Log (and Kafka's storage) under pytest's temp dir: kept after the run for a post-mortem.
+    broker = make_broker(broker_source, log_dir=tmp_path_factory.mktemp("broker"))
+    try:
+        broker.start()
+    except BrokerError as error:
+        pytest.exit(f"the session's {broker_source} broker did not start: {error}", returncode=3)
     try:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def tansu_bootstrap(
+    tmp_path_factory: pytest.TempPathFactory, broker_source: str, kafka_bootstrap: str
+) -> Iterator[str]:
+    """A Tansu broker for the pip-only smoke tests (the session's own when it is Tansu)."""
+    if broker_source == "tansu":
+        yield kafka_bootstrap
+        return
+    from driftline.broker import EmbeddedBroker
+
+    with EmbeddedBroker(log_dir=tmp_path_factory.mktemp("tansu")) as broker:
+        yield broker.bootstrap
 
 
 @pytest.fixture

