@@ -29,6 +29,8 @@ def test_a_tiny_suite_reports_every_row_stage_rate_and_target(kafka_bootstrap: s
     )
     doc = json.loads(report.to_json())
     assert doc["machine"] and doc["settings"]["events"] == 1_500
+    assert doc["broker"] == f"existing cluster at {kafka_bootstrap}"
+    assert f"broker: existing cluster at {kafka_bootstrap}" in report.to_markdown()
 
     throughput = doc["throughput"]
     for row in (

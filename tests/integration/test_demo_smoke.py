@@ -1,9 +1,9 @@
 """``driftline demo`` as a user runs it: a subprocess, stopped by Ctrl-C or --duration.
 
-The demo starts its own Tansu broker and a worker process, so these tests do not use the
-session broker.  Ctrl-C is simulated as a terminal does it: SIGINT to the whole
-foreground process group (the demo and the worker it started; Tansu runs in a session of
-its own and is stopped by the demo).  Afterwards no process the demo started may survive.
+The demo starts its own broker (Tansu by default, Kafka when asked) and a worker process,
+so these tests do not use the session broker.  Ctrl-C is simulated as a terminal does it:
+SIGINT to the whole foreground process group (the demo and the worker it started; the
+broker runs in a session of its own and is stopped by the demo).  Afterwards no process the demo started may survive.
 """
 
 from __future__ import annotations
@@ -185,5 +185,25 @@ def test_duration_stops_the_demo_by_itself(tmp_path: Path) -> None:
         raise
     assert code == 0, demo.output
     assert "worker exited with 0" in demo.output, demo.output
+    assert demo.predictions() > 0
+    assert_nothing_survives(demo, started)
+
+
+def test_the_demo_runs_on_apache_kafka_when_asked(tmp_path: Path) -> None:
+    demo = Demo(tmp_path / "demo", "--broker-kind", "kafka", "--duration", "8")
+    try:
+        demo.wait_for_predictions(timeout=180)
+        started = descendants(demo.process.pid)
+        cmdlines = [
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            for pid in started
+        ]
+        assert any("kafka.Kafka" in c for c in cmdlines), cmdlines
+        code = demo.wait(90)
+    except BaseException:
+        demo.kill()
+        raise
+    assert code == 0, demo.output
+    assert "(Apache Kafka " in demo.output, demo.output
     assert demo.predictions() > 0
     assert_nothing_survives(demo, started)

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +37,6 @@ import numpy as np
 import pandas as pd
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from driftline.broker import EmbeddedBroker
 from driftline.commands.train import register, train_on_events
 from driftline.core.events import EventBatch, decode_one
 from driftline.core.offline import history_features
@@ -391,13 +390,36 @@ def model_only(features: pd.DataFrame, scorer: Scorer, batch: int) -> float:
     return len(features) / (time.perf_counter() - started)
 
 
+def resolve_broker_kind(kind: str, say: Callable[[str], None] | None = None) -> str:
+    """ "auto" -> "kafka" when Java 17+ is there, else "tansu" (saying why); others as given."""
+    if kind != "auto":
+        return kind
+    from driftline.broker import BrokerError
+    from driftline.kafka_broker import java_executable
+
+    try:
+        java_executable()
+    except BrokerError as error:
+        if say is not None:
+            say(f"benchmarks on Tansu, not Apache Kafka: {error}")
+        return "tansu"
+    return "kafka"
+
+
 @contextmanager
-def _broker(bootstrap: str | None) -> Iterator[str]:
+def bench_broker(bootstrap: str | None, kind: str = "auto") -> Iterator[tuple[str, str]]:
+    """``(bootstrap servers, which broker)``: the given cluster, or a local broker of
+    ``kind`` started for the run (Apache Kafka by default, where Java is)."""
     if bootstrap:
-        yield bootstrap
+        yield bootstrap, f"existing cluster at {bootstrap}"
         return
-    with EmbeddedBroker() as broker:
-        yield broker.bootstrap
+    import sys
+
+    from driftline.broker import make_broker
+
+    resolved = resolve_broker_kind(kind, lambda line: print(line, file=sys.stderr))
+    with make_broker(resolved) as broker:
+        yield broker.bootstrap, f"{broker.kind} (local, started for the run)"
 
 
 def train_bench_model(
@@ -422,6 +444,7 @@ def run_bench(
     partitions: int = 4,
     customers: int = 5_000,
     bootstrap: str | None = None,
+    broker_kind: str = "auto",
     progress: bool = True,
     sequential: bool = True,
     onnx: bool = True,
@@ -448,7 +471,7 @@ def run_bench(
         records = [(e["customer_id"].encode(), encode(e), None) for e in frame_to_events(live)]
         features, _late = history_features(live, spec)
 
-        with _broker(bootstrap) as servers:
+        with bench_broker(bootstrap, broker_kind) as (servers, _broker_name):
             run_id = uuid.uuid4().hex[:8]
             topic, out = f"bench-in-{run_id}", f"bench-out-{run_id}"
             ensure_topics(servers, [TopicSpec(topic, partitions), TopicSpec(out, partitions)])

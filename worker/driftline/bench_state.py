@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from driftline.broker import EmbeddedBroker
 from driftline.core.events import EVENT_TYPES, EventBatch
 from driftline.core.spec import DAY_MS, load_default_spec
 from driftline.core.state import FeatureState
@@ -99,7 +98,13 @@ def _frame(rng: np.random.Generator, ids: np.ndarray, times: np.ndarray) -> pd.D
     )
 
 
-def measure(customers: int, events_per_customer: int = 8, changelog: bool = False) -> StateFigures:
+def measure(
+    customers: int,
+    events_per_customer: int = 8,
+    changelog: bool = False,
+    bootstrap: str | None = None,
+    broker_kind: str = "auto",
+) -> StateFigures:
     spec = load_default_spec()
     batch = EventBatch.from_frame(synthetic_events(customers, events_per_customer))
     n_events = len(batch)
@@ -127,7 +132,7 @@ def measure(customers: int, events_per_customer: int = 8, changelog: bool = Fals
     fresh.restore(ids, snapshots)
     restore_s = time.perf_counter() - started
     del fresh
-    changelog_s = _changelog_restore(ids, snapshots) if changelog else None
+    changelog_s = _changelog_restore(ids, snapshots, bootstrap, broker_kind) if changelog else None
     return StateFigures(
         customers=len(state),
         events=n_events,
@@ -167,14 +172,18 @@ def _steady_state(state: FeatureState, batches: list[EventBatch]) -> tuple[float
     return BATCH / statistics.median(update_s), BATCH / statistics.median(both)
 
 
-def _changelog_restore(ids: list[str], snapshots: list[bytes]) -> float:
+def _changelog_restore(
+    ids: list[str], snapshots: list[bytes], bootstrap: str | None, broker_kind: str
+) -> float:
     """Write the snapshots to a changelog partition, then time a worker-style restore."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-    with EmbeddedBroker() as broker:
+    from driftline.bench import bench_broker
+
+    with bench_broker(bootstrap, broker_kind) as (servers, _name):
         topic = f"bench-changelog-{uuid.uuid4().hex[:8]}"
-        ensure_topics(broker.bootstrap, [TopicSpec(topic, 1, {"cleanup.policy": "compact"})])
-        producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
+        ensure_topics(servers, [TopicSpec(topic, 1, {"cleanup.policy": "compact"})])
+        producer = Producer({"bootstrap.servers": servers, "linger.ms": 20})
         for key, value in zip(ids, snapshots, strict=True):
             while True:
                 try:
@@ -187,7 +196,7 @@ def _changelog_restore(ids: list[str], snapshots: list[bytes]) -> float:
         started = time.perf_counter()
         reader = Consumer(
             {
-                "bootstrap.servers": broker.bootstrap,
+                "bootstrap.servers": servers,
                 "group.id": "bench-restore",
                 "enable.partition.eof": True,
                 "fetch.wait.max.ms": 10,
@@ -210,8 +219,18 @@ def _changelog_restore(ids: list[str], snapshots: list[bytes]) -> float:
         return time.perf_counter() - started
 
 
-def run_state_bench(sizes: list[int], changelog_sizes: list[int]) -> list[StateFigures]:
-    return [measure(n, changelog=n in changelog_sizes) for n in sizes]
+def run_state_bench(
+    sizes: list[int],
+    changelog_sizes: list[int],
+    bootstrap: str | None = None,
+    broker_kind: str = "auto",
+) -> list[StateFigures]:
+    """State figures at each size; the changelog restores on ``bootstrap``, or on a broker
+    of ``broker_kind`` started for them."""
+    return [
+        measure(n, changelog=n in changelog_sizes, bootstrap=bootstrap, broker_kind=broker_kind)
+        for n in sizes
+    ]
 
 
 def to_table(figures: list[StateFigures]) -> str:

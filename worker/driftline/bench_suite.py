@@ -1,8 +1,9 @@
 """`driftline bench all`: throughput, latency and state in one run, one report.
 
 One broker and one trained model serve every benchmark of the run, so the figures sit
-side by side on the same machine state; the report says which issue-5 targets hold
-with the figures measured, in markdown for people and JSON for machines.
+side by side on the same machine state; the report names the broker and says which
+throughput and latency targets hold with the figures measured, in markdown for people and
+JSON for machines.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from driftline.bench import BenchResult, _broker, machine_description, run_bench, train_bench_model
+from driftline.bench import (
+    BenchResult,
+    bench_broker,
+    machine_description,
+    run_bench,
+    train_bench_model,
+)
 from driftline.bench_latency import LatencyFigures, run_latency_bench
 from driftline.core.spec import load_default_spec
 from driftline.model.onnx import onnx_missing_reason
@@ -21,7 +28,8 @@ from driftline.model.registry import ModelRegistry
 from driftline.model.scoring import limit_native_threads
 from driftline.simulate import Population
 
-#: Issue 5's targets: (name, what it compares, threshold).
+#: The targets: the worker against its compute limit and the per-event loop, exactly-once
+#: against at-least-once, and p99 latency at a fixed offered rate.
 TARGET_MODEL_RATIO = 0.75
 TARGET_PER_EVENT_RATIO = 100.0
 TARGET_EOS_RATIO = 0.85
@@ -32,6 +40,7 @@ TARGET_P99_RATE = 5000.0
 @dataclass
 class SuiteReport:
     machine: str
+    broker: str = ""
     throughput: BenchResult | None = None
     latency: list[LatencyFigures] = field(default_factory=list)
     state: list[Any] = field(default_factory=list)
@@ -88,6 +97,7 @@ class SuiteReport:
     def to_json(self) -> str:
         doc: dict[str, Any] = {
             "machine": self.machine,
+            "broker": self.broker,
             "settings": self.settings,
             "throughput": (
                 {**asdict(self.throughput), "ratios": self.throughput.ratios}
@@ -101,7 +111,7 @@ class SuiteReport:
         return json.dumps(doc, indent=2)
 
     def to_markdown(self) -> str:
-        lines = [f"machine: {self.machine}", ""]
+        lines = [f"machine: {self.machine}", f"broker: {self.broker}", ""]
         if self.throughput is not None:
             lines += ["## Throughput", "", self.throughput.to_table(), ""]
         if self.latency:
@@ -161,6 +171,7 @@ def run_suite(
     state_sizes: list[int],
     changelog_sizes: list[int],
     bootstrap: str | None = None,
+    broker_kind: str = "auto",
     progress: bool = True,
     onnx: bool = True,
     n_estimators: int = 100,
@@ -182,8 +193,9 @@ def run_suite(
     spec = load_default_spec()
     with (
         tempfile.TemporaryDirectory(prefix="driftline-suite-") as tmp,
-        _broker(bootstrap) as servers,
+        bench_broker(bootstrap, broker_kind) as (servers, broker_name),
     ):
+        report.broker = broker_name
         registry = ModelRegistry(Path(tmp) / "models")
         if suites & {"throughput", "latency"}:
             population = Population(n_customers=customers, seed=7)
@@ -222,5 +234,52 @@ def run_suite(
     if "state" in suites:
         from driftline.bench_state import run_state_bench
 
-        report.state = run_state_bench(state_sizes, changelog_sizes)
+        report.state = run_state_bench(
+            state_sizes, changelog_sizes, bootstrap=bootstrap, broker_kind=broker_kind
+        )
     return report
+
+
+def side_by_side(reports: dict[str, SuiteReport]) -> str:
+    """The figures that depend on the broker, one column per broker (markdown)."""
+    names = list(reports)
+    rows: list[tuple[str, list[str]]] = []
+
+    def row(label: str, values: list[float | None], fmt: str = "{:,.0f}") -> None:
+        rows.append((label, ["-" if v is None else fmt.format(v) for v in values]))
+
+    throughputs = [r.throughput for r in reports.values()]
+    if all(t is not None for t in throughputs):
+        ts = [t for t in throughputs if t is not None]
+        row("(a) pass-through, events/s", [t.passthrough_eps for t in ts])
+        row("(b) worker at-least-once, events/s", [t.worker_eps for t in ts])
+        row("(b') worker exactly-once, events/s", [t.worker_exactly_once_eps for t in ts])
+        row("(d) model alone, events/s", [t.model_only_eps for t in ts])
+        row("compiled worker, events/s", [t.compiled_worker_eps for t in ts])
+        for ratio in ("worker/model_only", "exactly_once/at_least_once", "worker/passthrough"):
+            row(ratio, [t.ratios.get(ratio) for t in ts], "{:.3f}")
+    keys = sorted(
+        {(f.runtime, f.offered_eps) for r in reports.values() for f in r.latency},
+        key=lambda k: (k[0], k[1]),
+    )
+    for runtime, rate in keys:
+        found = [
+            next((f for f in r.latency if (f.runtime, f.offered_eps) == (runtime, rate)), None)
+            for r in reports.values()
+        ]
+        rows.append(
+            (
+                f"p50 / p99 ms at {rate:,.0f} ev/s ({runtime})",
+                ["-" if f is None else f"{_ms(f.p50_ms)} / {_ms(f.p99_ms)}" for f in found],
+            )
+        )
+    restores = [
+        next((f.changelog_restore_seconds for f in r.state if f.changelog_restore_seconds), None)
+        for r in reports.values()
+    ]
+    if any(v is not None for v in restores):
+        row("changelog restore, s", restores, "{:.2f}")
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {label} | " + " | ".join(values) + " |" for label, values in rows]
+    brokers = "; ".join(f"{name}: {r.broker}" for name, r in reports.items())
+    return "\n".join([f"brokers: {brokers}", "", *lines])

@@ -1,6 +1,10 @@
 """Benchmarks: `driftline bench [throughput|latency|state|all|drift]`, one report per run.
 
-throughput (default): starts an embedded broker (or uses --bootstrap-servers), trains a
+Broker: Apache Kafka started for the run where Java 17+ is (--broker-kind auto, the
+default; it says so when it falls back to Tansu), or --broker-kind kafka|tansu, or an
+existing cluster with --bootstrap-servers.  The report names the broker that ran.
+
+throughput (default): starts the broker (or uses --bootstrap-servers), trains a
 RandomForest(100) churn model on simulated history, loads the input topic once, then
 measures side by side: (a) pass-through consume->produce, the transport limit; (b) the
 Driftline worker at-least-once and (b') exactly-once; (b0) the worker with a sequential
@@ -17,7 +21,7 @@ batches, with and without the changelog export), snapshot and restore speed at
 --customer-sizes, and a changelog restore through the broker at --changelog-sizes.
 
 all: the three, small by default (--events 20000, 5 s per rate, 10000 customers in
-state), on one broker, with the issue-5 targets marked held or not.  --json for
+state), on one broker, with the targets marked held or not.  --json for
 machines; the default output is markdown.  A benchmark, not a test: numbers depend on
 the machine (it is printed), the ratios much less.
 
@@ -31,6 +35,8 @@ No broker.
 from __future__ import annotations
 
 import argparse
+
+from driftline.broker import BROKER_KINDS
 
 HELP = __doc__ or ""
 
@@ -88,7 +94,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime rows")
     parser.add_argument(
-        "--bootstrap-servers", default=None, help="use this broker, not an embedded one"
+        "--bootstrap-servers", default=None, help="use this cluster, not a local broker"
+    )
+    parser.add_argument(
+        "--broker-kind",
+        choices=("auto", *BROKER_KINDS, "both"),
+        default="auto",
+        help="local broker to start: auto (Apache Kafka where Java is, else Tansu), "
+        "kafka, tansu, or both (the suite on each, then the two side by side) "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--stationary-events",
@@ -111,24 +125,40 @@ def run(args: argparse.Namespace) -> int:
         )
         print(drift.to_json() if args.json else drift.to_table())
         return 0
-    from driftline.bench_suite import run_suite
+    from driftline.bench_suite import run_suite, side_by_side
 
     small = args.suite == "all"
     suites = {"throughput", "latency", "state"} if small else {args.suite}
-    report = run_suite(
-        suites,
-        events=args.events or (20_000 if small else 100_000),
-        per_event_events=args.per_event_events,
-        batch_size=args.batch_size,
-        partitions=args.partitions,
-        customers=args.customers,
-        rates=args.rates,
-        duration_s=args.duration or (5.0 if small else 10.0),
-        state_sizes=args.customer_sizes or ([10_000] if small else [10_000, 100_000, 1_000_000]),
-        changelog_sizes=args.changelog_sizes or ([10_000] if small else [1_000_000]),
-        bootstrap=args.bootstrap_servers,
-        progress=not args.json,
-        onnx=not args.no_onnx,
-    )
-    print(report.to_json() if args.json else report.to_markdown())
+    kinds = ["kafka", "tansu"] if args.broker_kind == "both" else [args.broker_kind]
+    if args.bootstrap_servers and len(kinds) > 1:
+        raise SystemExit("driftline bench: --broker-kind both starts local brokers; drop it")
+    reports = {
+        kind: run_suite(
+            suites,
+            events=args.events or (20_000 if small else 100_000),
+            per_event_events=args.per_event_events,
+            batch_size=args.batch_size,
+            partitions=args.partitions,
+            customers=args.customers,
+            rates=args.rates,
+            duration_s=args.duration or (5.0 if small else 10.0),
+            state_sizes=args.customer_sizes
+            or ([10_000] if small else [10_000, 100_000, 1_000_000]),
+            changelog_sizes=args.changelog_sizes or ([10_000] if small else [1_000_000]),
+            bootstrap=args.bootstrap_servers,
+            broker_kind=kind,
+            progress=not args.json,
+            onnx=not args.no_onnx,
+        )
+        for kind in kinds
+    }
+    if len(reports) == 1:
+        report = next(iter(reports.values()))
+        print(report.to_json() if args.json else report.to_markdown())
+    elif args.json:
+        print("{" + ", ".join(f'"{k}": {r.to_json()}' for k, r in reports.items()) + "}")
+    else:
+        for report in reports.values():
+            print(f"# On {report.broker}\n\n{report.to_markdown()}\n")
+        print(f"# Side by side\n\n{side_by_side(reports)}")
     return 0

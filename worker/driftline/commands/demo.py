@@ -1,6 +1,8 @@
 """Run the whole product on this machine: broker, model, worker, live events.
 
-Starts the embedded broker (Tansu, in memory), creates the topics, trains a churn model
+Starts a local broker (Tansu, in memory, by default; `--broker-kind kafka` runs Apache
+Kafka, which needs Java 17+), or uses an existing cluster (`--bootstrap-servers`),
+creates the topics, trains a churn model
 on a simulated customer history (unless one is registered already), starts a scoring
 worker as its own process, then streams live simulated events into it, with a small
 share of broken ones to show the dead-letter path.  A status line shows events in,
@@ -11,6 +13,7 @@ predictions out, dead letters, latency and the model version, read from the work
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from driftline.broker import EmbeddedBroker, free_port
+from driftline.broker import BROKER_KINDS, BrokerError, BrokerProcess, free_port, make_broker
 from driftline.commands.train import register, train_on_events
 from driftline.config import TopicNames
 from driftline.core.spec import load_default_spec
@@ -66,6 +69,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=42, help="simulation seed (default: %(default)s)"
     )
+    parser.add_argument(
+        "--broker-kind",
+        choices=BROKER_KINDS,
+        default="tansu",
+        help="local broker to start: tansu (pip-only, in memory) or kafka (Apache Kafka, "
+        "needs Java 17+) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help="use this existing cluster instead of starting a broker",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,14 +105,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"using registered model churn {registry.latest('churn')} ({registry_dir})")
 
     metrics_port = args.metrics_port or free_port()
-    with EmbeddedBroker(log_dir=workdir) as broker:
-        print(f"broker: {broker.bootstrap} (Tansu, in memory; log {broker.log_path})", flush=True)
+    with contextlib.ExitStack() as stack:
+        if args.bootstrap_servers:
+            bootstrap = args.bootstrap_servers
+            print(f"broker: existing cluster at {bootstrap}", flush=True)
+        else:
+            broker: BrokerProcess = make_broker(args.broker_kind, log_dir=workdir)
+            try:
+                stack.enter_context(broker)
+            except BrokerError as error:
+                print(f"driftline demo: {error}", file=sys.stderr)
+                return 2
+            bootstrap = broker.bootstrap
+            where = "in memory" if args.broker_kind == "tansu" else f"storage {workdir / 'data'}"
+            print(
+                f"broker: {bootstrap} ({broker.kind}, {where}; log {broker.log_path})", flush=True
+            )
         names = TopicNames()
-        ensure_topics(broker.bootstrap, default_topics(args.partitions, names))
-        worker = _start_worker(broker.bootstrap, registry_dir, metrics_port, workdir)
+        ensure_topics(bootstrap, default_topics(args.partitions, names))
+        worker = _start_worker(bootstrap, registry_dir, metrics_port, workdir)
         producer = threading.Thread(
             target=_produce_live,
-            args=(broker.bootstrap, names.input, population, args.rate, args.bad_share, stop),
+            args=(bootstrap, names.input, population, args.rate, args.bad_share, stop),
             daemon=True,
         )
         try:
@@ -119,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             producer.join(30) if producer.is_alive() else None
             code = _stop_worker(worker)
         print(f"worker exited with {code}; broker stopped", flush=True)
-        return 0 if code == 0 else 1
+    return 0 if code == 0 else 1
 
 
 def _start_worker(
