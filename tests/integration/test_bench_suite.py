@@ -62,7 +62,12 @@ def test_a_tiny_suite_reports_every_row_stage_rate_and_target(kafka_bootstrap: s
 
     sklearn_rows = [row for row in doc["latency"] if row["runtime"] == "sklearn"]
     assert [row["offered_eps"] for row in sklearn_rows] == [300.0, 600.0]
-    assert {row["runtime"] for row in doc["latency"]} >= {"sklearn", "compiled", "sklearn+process"}
+    assert {row["runtime"] for row in doc["latency"]} >= {
+        "one hop, no worker",
+        "sklearn",
+        "compiled",
+        "sklearn+process",
+    }
     for row in doc["latency"]:
         assert row["sent"] == int(row["offered_eps"])  # one second each
         assert row["received"] == row["sent"], row  # every event got its prediction

@@ -31,7 +31,6 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from driftline.core.events import EVENT_TYPES
-from driftline.core.predictions import Prediction
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 
 #: Quantiles reported, as fractions.
@@ -137,6 +136,14 @@ def _producer_main(argv: list[str]) -> int:
 # ----------------------------------------------------------------- measuring side
 
 
+class _Stamped(msgspec.Struct, forbid_unknown_fields=False):
+    """What the reader needs of a record: predictions and events both carry these (the
+    one-hop row reads the events themselves)."""
+
+    event_id: str
+    event_time: int
+
+
 class _Reader(threading.Thread):
     """Reads the predictions topic; arrival minus send time for ids with ``prefix``.
 
@@ -157,7 +164,7 @@ class _Reader(threading.Thread):
 
     def run(self) -> None:
         bootstrap, topic = self.args
-        decode = msgspec.json.Decoder(Prediction).decode
+        decode = msgspec.json.Decoder(_Stamped).decode
         consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -185,7 +192,7 @@ class _Reader(threading.Thread):
                     try:
                         prediction = decode(message.value())
                     except msgspec.MsgspecError:
-                        continue  # not a prediction (a dead letter on a shared topic)
+                        continue  # neither a prediction nor an event (a dead letter)
                     if prediction.event_id.startswith(self.mark):
                         self.latencies.append(arrived - prediction.event_time / 1000)
         finally:
@@ -197,6 +204,8 @@ class _Reader(threading.Thread):
 #: does not, so there the wait bounds how late the reader sees a prediction, but a fetch
 #: every millisecond loads it: one hop at 5k events/s had p99 4 s with 1 ms, 76 ms with 10.
 READER_FETCH_WAIT_MS = 10
+#: The ``runtime`` of the rows measured without a worker.
+ONE_HOP = "one hop, no worker"
 
 
 def measure_rate(
@@ -248,6 +257,22 @@ def measure_rate(
         p99_9_ms=summary["p99_9"],
         max_ms=summary["max"],
     )
+
+
+def run_one_hop_bench(
+    bootstrap: str, rates: list[float], duration_s: float
+) -> list[LatencyFigures]:
+    """The broker's own share: the same producer process and reader, the reader on the
+    input topic itself, no worker between them (``runtime`` "one hop, no worker")."""
+    figures = []
+    for rate in rates:
+        topic = f"hop-{uuid.uuid4().hex[:8]}"
+        ensure_topics(bootstrap, [TopicSpec(topic, 4)])
+        measure_rate(bootstrap, topic, topic, 500, 1.0)  # the same warm-up as the workers'
+        figure = measure_rate(bootstrap, topic, topic, rate, duration_s)
+        figure.runtime = ONE_HOP
+        figures.append(figure)
+    return figures
 
 
 def run_latency_bench(

@@ -21,7 +21,7 @@ from driftline.bench import (
     run_bench,
     train_bench_model,
 )
-from driftline.bench_latency import LatencyFigures, run_latency_bench
+from driftline.bench_latency import ONE_HOP, LatencyFigures, run_latency_bench, run_one_hop_bench
 from driftline.core.spec import load_default_spec
 from driftline.model.onnx import onnx_missing_reason
 from driftline.model.registry import ModelRegistry
@@ -82,7 +82,7 @@ class SuiteReport:
                     )
                 )
         for f in self.latency:
-            if f.offered_eps != TARGET_P99_RATE or f.p99_ms is None:
+            if f.offered_eps != TARGET_P99_RATE or f.p99_ms is None or f.runtime == ONE_HOP:
                 continue
             out.append(
                 {
@@ -213,7 +213,8 @@ def run_suite(
                 registry=registry,
             )
         if "latency" in suites:
-            report.latency = run_latency_bench(
+            report.latency = run_one_hop_bench(servers, rates, duration_s)
+            report.latency += run_latency_bench(
                 servers, registry.root, rates, duration_s, batch_size=batch_size
             )
             report.latency += run_latency_bench(
