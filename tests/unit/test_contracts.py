@@ -494,7 +494,7 @@ def test_what_the_worker_encodes_validates_against_its_schema_iff_the_decoder_re
 def test_dead_letter_headers_as_the_kafka_worker_writes_them_match_the_schema(
     committed: dict[str, dict[str, Any]],
 ) -> None:
-    kafka_worker = pytest.importorskip("driftline.engine.kafka.worker")
+    dead_letters = pytest.importorskip("driftline.engine.kafka.dead_letters")
     processor = pytest.importorskip("driftline.processor")
 
     class Record:  # the part of confluent_kafka.Message the header builder reads
@@ -511,11 +511,18 @@ def test_dead_letter_headers_as_the_kafka_worker_writes_them_match_the_schema(
             return [("traceparent", b"00-abc-def-01")]
 
     rejected = processor.Rejected(0, "malformed_json", "decode", "\udcff bad " * 300)
-    headers = kafka_worker._dead_letter_headers(
+    own = dead_letters.dead_letter_headers(
         Record(), rejected, "customer-events", "host-1-77", b"1714566601000"
     )
-    names = [name for name, _ in headers]
-    assert names[-1] == "traceparent", "the original headers come last"
-    document = {name: value.decode("utf-8") for name, value in headers}
-    validator(committed["dead-letter-headers.schema.json"]).validate(document)
-    msgspec.json.decode(json.dumps(document).encode(), type=DeadLetterHeaders)
+    # As written whole, and cut to fit a small dead-letter topic (value and key cut).
+    cases = ((1_000_000, b"c-1", b"{not json", False), (4096, b"k" * 2000, b"x" * 10**5, True))
+    for limit, key, value, cut_expected in cases:
+        _key, _value, headers, cut = dead_letters.fit_dead_letter(
+            key, value, own, Record().headers(), limit
+        )
+        assert cut == cut_expected
+        names = [name for name, _ in headers]
+        assert names[-1] == "traceparent", "the original headers come last"
+        document = {name: text.decode("utf-8") for name, text in headers}
+        validator(committed["dead-letter-headers.schema.json"]).validate(document)
+        msgspec.json.decode(json.dumps(document).encode(), type=DeadLetterHeaders)

@@ -28,9 +28,9 @@ from driftline.core.drift.trigger import RetrainRequest
 from driftline.core.events import (
     DECODE_REASONS,
     DEFAULT_MAX_EVENT_BYTES,
+    DLQ_REASONS,
     MAX_EPOCH_MS,
     MIN_EPOCH_MS,
-    REASON_LATE,
     CustomerEvent,
 )
 from driftline.core.predictions import DeadLetterHeaders, Prediction
@@ -203,8 +203,11 @@ DEAD_LETTER_HEADERS = Contract(
         "text (numbers in decimal). The dead-letter record's value is the original value, "
         "byte for byte (it may not be JSON at all), and its key the original key, so a "
         "fixed record can be re-produced to the input topic as it was. The original "
-        "record's own headers follow these ones, unchanged. driftline.error.reason is one "
-        f"of a closed set: {', '.join((*DECODE_REASONS, REASON_LATE))}."
+        "record's own headers follow these ones, unchanged. A record larger than the "
+        "dead-letter topic accepts is cut to fit: its value (or key) is then the original's "
+        "first bytes, and driftline.value.original_bytes and driftline.value.sha256 (or the "
+        "driftline.key.* pair) describe the original. driftline.error.reason is one "
+        f"of a closed set: {', '.join(DLQ_REASONS)}."
     ),
     fields={
         "driftline.source.topic": "Topic the rejected record was read from.",
@@ -215,15 +218,29 @@ DEAD_LETTER_HEADERS = Contract(
         ),
         "driftline.error.reason": (
             "Why it was rejected, from a closed set (safe to group and alert on): "
-            + ", ".join((*DECODE_REASONS, REASON_LATE))
+            + ", ".join(DLQ_REASONS)
             + "."
         ),
         "driftline.error.class": (
-            'Which stage rejected it: "decode" (value or key) or "watermark" (late).'
+            'Which stage rejected it: "decode" (value or key), "watermark" (late) or "model" '
+            "(model_error: the model raised on the event's features; the message names the "
+            "exception and its text)."
         ),
         "driftline.error.message": "Human-readable detail, at most 1024 characters.",
         "driftline.failed_at": "When the worker rejected it, epoch milliseconds, decimal.",
         "driftline.worker": "Id of the worker instance that rejected it (default host-pid).",
+        "driftline.value.original_bytes": (
+            "Only when the value was cut to fit the dead-letter topic: the original value's "
+            "length in bytes, decimal (the record carries its first bytes)."
+        ),
+        "driftline.value.sha256": "With the above: SHA-256 of the original value, hex.",
+        "driftline.key.original_bytes": (
+            "Only when the key was cut to fit: the original key's length in bytes, decimal."
+        ),
+        "driftline.key.sha256": "With the above: SHA-256 of the original key, hex.",
+        "driftline.source.headers_dropped": (
+            "Only when the original record's own headers did not fit: how many were left off."
+        ),
     },
     examples=(
         {

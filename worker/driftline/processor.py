@@ -23,6 +23,7 @@ from driftline.core.drift.trigger import RetrainRequest, RetrainTrigger
 from driftline.core.events import (
     DEFAULT_MAX_EVENT_BYTES,
     REASON_LATE,
+    REASON_MODEL_ERROR,
     EventBatch,
     decode_batch,
 )
@@ -30,6 +31,7 @@ from driftline.core.predictions import Prediction
 from driftline.core.spec import FeatureSpec
 from driftline.core.state import NO_TIME, FeatureBlock, FeatureState
 from driftline.core.watermark import PartitionWatermark
+from driftline.model.isolation import Isolated, describe, score_isolating
 from driftline.model.scoring import Scorer
 
 _encode = msgspec.json.Encoder().encode
@@ -97,6 +99,10 @@ class PreparedBatch:
     n_redelivered: int
     changelog: list[tuple[int, bytes, bytes | None]]
     stage_seconds: dict[str, float]
+    #: Events the model raised on (moved from ``valid`` to ``rejected`` by ``score``),
+    #: and the extra scorer calls that isolating them took.
+    model_errors: int = 0
+    isolation_calls: int = 0
 
 
 #: Changelog key of a partition's watermark record; customer ids are never empty.
@@ -195,12 +201,43 @@ class ScoringProcessor:
         return self.finish(prepared, self.score(prepared))
 
     def score(self, prepared: PreparedBatch) -> np.ndarray:
-        """The prepared batch's scores from this processor's model, here ("predict")."""
+        """The prepared batch's scores from this processor's model, here ("predict").
+
+        Should the model raise, the events it raises on are isolated (bisection, see
+        ``model.isolation``), moved to the batch's rejects as ``model_error`` and the
+        others scored: one bad row never fails its batch.  Their state update stands (the
+        event happened; only the model could not score it), so a re-driven dead letter is
+        skipped as already applied unless its customer's state was reset.
+        """
         t0 = time.perf_counter()
         block = prepared.block
-        scores = self.scorer.score_block(block) if block is not None else np.empty(0)
+        if block is None:
+            scores = np.empty(0)
+        else:
+            isolated = score_isolating(self.scorer.score_block, block)
+            scores = isolated.scores
+            if isolated.offenders.size:
+                scores = self._reject_offenders(prepared, isolated)
         prepared.stage_seconds["predict"] = time.perf_counter() - t0
         return scores
+
+    def _reject_offenders(self, prepared: PreparedBatch, isolated: Isolated) -> np.ndarray:
+        """Move the rows the model raised on from the batch to its rejects; the others'
+        scores."""
+        assert prepared.block is not None
+        valid = prepared.valid
+        keep = np.ones(len(valid), dtype=bool)
+        keep[isolated.offenders] = False
+        rows = np.flatnonzero(keep)
+        prepared.rejected.extend(
+            Rejected(int(valid.index[row]), REASON_MODEL_ERROR, "model", describe(error))
+            for row, error in zip(isolated.offenders.tolist(), isolated.errors, strict=True)
+        )
+        prepared.valid = valid.take(rows)
+        prepared.block = prepared.block.take(rows) if rows.size else None
+        prepared.model_errors += int(isolated.offenders.size)
+        prepared.isolation_calls += isolated.extra_calls
+        return isolated.scores[rows]
 
     def prepare(self, raw: RawBatch) -> PreparedBatch:
         """Everything before the model: decode, late events, state update, changelog.

@@ -78,6 +78,8 @@ REASON_OVERSIZED = "oversized"
 REASON_EMPTY = "empty_value"
 REASON_KEY_MISMATCH = "key_mismatch"
 REASON_LATE = "late"
+#: The model raised on the event's features (isolated by ``driftline.model.isolation``).
+REASON_MODEL_ERROR = "model_error"
 DECODE_REASONS = (
     REASON_MALFORMED,
     REASON_SCHEMA,
@@ -88,6 +90,8 @@ DECODE_REASONS = (
     REASON_EMPTY,
     REASON_KEY_MISMATCH,
 )
+#: Every reason a dead letter can carry (the ``driftline.error.reason`` header).
+DLQ_REASONS = (*DECODE_REASONS, REASON_LATE, REASON_MODEL_ERROR)
 
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 

@@ -47,6 +47,15 @@ DLQ_ERROR_CLASS = "driftline.error.class"
 DLQ_ERROR_MESSAGE = "driftline.error.message"
 DLQ_FAILED_AT = "driftline.failed_at"
 DLQ_WORKER = "driftline.worker"
+#: Only on a dead letter cut to fit the dead-letter topic (``engine.kafka.dead_letters``):
+#: the value (or key) it carries is the original's first bytes; these say how long the
+#: original was and its SHA-256 (hex), so the full record can be found and matched.
+DLQ_VALUE_BYTES = "driftline.value.original_bytes"
+DLQ_VALUE_SHA256 = "driftline.value.sha256"
+DLQ_KEY_BYTES = "driftline.key.original_bytes"
+DLQ_KEY_SHA256 = "driftline.key.sha256"
+#: How many of the original record's own headers were left off to make it fit.
+DLQ_HEADERS_DROPPED = "driftline.source.headers_dropped"
 
 
 class DeadLetterHeaders(
@@ -61,14 +70,20 @@ class DeadLetterHeaders(
         "error_message": DLQ_ERROR_MESSAGE,
         "failed_at": DLQ_FAILED_AT,
         "worker": DLQ_WORKER,
+        "value_original_bytes": DLQ_VALUE_BYTES,
+        "value_sha256": DLQ_VALUE_SHA256,
+        "key_original_bytes": DLQ_KEY_BYTES,
+        "key_sha256": DLQ_KEY_SHA256,
+        "headers_dropped": DLQ_HEADERS_DROPPED,
     },
     forbid_unknown_fields=False,
 ):
     """The Driftline headers of a dead-letter record, as a JSON object of UTF-8 strings.
 
     Kafka headers are bytes; Driftline writes each as UTF-8 text (numbers in decimal).
-    ``reason`` is one of a closed set (see ``core.events.DECODE_REASONS`` and ``late``);
-    ``error_class`` names the check that failed; ``error_message`` is for people.
+    ``reason`` is one of a closed set (``DLQ_REASONS``); ``error_class`` names the check
+    that failed; ``error_message`` is for people.  The ``*_original_bytes``/``*_sha256``
+    pairs are only there when the value (or key) was cut to fit the dead-letter topic.
     """
 
     source_topic: str
@@ -80,3 +95,8 @@ class DeadLetterHeaders(
     failed_at: Annotated[str, msgspec.Meta(pattern=r"^[0-9]+$")]
     worker: str
     source_timestamp: Annotated[str, msgspec.Meta(pattern=r"^-?[0-9]+$")] | None = None
+    value_original_bytes: Annotated[str, msgspec.Meta(pattern=r"^[0-9]+$")] | None = None
+    value_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    key_original_bytes: Annotated[str, msgspec.Meta(pattern=r"^[0-9]+$")] | None = None
+    key_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+    headers_dropped: Annotated[str, msgspec.Meta(pattern=r"^[0-9]+$")] | None = None

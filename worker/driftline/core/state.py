@@ -271,6 +271,10 @@ class FeatureBlock:
             np.concatenate([b.categorical for b in blocks], axis=1),
         )
 
+    def take(self, rows: np.ndarray) -> FeatureBlock:
+        """The block of some rows (positions), in that order: a copy."""
+        return FeatureBlock(self.layout, self.numeric[:, rows], self.categorical[:, rows])
+
     def frame(self) -> pd.DataFrame:
         """The feature frame in spec column order: float64 columns from the numeric block
         (one pandas block, no copy) and object columns (missing: ``None``).

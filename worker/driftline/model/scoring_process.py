@@ -41,6 +41,20 @@ class ScoringProcessFailed(RuntimeError):
     """The scoring process died or could not score a block: the batch has no scores."""
 
 
+class ScoringRaised(ScoringProcessFailed):
+    """The model raised on a block; the child is alive and serves the next one.
+
+    The worker then isolates the rows the model raises on itself (``model.isolation``),
+    with its own copy of the model: the scores are the same, and a row-level failure is a
+    dead letter, not a stopped worker.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"scoring failed in the scoring process: {detail}")
+        #: The exception's last line (``ValueError: ...``), for the log.
+        self.summary = (detail.strip().splitlines() or ["?"])[-1]
+
+
 def _serve(
     inbound: Connection, outbound: Connection, scorer_bytes: bytes, native_threads: int
 ) -> None:
@@ -139,6 +153,8 @@ class ScoringProcess:
             raise RuntimeError("no block was submitted")
         self._outstanding -= 1
         kind, detail = self._receive(timeout_s)
+        if kind == "error":
+            raise ScoringRaised(str(detail))
         if kind != "scores":
             raise ScoringProcessFailed(f"scoring failed in the scoring process: {detail}")
         return detail

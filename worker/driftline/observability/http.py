@@ -6,7 +6,9 @@ cleanly (tests start and stop many), and port 0 so parallel tests never collide.
 
 * ``/healthz`` (liveness) only asks "is the main loop still turning?". It deliberately does
   not look at the broker or the model: restarting a worker because Kafka is down does not
-  fix Kafka, it only adds rebalances.
+  fix Kafka, it only adds rebalances.  One exception: an exactly-once worker whose batches
+  abort again and again (5 in a row without a commit) turns its loop without progress, and
+  says so (``"status": "abort_loop"``, 503).
 * ``/readyz`` (readiness) asks "is this worker doing useful work?": partitions assigned,
   model loaded, broker reachable. The body names the failing conditions so an operator does
   not have to read logs to learn why.
@@ -72,6 +74,11 @@ class HealthState:
     batch_started: float | None = None
     #: A batch stuck longer than this (a broker that stopped answering) makes it unready.
     max_batch_seconds: float = 10.0
+    #: Exactly-once transactions aborted since the last committed batch.  A worker that
+    #: aborts and rewinds again and again turns its loop (the heartbeat is fresh) but
+    #: makes no progress: from ``max_aborts_in_a_row`` on, liveness fails.
+    aborts_in_a_row: int = 0
+    max_aborts_in_a_row: int = 5
     last_beat: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
@@ -89,6 +96,16 @@ class HealthState:
     def end_batch(self) -> None:
         with self._lock:
             self.batch_started = None
+
+    def note_abort(self) -> None:
+        """A batch's transaction was aborted (the worker rewinds)."""
+        with self._lock:
+            self.aborts_in_a_row += 1
+
+    def note_commit(self) -> None:
+        """A batch was committed: whatever aborted before, the worker progresses."""
+        with self._lock:
+            self.aborts_in_a_row = 0
 
     def set_restoring(self, reason: str | None) -> None:
         """Not ready while ``reason`` is set: state of assigned partitions is being restored."""
@@ -122,11 +139,16 @@ class HealthState:
     def liveness(self, max_age: float) -> tuple[bool, dict[str, Any]]:
         """``(alive, body)`` for ``/healthz``."""
         age = self.heartbeat_age()
-        ok = age <= max_age
+        with self._lock:
+            aborts = self.aborts_in_a_row
+        looping = aborts >= self.max_aborts_in_a_row
+        ok = age <= max_age and not looping
+        status = "ok" if ok else ("stale" if age > max_age else "abort_loop")
         return ok, {
-            "status": "ok" if ok else "stale",
+            "status": status,
             "heartbeat_age_seconds": round(age, 3),
             "max_age_seconds": max_age,
+            "aborts_in_a_row": aborts,
         }
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:

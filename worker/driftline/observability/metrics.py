@@ -216,6 +216,36 @@ class WorkerMetrics:
             "Events sent to the dead-letter topic, by reason (fixed vocabulary).",
             ["reason"], namespace=ns, registry=reg,
         )  # fmt: skip
+        self.dead_letter_failures = Counter(
+            "dead_letter_failures_total",
+            "Dead letters the producer or the broker refused, by reason (too_large, "
+            "refused). Never fatal: see driftline.engine.kafka.dead_letters.",
+            ["reason"], namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.dead_letters_dropped = Counter(
+            "dead_letters_dropped_total",
+            "Rejected records whose dead letter was given up on after a refusal (the record "
+            "is still on the input topic; the log names its partition and offset).",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.dead_letters_truncated = Counter(
+            "dead_letters_truncated_total",
+            "Dead letters cut to fit the dead-letter topic (headers give the original "
+            "length and SHA-256).",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.model_errors = Counter(
+            "model_errors_total",
+            "Events the model raised on (isolated by bisecting their batch, dead-lettered "
+            "as model_error); the rest of their batch was scored.",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.model_isolation_calls = Counter(
+            "model_isolation_calls_total",
+            "Extra scorer calls spent isolating the events a model raised on (0 while every "
+            "batch scores).",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
         self.late_events = Counter(
             "late_events_total", "Events older than the allowed lateness for their customer.",
             namespace=ns, registry=reg,
@@ -333,6 +363,20 @@ class WorkerMetrics:
     def inc_dead_letters(self, reason: str, n: int = 1) -> None:
         """``reason`` must come from a fixed vocabulary, never from payload text."""
         self.dead_letters.labels(reason=reason).inc(n)
+
+    def inc_dead_letter_failures(self, reason: str, n: int = 1) -> None:
+        self.dead_letter_failures.labels(reason=reason).inc(n)
+
+    def inc_dead_letters_dropped(self, n: int = 1) -> None:
+        self.dead_letters_dropped.inc(n)
+
+    def inc_dead_letters_truncated(self, n: int = 1) -> None:
+        self.dead_letters_truncated.inc(n)
+
+    def record_model_errors(self, rows: int, calls: int) -> None:
+        """Rows the model raised on in a batch, and the scorer calls isolating them took."""
+        self.model_errors.inc(rows)
+        self.model_isolation_calls.inc(calls)
 
     def inc_late_events(self, n: int = 1) -> None:
         self.late_events.inc(n)

@@ -55,26 +55,20 @@ from driftline import config
 from driftline.core.drift.cusum import NATIVE_SCAN
 from driftline.core.drift.monitor import DriftMonitor, MonitorBudget
 from driftline.core.drift.trigger import RetrainPolicy, RetrainRequest, RetrainTrigger
-from driftline.core.predictions import (
-    DLQ_ERROR_CLASS,
-    DLQ_ERROR_MESSAGE,
-    DLQ_FAILED_AT,
-    DLQ_REASON,
-    DLQ_SOURCE_OFFSET,
-    DLQ_SOURCE_PARTITION,
-    DLQ_SOURCE_TIMESTAMP,
-    DLQ_SOURCE_TOPIC,
-    DLQ_WORKER,
-)
 from driftline.core.spec import FeatureSpec
 from driftline.core.state import NATIVE_KERNEL, NO_TIME, FeatureState
 from driftline.engine.batching import AdaptiveBatcher, BatchPlan
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+from driftline.engine.kafka.dead_letters import (
+    PRODUCER_MAX_MESSAGE_BYTES,
+    DeadLetterWriter,
+    batch_size_for,
+)
 from driftline.engine.kafka.drift_checkpoint import DriftCheckpoints
 from driftline.engine.kafka.retrain_history import read_retrain_requests
 from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
 from driftline.model.scoring import Scorer, limit_native_threads
-from driftline.model.scoring_process import ScoringProcess, ScoringProcessFailed
+from driftline.model.scoring_process import ScoringProcess, ScoringProcessFailed, ScoringRaised
 from driftline.model.verification import RuntimeRefused
 from driftline.model.watcher import ModelWatcher
 from driftline.observability.alerts import AlertIntake
@@ -129,6 +123,13 @@ class WorkerSettings:
     metrics_port: int = config.DEFAULT_METRICS_PORT
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     max_event_bytes: int = 64 * 1024
+    #: The producer's ``message.max.bytes`` (explicit, not librdkafka's default by
+    #: accident): dead letters are cut to fit it and the dead-letter topic's own limit.
+    producer_max_message_bytes: int = PRODUCER_MAX_MESSAGE_BYTES
+    #: The consumer's ``fetch.max.bytes``: a fetch returns at least one whole record batch
+    #: whatever its size, and librdkafka must be able to receive it (a 20 MB event is
+    #: read, rejected as oversized and dead-lettered, not left blocking its partition).
+    fetch_max_bytes: int = 64 * 1024 * 1024
     eviction_interval_s: float = 30.0
     native_threads: int = 1
     model_poll_interval_s: float = 5.0
@@ -259,6 +260,8 @@ class KafkaScoringWorker:
         #: Batches sent to the scoring process (the others were scored in the loop).
         self.batches_to_scoring_process = 0
         self.batcher: AdaptiveBatcher | None = None
+        #: Dead letters cut to fit their topic; their failures never stop the worker.
+        self._dead_letters: DeadLetterWriter | None = None
 
     @property
     def scoring_pid(self) -> int | None:
@@ -555,6 +558,9 @@ class KafkaScoringWorker:
             "error_cb": self._on_client_error,
             "on_commit": self._on_commit,
             "isolation.level": "read_committed",
+            "fetch.max.bytes": s.fetch_max_bytes,
+            # librdkafka wants room for a whole fetch response plus its framing.
+            "receive.message.max.bytes": s.fetch_max_bytes + 1024 * 1024,
             **({"group.instance.id": s.group_instance_id} if s.group_instance_id else {}),
             **s.consumer_config,
         }
@@ -568,6 +574,14 @@ class KafkaScoringWorker:
             "acks": "all",
             "linger.ms": 5,
             "batch.num.messages": 10000,
+            "message.max.bytes": s.producer_max_message_bytes,
+            # Under the dead-letter topic's limit: the broker refuses a whole record batch
+            # over it, and librdkafka does not split one (see engine.kafka.dead_letters).
+            "batch.size": batch_size_for(
+                self._dead_letters.record_limit
+                if self._dead_letters is not None
+                else s.producer_max_message_bytes
+            ),
             "error_cb": self._on_client_error,
             # Delivery reports only for failures: a Python callback per delivered record
             # cost more than the produce call itself.  ``flush()`` still waits for every
@@ -667,9 +681,13 @@ class KafkaScoringWorker:
         # its state update, and the seek brings its records again.
         self._drop_pending()
         self.metrics.inc_transactions_aborted()
+        self.health.note_abort()
         producer.purge()
         producer.poll(0)  # the purged records' delivery reports, then forget them
         self._delivery_errors.clear()
+        if self._dead_letters is not None:
+            # A dead letter the broker refused: the new producer's batches fit its limit.
+            self._dead_letters.refresh_if_stale()
         producer = self._transactional_producer()
         self._pending_changelog = []  # evictions since: redone on the restored state
         if partitions:
@@ -855,6 +873,16 @@ class KafkaScoringWorker:
             trigger=trigger,
         )
         self.processor.drift_since_ms = _reference_start(scorer.model)
+        self._dead_letters = DeadLetterWriter(
+            bootstrap=s.bootstrap_servers,
+            topic=s.dead_letter_topic,
+            source_topic=s.input_topic,
+            worker_id=s.worker_id,
+            producer_limit=s.producer_max_message_bytes,
+            metrics=self.metrics,
+            exactly_once=s.exactly_once,
+            on_other_error=self._on_delivery,
+        )
         if not NATIVE_KERNEL:
             log.warning(
                 "the C state kernel is not built (no compiler at install?): state updates "
@@ -1040,6 +1068,7 @@ class KafkaScoringWorker:
             consumer.commit(offsets=in_flight.offsets, asynchronous=True)
         else:
             self._commit(consumer, in_flight.offsets)
+        self.health.note_commit()
         self.batches += 1
         self.events_processed += in_flight.n
         self.first_batch_started = self.first_batch_started or in_flight.started
@@ -1104,9 +1133,15 @@ class KafkaScoringWorker:
         """A pending batch's scores from the scoring process ("predict": the wait)."""
         if not prepared.submitted:
             return _NO_SCORES
-        assert self._scoring is not None
+        assert self._scoring is not None and self.processor is not None
         t0 = time.perf_counter()
-        scores = self._scoring.result()
+        try:
+            scores = self._scoring.result()
+        except ScoringRaised as raised:
+            # The model raised on the block, the child is fine: isolate the rows here,
+            # with the loop's identical copy of the model (model.isolation).
+            log.warning("the scoring process could not score a batch: %s", raised.summary)
+            scores = self.processor.score(prepared.prepared)
         prepared.prepared.stage_seconds["predict"] = time.perf_counter() - t0
         return scores
 
@@ -1136,6 +1171,16 @@ class KafkaScoringWorker:
         assert self.processor is not None
         records, started, raw = prepared.records, prepared.started, prepared.prepared.raw
         result = self.processor.finish(prepared.prepared, scores)
+        if prepared.prepared.model_errors:
+            errors, calls = prepared.prepared.model_errors, prepared.prepared.isolation_calls
+            m.record_model_errors(errors, calls)
+            log.warning(
+                "the model raised on %d event(s) of a batch of %d: dead-lettered as "
+                "model_error, the rest scored (%d extra scorer calls)",
+                errors,
+                len(records),
+                calls,
+            )
         m.observe_stage("decode", result.stage_seconds["decode"])
         m.observe_stage("state", result.stage_seconds["state"])
         m.observe_stage("predict", result.stage_seconds["predict"])
@@ -1333,18 +1378,10 @@ class KafkaScoringWorker:
                 msgspec.json.encode(request),
                 request.incident_id.encode(),
             )
-        failed_at = str(int(time.time() * 1000)).encode()
-        for rejected in result.rejected:
-            record = records[rejected.index]
-            headers = _dead_letter_headers(record, rejected, s.input_topic, s.worker_id, failed_at)
-            _produce_with_backpressure(
-                producer,
-                produce,
-                s.dead_letter_topic,
-                record.value(),
-                record.key(),
-                headers,
-            )
+        if result.rejected:
+            assert self._dead_letters is not None
+            failed_at = str(int(time.time() * 1000)).encode()
+            self._dead_letters.produce(producer, records, result.rejected, failed_at)
 
 
 def _produce_with_backpressure(
@@ -1361,28 +1398,6 @@ def _produce_with_backpressure(
             return
         except BufferError:
             producer.poll(0.05)  # queue full: let deliveries drain, then retry
-
-
-def _dead_letter_headers(
-    record: Message, rejected: Rejected, topic: str, worker_id: str, failed_at: bytes
-) -> list[tuple[str, bytes]]:
-    timestamp_type, timestamp = record.timestamp()
-    headers = [
-        (DLQ_SOURCE_TOPIC, topic.encode()),
-        (DLQ_SOURCE_PARTITION, str(record.partition()).encode()),
-        (DLQ_SOURCE_OFFSET, str(record.offset()).encode()),
-        (DLQ_REASON, rejected.reason.encode()),
-        (DLQ_ERROR_CLASS, rejected.error_class.encode()),
-        (DLQ_ERROR_MESSAGE, rejected.message[:1024].encode("utf-8", "replace")),
-        (DLQ_FAILED_AT, failed_at),
-        (DLQ_WORKER, worker_id.encode()),
-    ]
-    if timestamp_type != 0:  # TIMESTAMP_NOT_AVAILABLE
-        headers.append((DLQ_SOURCE_TIMESTAMP, str(timestamp).encode()))
-    original = record.headers()
-    if original:
-        headers.extend(original)
-    return headers
 
 
 #: Commit errors meaning "you are no longer the owner": not fatal at-least-once.
