@@ -3,7 +3,8 @@
 The demo starts its own broker (Tansu by default, Kafka when asked) and a worker process,
 so these tests do not use the session broker.  Ctrl-C is simulated as a terminal does it:
 SIGINT to the whole foreground process group (the demo and the worker it started; the
-broker runs in a session of its own and is stopped by the demo).  Afterwards no process the demo started may survive.
+broker runs in a session of its own and is stopped by the demo).  Afterwards no process
+the demo started may survive.
 """
 
 from __future__ import annotations
