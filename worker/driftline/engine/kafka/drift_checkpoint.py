@@ -26,6 +26,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+from driftline.engine.kafka.client_config import kafka_client_config
 from driftline.engine.kafka.topic_reader import read_to_end
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,9 @@ class DriftCheckpoints:
     def save(self, monitor: dict[str, Any], trigger: dict[str, Any] | None) -> None:
         """Queue the checkpoint (delivered in the background; :meth:`flush` waits)."""
         if self._producer is None:
-            self._producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 50})
+            self._producer = Producer(
+                kafka_client_config({"bootstrap.servers": self.bootstrap, "linger.ms": 50})
+            )
         record = {"format": FORMAT, "saved_at": time.time(), "monitor": monitor, "trigger": trigger}
         payload = json.dumps(record, allow_nan=False, separators=(",", ":")).encode()
         self._producer.produce(self.topic, key=self.key, value=payload)

@@ -70,6 +70,7 @@ from driftline.core.spec import FeatureSpec
 from driftline.core.state import NATIVE_KERNEL, NO_TIME, FeatureState
 from driftline.engine.batching import AdaptiveBatcher, BatchPlan
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+from driftline.engine.kafka.client_config import kafka_client_config
 from driftline.engine.kafka.drift_checkpoint import DriftCheckpoints
 from driftline.engine.kafka.retrain_history import read_retrain_requests
 from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
@@ -536,63 +537,67 @@ class KafkaScoringWorker:
 
     def _consumer_config(self) -> dict[str, Any]:
         s = self.settings
-        return {
-            "bootstrap.servers": s.bootstrap_servers,
-            "group.id": s.group_id,
-            "client.id": f"driftline-{s.worker_id}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1500,
-            "max.poll.interval.ms": 300000,
-            # The broker holds a fetch up to this long when it has nothing new: every
-            # event can wait that long before the worker sees it.  A fifth of the latency
-            # target (10 ms by default; 50 ms before cost ~15 ms of p50 on Tansu).
-            "fetch.wait.max.ms": max(1, min(50, int(s.latency_target_s * 1000 / 5))),
-            "statistics.interval.ms": 5000,
-            "stats_cb": self.metrics.update_from_librdkafka_stats,
-            "error_cb": self._on_client_error,
-            "on_commit": self._on_commit,
-            "isolation.level": "read_committed",
-            **({"group.instance.id": s.group_instance_id} if s.group_instance_id else {}),
-            **s.consumer_config,
-        }
+        return kafka_client_config(
+            {
+                "bootstrap.servers": s.bootstrap_servers,
+                "group.id": s.group_id,
+                "client.id": f"driftline-{s.worker_id}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 1500,
+                "max.poll.interval.ms": 300000,
+                # The broker holds a fetch up to this long when it has nothing new: every
+                # event can wait that long before the worker sees it.  A fifth of the latency
+                # target (10 ms by default; 50 ms before cost ~15 ms of p50 on Tansu).
+                "fetch.wait.max.ms": max(1, min(50, int(s.latency_target_s * 1000 / 5))),
+                "statistics.interval.ms": 5000,
+                "stats_cb": self.metrics.update_from_librdkafka_stats,
+                "error_cb": self._on_client_error,
+                "on_commit": self._on_commit,
+                "isolation.level": "read_committed",
+                **({"group.instance.id": s.group_instance_id} if s.group_instance_id else {}),
+                **s.consumer_config,
+            }
+        )
 
     def _producer_config(self) -> dict[str, Any]:
         s = self.settings
-        return {
-            "bootstrap.servers": s.bootstrap_servers,
-            "client.id": f"driftline-{s.worker_id}",
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "batch.num.messages": 10000,
-            "error_cb": self._on_client_error,
-            # Delivery reports only for failures: a Python callback per delivered record
-            # cost more than the produce call itself.  ``flush()`` still waits for every
-            # record, and a failed one still reaches ``_on_delivery`` before it returns.
-            "delivery.report.only.error": True,
-            "on_delivery": self._on_delivery,
-            **(
-                {
-                    # A restarted instance must fence its crashed predecessor's open
-                    # transaction: with static membership the instance id is the stable
-                    # identity (the pid in the default worker id is not), so it names the
-                    # transactional id too.  Brokers that never time out an abandoned
-                    # transaction (Tansu) otherwise keep it open for good.
-                    "transactional.id": transactional_id(
-                        s.group_id, s.group_instance_id or s.worker_id
-                    ),
-                    # An abandoned transaction (a killed worker that does not come back
-                    # under the same id) blocks read_committed readers until it times out.
-                    "transaction.timeout.ms": int(s.transaction_timeout_s * 1000),
-                }
-                if s.exactly_once
-                else {}
-            ),
-            **s.producer_config,
-        }
+        return kafka_client_config(
+            {
+                "bootstrap.servers": s.bootstrap_servers,
+                "client.id": f"driftline-{s.worker_id}",
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "batch.num.messages": 10000,
+                "error_cb": self._on_client_error,
+                # Delivery reports only for failures: a Python callback per delivered record
+                # cost more than the produce call itself.  ``flush()`` still waits for every
+                # record, and a failed one still reaches ``_on_delivery`` before it returns.
+                "delivery.report.only.error": True,
+                "on_delivery": self._on_delivery,
+                **(
+                    {
+                        # A restarted instance must fence its crashed predecessor's open
+                        # transaction: with static membership the instance id is the stable
+                        # identity (the pid in the default worker id is not), so it names the
+                        # transactional id too.  Brokers that never time out an abandoned
+                        # transaction (Tansu) otherwise keep it open for good.
+                        "transactional.id": transactional_id(
+                            s.group_id, s.group_instance_id or s.worker_id
+                        ),
+                        # An abandoned transaction (a killed worker that does not come back
+                        # under the same id) blocks read_committed readers until it times out.
+                        "transaction.timeout.ms": int(s.transaction_timeout_s * 1000),
+                    }
+                    if s.exactly_once
+                    else {}
+                ),
+                **s.producer_config,
+            }
+        )
 
     def _on_client_error(self, error: KafkaError) -> None:
         log.warning("kafka client: %s", error)
@@ -741,15 +746,17 @@ class KafkaScoringWorker:
         s = self.settings
         started = time.perf_counter()
         reader = Consumer(
-            {
-                "bootstrap.servers": s.bootstrap_servers,
-                "group.id": f"{s.group_id}-restore",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "isolation.level": "read_committed",
-                "fetch.wait.max.ms": 10,
-                "error_cb": self._on_client_error,
-            }
+            kafka_client_config(
+                {
+                    "bootstrap.servers": s.bootstrap_servers,
+                    "group.id": f"{s.group_id}-restore",
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": 10,
+                    "error_cb": self._on_client_error,
+                }
+            )
         )
         latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in partitions}
         records = dict.fromkeys(partitions, 0)
@@ -1288,7 +1295,7 @@ class KafkaScoringWorker:
 
     def _ensure_changelog_topic(self) -> None:
         s = self.settings
-        admin = AdminClient({"bootstrap.servers": s.bootstrap_servers})
+        admin = AdminClient(kafka_client_config({"bootstrap.servers": s.bootstrap_servers}))
         metadata = admin.list_topics(s.input_topic, timeout=30).topics[s.input_topic]
         if metadata.error is not None:
             raise KafkaException(metadata.error)
