@@ -27,6 +27,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftline.broker import BROKER_KINDS, BrokerError, BrokerProcess, free_port, make_broker
+from driftline.commands._errors import CommandError
 from driftline.commands.train import register, train_on_events
 from driftline.config import TopicNames
 from driftline.core.spec import load_default_spec
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             daemon=True,
         )
         try:
-            _wait_ready(metrics_port, worker, stop)
+            _wait_ready(metrics_port, worker, stop, workdir / "worker.log")
             print(
                 f"worker ready: http://127.0.0.1:{metrics_port}/metrics  (Ctrl-C to stop)",
                 flush=True,
@@ -188,11 +189,25 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> int:
     return worker.returncode
 
 
-def _wait_ready(port: int, worker: subprocess.Popen[bytes], stop: threading.Event) -> None:
+def _last_line(path: Path) -> str:
+    """The worker's last log line: with the CLI's one-line errors, the reason it stopped."""
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "nothing logged"
+
+
+def _wait_ready(
+    port: int, worker: subprocess.Popen[bytes], stop: threading.Event, log_path: Path
+) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not stop.is_set():
         if worker.poll() is not None:
-            raise SystemExit(f"worker exited with {worker.returncode} before it was ready")
+            raise CommandError(
+                f"worker exited with {worker.returncode} before it was ready: "
+                f"{_last_line(log_path)} (log: {log_path})"
+            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
                 if r.status == 200:

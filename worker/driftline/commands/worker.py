@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 
+from driftline.commands._errors import CommandError
 from driftline.commands._flags import add_bootstrap, add_model, add_spec, add_topics, load_spec_arg
+from driftline.commands._kafka import connect
 from driftline.config import CONSUMER_GROUP, DEFAULT_METRICS_PORT
 from driftline.engine.kafka.worker import WorkerSettings, serve_worker
+from driftline.observability.http import PortInUse
 
 HELP = __doc__ or ""
 
@@ -212,4 +215,9 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    return serve_worker(settings_from_args(args), load_spec_arg(args))
+    settings, spec = settings_from_args(args), load_spec_arg(args)
+    connect(args)
+    try:
+        return serve_worker(settings, spec)
+    except PortInUse as error:
+        raise CommandError(f"metrics {error} (choose another with --metrics-port)") from error

@@ -18,6 +18,7 @@ cleanly (tests start and stop many), and port 0 so parallel tests never collide.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
@@ -35,7 +36,7 @@ from driftline.config import DEFAULT_METRICS_PORT
 from driftline.observability.alerts import MAX_BODY_BYTES, AlertIntake
 from driftline.observability.metrics import WorkerMetrics
 
-__all__ = ["DEFAULT_MAX_HEARTBEAT_AGE", "HealthServer", "HealthState"]
+__all__ = ["DEFAULT_MAX_HEARTBEAT_AGE", "HealthServer", "HealthState", "PortInUse"]
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,13 @@ class HealthState:
             "checks": {name: ok for name, (ok, _) in checks.items()},
             "failing": failing,
         }
+
+
+class PortInUse(OSError):
+    """The HTTP port is taken by another process (``str()`` names host and port)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class _Server(ThreadingHTTPServer):
@@ -322,7 +330,14 @@ class HealthServer:
             if self._server is not None:
                 return self
             cls = _V6Server if ":" in self.host else _Server
-            server = cls((self.host, self._requested_port), _Handler)
+            try:
+                server = cls((self.host, self._requested_port), _Handler)
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE:
+                    raise
+                raise PortInUse(
+                    error.errno, f"port {self._requested_port} on {self.host} is already in use"
+                ) from error
             server.metrics = self.metrics
             server.health = self.health
             server.max_heartbeat_age = self.max_heartbeat_age
