@@ -29,6 +29,8 @@ _NS = "driftline"
 SCORE_BUCKETS = tuple(round(x, 2) for x in np.linspace(0.05, 1.0, 20))
 #: Hex digits of the reference hash exported as a number: 48 bits, exact in a float64.
 REFERENCE_HASH_HEX_DIGITS = 12
+#: Why a drift checkpoint record was ignored (the ``reason`` label: a fixed vocabulary).
+CHECKPOINT_REASONS = ("undecodable", "format", "mismatch")
 
 
 class ModelHistogram:
@@ -164,6 +166,20 @@ class DriftMetrics:
         self.required = gauge(
             "retrain_required", "1 while a retrain request is in flight for this model.", mv
         )
+        self.checkpoints_ignored = Counter(
+            "drift_checkpoints_ignored_total",
+            "Drift checkpoint records ignored at start-up (undecodable, other format, or not "
+            "fitting the model served): the monitor started clean.",
+            ["reason"],
+            namespace=_NS,
+            registry=registry,
+        )
+        for reason in CHECKPOINT_REASONS:
+            self.checkpoints_ignored.labels(reason)
+
+    def ignore_checkpoint(self, reason: str) -> None:
+        """Count one ignored checkpoint record (``reason``: one of ``CHECKPOINT_REASONS``)."""
+        self.checkpoints_ignored.labels(reason).inc()
 
     def set_reference(self, model: str, version: str, rows: int) -> None:
         """A model (re)loaded: its series start at 0, so rate/increase see the first step."""

@@ -340,30 +340,28 @@ class KafkaScoringWorker:
         self._drift_saved_at = time.monotonic()
         if processor is None or processor.drift is None:
             return
-        self._drift_checkpoints = DriftCheckpoints(
-            s.bootstrap_servers, s.drift_state_topic, s.worker_id
+        store = DriftCheckpoints(
+            s.bootstrap_servers,
+            s.drift_state_topic,
+            s.worker_id,
+            on_ignored=None if self.drift_metrics is None else self.drift_metrics.ignore_checkpoint,
         )
-        self._drift_checkpoints.ensure_topic()
-        saved = self._drift_checkpoints.load()
-        if saved is None:
-            return
-        monitor_state, trigger_state = saved.get("monitor") or {}, saved.get("trigger")
-        trigger = processor.trigger
-        same = monitor_state.get("reference_hash") == processor.drift.reference_hash and (
-            trigger is None or (trigger_state or {}).get("model_version") == trigger.model_version
+        self._drift_checkpoints = store
+        store.ensure_topic()
+        saved = store.load()
+        restored = (
+            None if saved is None else store.restore(saved, processor.drift, processor.trigger)
         )
-        if not same:
-            log.info("drift checkpoint of another model or reference: monitor starts clean")
+        if restored is None:
             return
-        try:
-            processor.drift = DriftMonitor.from_state_dict(monitor_state)
-            if trigger is not None and trigger_state is not None:
-                restored = RetrainTrigger.from_state_dict(trigger_state)
-                restored.recall(read_retrain_requests(s.bootstrap_servers, s.retrain_topic))
-                processor.trigger = restored
-        except (ValueError, KeyError, TypeError, TimeoutError, RuntimeError) as exc:
-            log.warning("drift checkpoint not restored (%s): monitor starts clean", exc)
-            return
+        if restored.trigger is not None:
+            try:
+                restored.trigger.recall(read_retrain_requests(s.bootstrap_servers, s.retrain_topic))
+            except (TimeoutError, RuntimeError) as exc:
+                log.warning("drift checkpoint not restored (%s): monitor starts clean", exc)
+                return
+            processor.trigger = restored.trigger
+        processor.drift = restored.monitor
         log.info(
             "drift monitor restored from its checkpoint (%d events seen, drifted: %s)",
             processor.drift.events_seen,
