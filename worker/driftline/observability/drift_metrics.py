@@ -64,6 +64,11 @@ class ModelHistogram:
                 self._children[key] = child
             return child
 
+    def remove(self, model: str, version: str) -> None:
+        """Stop exporting the version's histogram."""
+        with self._lock:
+            self._children.pop((model, str(version)), None)
+
     def describe(self) -> list[HistogramMetricFamily]:
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.LABELS)]
 
@@ -176,6 +181,30 @@ class DriftMetrics:
         )
         for reason in CHECKPOINT_REASONS:
             self.checkpoints_ignored.labels(reason)
+        #: Every metric whose first two labels are model and model_version.
+        self._by_version: list[Gauge | Counter] = [
+            m
+            for m in vars(self).values()
+            if isinstance(m, Gauge | Counter) and tuple(m._labelnames[:2]) == tuple(mv)
+        ]
+
+    def forget(self, model: str, version: str) -> int:
+        """Remove every series of ``model`` ``version`` (it stopped serving); returns how many.
+
+        Without this, a swapped-out version's last values stay exported for as long as the
+        worker runs: a latched DRIFT state or ``retrain_required`` of 1 would keep
+        FeatureDrift and RetrainRequired firing for a model no longer served.
+        """
+        key = (model, str(version))
+        removed = 0
+        for metric in self._by_version:
+            with metric._lock:  # prometheus_client keeps children by label values
+                stale = [labels for labels in metric._metrics if labels[:2] == key]
+            for labels in stale:
+                metric.remove(*labels)
+                removed += 1
+        self.scores.remove(model, version)
+        return removed
 
     def ignore_checkpoint(self, reason: str) -> None:
         """Count one ignored checkpoint record (``reason``: one of ``CHECKPOINT_REASONS``)."""

@@ -404,7 +404,14 @@ class KafkaScoringWorker:
             self._scoring = started
             log.info("scoring in process %s", started.pid)
         if self.processor is not None:
-            # A new model brings its own reference: detectors restart against it.
+            # A new model brings its own reference: detectors restart against it, and the
+            # old version's drift series go (their alerts would fire for a model not served).
+            old = self.processor.scorer
+            if self.drift_metrics is not None and (old.name, old.version) != (
+                loaded.name,
+                loaded.version,
+            ):
+                self.drift_metrics.forget(old.name, old.version)
             self.processor.drift, self.processor.trigger = self._drift_for(loaded)
             self.processor.drift_since_ms = _reference_start(loaded)
         self.metrics.set_model(loaded.name, loaded.version, loaded.sha256)
