@@ -27,6 +27,7 @@ from driftline.commands._flags import add_bootstrap, add_model, add_spec, add_to
 from driftline.commands._kafka import connect
 from driftline.config import CONSUMER_GROUP, DEFAULT_METRICS_PORT
 from driftline.engine.kafka.worker import WorkerSettings, serve_worker
+from driftline.observability.bearer import load_token
 from driftline.observability.http import PortInUse
 
 HELP = __doc__ or ""
@@ -53,7 +54,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds to wait for a batch to fill (default: %(default)s)",
     )
     parser.add_argument(
-        "--metrics-host", default="0.0.0.0", help="HTTP bind address (default: %(default)s)"
+        "--metrics-host",
+        default="0.0.0.0",
+        help="HTTP bind address; 127.0.0.1 keeps /metrics and POST /alerts off the network "
+        "(default: %(default)s, for containers)",
+    )
+    parser.add_argument(
+        "--alerts-token-file",
+        default=None,
+        metavar="FILE",
+        help="POST /alerts requires 'Authorization: Bearer <first line of FILE>' "
+        "(Alertmanager's http_config.authorization); others get 401",
+    )
+    parser.add_argument(
+        "--alerts-token",
+        default=None,
+        help="the same token given directly (prefer the file or the env variable: a flag "
+        "shows in the process list)",
     )
     parser.add_argument(
         "--metrics-port",
@@ -179,7 +196,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    try:
+        token = load_token(args.alerts_token, args.alerts_token_file)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
     settings = WorkerSettings(
+        alerts_token=token,
         bootstrap_servers=args.bootstrap_servers,
         input_topic=args.input_topic,
         output_topic=args.output_topic,

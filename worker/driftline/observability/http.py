@@ -237,6 +237,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _receive_alerts(self, alerts: AlertIntake) -> tuple[HTTPStatus, dict[str, Any]]:
         """Read the body (Content-Length, at most MAX_BODY_BYTES) and hand it to the intake."""
+        if not alerts.authorized(self.headers.get("Authorization")):
+            self.close_connection = True  # the body is left unread
+            return alerts.refuse(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
         length_header = self.headers.get("Content-Length")
         if length_header is None:
             self.close_connection = True
@@ -265,10 +268,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_status_json(self, status: HTTPStatus, doc: dict[str, Any]) -> None:
         body = json.dumps(doc, sort_keys=True).encode() + b"\n"
-        self._send(status, body, "application/json", True)
+        extra = {"WWW-Authenticate": "Bearer"} if status == HTTPStatus.UNAUTHORIZED else {}
+        self._send(status, body, "application/json", True, extra)
 
-    def _send(self, status: HTTPStatus, body: bytes, ctype: str, send_body: bool) -> None:
+    def _send(
+        self,
+        status: HTTPStatus,
+        body: bytes,
+        ctype: str,
+        send_body: bool,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")

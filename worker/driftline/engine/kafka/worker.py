@@ -79,6 +79,7 @@ from driftline.model.scoring_process import ScoringProcess, ScoringProcessFailed
 from driftline.model.verification import RuntimeRefused
 from driftline.model.watcher import ModelWatcher
 from driftline.observability.alerts import AlertIntake
+from driftline.observability.bearer import BearerToken
 from driftline.observability.drift_metrics import DriftMetrics
 from driftline.observability.http import HealthServer, HealthState
 from driftline.observability.metrics import WorkerMetrics
@@ -128,6 +129,8 @@ class WorkerSettings:
     compiled_tolerance: float = 1e-12
     metrics_host: str = "0.0.0.0"
     metrics_port: int = config.DEFAULT_METRICS_PORT
+    #: POST /alerts needs ``Authorization: Bearer <token>`` when set (never in a repr).
+    alerts_token: BearerToken | None = field(default=None, repr=False)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     max_event_bytes: int = 64 * 1024
     eviction_interval_s: float = 30.0
@@ -230,7 +233,7 @@ class KafkaScoringWorker:
         self.drift_metrics = DriftMetrics(self.metrics.registry) if settings.drift else None
         #: Alertmanager's RetrainRequired alerts, queued by the HTTP thread (POST /alerts)
         #: and handled by this worker's loop, which owns the retrain trigger.
-        self.alerts = AlertIntake(self.metrics.registry)
+        self.alerts = AlertIntake(self.metrics.registry, token=settings.alerts_token)
         self.batches = 0
         self._pending_changelog: list[tuple[int, bytes, bytes | None]] = []
         self._drift_checkpoints: DriftCheckpoints | None = None
