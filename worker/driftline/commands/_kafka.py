@@ -10,10 +10,18 @@ librdkafka log lines followed by a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 
 from driftline.commands._errors import CommandError
 from driftline.engine.kafka.admin import BrokerUnavailable, wait_for_broker
-from driftline.engine.kafka.client_config import KafkaConfigError, use_config_file
+from driftline.engine.kafka.client_config import (
+    KafkaConfigError,
+    masked,
+    use_config_file,
+    user_properties,
+)
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BROKER_TIMEOUT_S = 30.0
 
@@ -43,6 +51,8 @@ def load_client_properties(args: argparse.Namespace) -> None:
         use_config_file(getattr(args, "kafka_config", None))
     except KafkaConfigError as error:
         raise CommandError(str(error)) from error
+    if properties := user_properties():
+        log.debug("Kafka client properties (file, environment): %s", masked(properties))
 
 
 def connect(args: argparse.Namespace, bootstrap: str | None = None) -> None:

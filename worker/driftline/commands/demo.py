@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from driftline.broker import BROKER_KINDS, BrokerError, BrokerProcess, free_port, make_broker
 from driftline.commands._errors import CommandError
+from driftline.commands._kafka import add_kafka_client, connect
 from driftline.commands.train import register, train_on_events
 from driftline.config import TopicNames
 from driftline.core.spec import load_default_spec
@@ -82,9 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="use this existing cluster instead of starting a broker",
     )
+    add_kafka_client(parser)  # for the cluster of --bootstrap-servers (SASL, TLS ...)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.bootstrap_servers:
+        connect(args)  # its --kafka-config; one line at once if the cluster does not answer
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     registry_dir = workdir / "models"
@@ -124,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
             )
         names = TopicNames()
         ensure_topics(bootstrap, default_topics(args.partitions, names))
-        worker = _start_worker(bootstrap, registry_dir, metrics_port, workdir)
+        kafka_config = args.kafka_config if args.bootstrap_servers else None
+        worker = _start_worker(bootstrap, registry_dir, metrics_port, workdir, kafka_config)
         producer = threading.Thread(
             target=_produce_live,
             args=(bootstrap, names.input, population, args.rate, args.bad_share, stop),
@@ -153,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start_worker(
-    bootstrap: str, registry: Path, port: int, workdir: Path
+    bootstrap: str, registry: Path, port: int, workdir: Path, kafka_config: str | None = None
 ) -> subprocess.Popen[bytes]:
     log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - owned by the child's lifetime
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -171,6 +176,7 @@ def _start_worker(
             "127.0.0.1",
             "--metrics-port",
             str(port),
+            *(["--kafka-config", kafka_config] if kafka_config else []),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
