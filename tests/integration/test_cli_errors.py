@@ -173,12 +173,19 @@ def test_a_property_file_reaches_the_clients(kafka_bootstrap: str, tmp_path: Pat
         f"driftline topics: no Kafka broker answered at {kafka_bootstrap} within 3 s"
     )
     # At debug level the properties are shown, secrets masked.
-    config.write_text("security.protocol=SASL_PLAINTEXT\nsasl.password=hunter2-secret\n")
+    config.write_text(
+        "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\nsasl.username=u\n"
+        "sasl.password=hunter2-secret\n"
+    )
     done = run_cli("--log-level", "debug", *argv, names[2], "--kafka-config", str(config),
                    "--broker-timeout", "2")  # fmt: skip
     assert done.returncode == 2
     assert "'sasl.password': '********'" in done.stderr
     assert "hunter2-secret" not in done.stderr
+    # A property librdkafka refuses is one line too, in its own words.
+    config.write_text("security.protocol=SASL_PLAINTEXT\nsasl.mechanism=NOPE\n")
+    line = one_line(run_cli(*argv, names[2], "--kafka-config", str(config)))
+    assert line.startswith("driftline topics: Kafka client configuration: ") and "NOPE" in line
     # The same property from the environment.
     done = run_cli(
         *argv, names[2], "--broker-timeout", "3", env={"DRIFTLINE_KAFKA_SECURITY_PROTOCOL": "SSL"}

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from confluent_kafka import KafkaException
+
 from driftline.commands._errors import CommandError
 from driftline.engine.kafka.admin import BrokerUnavailable, wait_for_broker
 from driftline.engine.kafka.client_config import (
@@ -64,3 +66,11 @@ def connect(args: argparse.Namespace, bootstrap: str | None = None) -> None:
         wait_for_broker(servers, timeout=timeout)
     except BrokerUnavailable as error:
         raise CommandError(str(error)) from error
+    except KafkaException as error:  # librdkafka refused a property (name or value)
+        raise CommandError(f"Kafka client configuration: {_reason(error)}") from error
+
+
+def _reason(error: KafkaException) -> str:
+    """librdkafka's own sentence, without the ``KafkaError{code=...}`` wrapper."""
+    first = error.args[0] if error.args else error
+    return first.str() if hasattr(first, "str") else str(first)
