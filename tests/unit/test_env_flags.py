@@ -65,6 +65,21 @@ def test_a_misspelt_boolean_stops_the_command_with_one_line() -> None:
     assert "DRIFTLINE_DRIFT" in lines[0] and "'ture' is not a boolean" in lines[0]
 
 
+def test_another_commands_variable_is_not_this_ones_business() -> None:
+    """DRIFTLINE_DRIFT belongs to the worker: `schemas` runs whatever its value."""
+    done = run_cli({"DRIFTLINE_DRIFT": "ture"}, "schemas", "--help")
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_bad_top_level_variable_stops_every_command() -> None:
+    done = run_cli({"DRIFTLINE_LOG_LEVEL": "chatty"}, "topics", "--bootstrap-servers", "x:1")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "driftline: environment variable DRIFTLINE_LOG_LEVEL: 'chatty' is not one of "
+        "DEBUG, INFO, WARNING, ERROR"
+    )
+
+
 def test_a_value_outside_the_choices_is_refused() -> None:
     done = run_cli({"DRIFTLINE_MODEL_RUNTIME": "tensorflow"}, "worker")
     assert done.returncode == 2

@@ -58,13 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from driftline.broker import BrokerError
     from driftline.commands._errors import EXIT_USAGE, CommandError
-    from driftline.commands._flags import apply_env_defaults
+    from driftline.commands._flags import apply_env_defaults, env_error
     from driftline.engine.kafka.admin import BrokerUnavailable
     from driftline.engine.kafka.client_config import KAFKA_LOGGER
 
     parser = build_parser()
     apply_env_defaults(parser)
     args = parser.parse_args(argv)
+    if message := env_error(args):
+        print(message, file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

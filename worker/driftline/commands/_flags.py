@@ -10,13 +10,21 @@ from driftline.commands._env import parse_bool
 from driftline.commands._kafka import add_kafka_client
 from driftline.core.spec import FeatureSpec, load_default_spec, load_spec
 
+#: Namespace attribute holding a ``DRIFTLINE_*`` value that did not parse (see :func:`env_error`).
+ENV_ERROR = "_env_error"
+
+
+def env_error(args: argparse.Namespace) -> str | None:
+    """The one-line error of a ``DRIFTLINE_*`` value of the command that runs, if any."""
+    return getattr(args, ENV_ERROR, None)
+
 
 def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
     """Let ``DRIFTLINE_<DEST>`` override each option's default, in every subparser.
 
     The environment value is parsed by the option's own ``type`` (booleans strictly, see
     :func:`driftline.commands._env.parse_bool`); a value that does not parse is a usage
-    error naming the variable (exit 2), never a silent default.
+    error naming the variable (exit 2, :func:`env_error`), never a silent default.
     """
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -32,7 +40,12 @@ def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
         try:
             action.default = _env_value(action, raw)
         except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
-            parser.exit(2, f"{parser.prog}: environment variable {name}: {error}\n")
+            # Reported only if this (sub)command runs (``env_error``): one variable may
+            # serve two commands, and another command's flag is not this one's business.
+            parser.set_defaults(
+                **{ENV_ERROR: f"{parser.prog}: environment variable {name}: {error}"}
+            )
+            continue
         action.required = False
         if action.help and "(env " not in action.help:
             action.help += f" (env DRIFTLINE_{action.dest.upper()})"
