@@ -191,3 +191,22 @@ def test_a_property_file_reaches_the_clients(kafka_bootstrap: str, tmp_path: Pat
         *argv, names[2], "--broker-timeout", "3", env={"DRIFTLINE_KAFKA_SECURITY_PROTOCOL": "SSL"}
     )
     assert done.returncode == 2, done.stderr
+
+
+def test_demo_names_the_taken_port_and_the_worker_log(
+    tmp_path: Path, listening_socket: int
+) -> None:
+    """The demo's worker runs with its output in a log file: the line says where."""
+    workdir = tmp_path / "demo"
+    done = run_cli(
+        "demo", "--workdir", str(workdir), "--customers", "300",
+        "--metrics-port", str(listening_socket), "--duration", "5",
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]  # progress bars come before it
+    assert last == (
+        "driftline demo: worker exited with 2 before it was ready: driftline worker: metrics "
+        f"port {listening_socket} on 127.0.0.1 is already in use (choose another with "
+        f"--metrics-port) (log: {workdir / 'worker.log'})"
+    )
