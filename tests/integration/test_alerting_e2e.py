@@ -154,6 +154,8 @@ def run_alerting(
     started: list[Any] = []
 
     def run(drift: bool) -> Observed:
+        token_file = tmp_path / "alerts-token"
+        token_file.write_text(f"e2e-{unique_group}\n")
         retrain_topic = topic_factory(1, "retrain")
         input_topic = topic_factory(4, "events")
         worker = WorkerProcess(
@@ -176,13 +178,20 @@ def run_alerting(
                 # drift tests use keeps detection within the stream.
                 "--batch-size",
                 "500",
+                # Alertmanager authenticates as monitoring/alertmanager.yml does.
+                "--alerts-token-file",
+                str(token_file),
             ],
             tmp_path / "worker.log",
             name="alerted-worker",
         )
         started.append(worker.start())  # imports and loads while the servers start
         alertmanager = Alertmanager(
-            binaries[1], tmp_path / "alertmanager", f"http://127.0.0.1:{worker.port}/alerts", ALERT
+            binaries[1],
+            tmp_path / "alertmanager",
+            f"http://127.0.0.1:{worker.port}/alerts",
+            ALERT,
+            credentials_file=token_file,
         )
         started.append(alertmanager.start())
         prometheus = Prometheus(
@@ -253,7 +262,8 @@ def test_drift_fires_retrain_required_through_alertmanager_and_one_request_lands
     assert [r["name"] for r in routed["receivers"]] == ["webhook"]
     assert observed.webhook_sent >= 1 and observed.webhook_failed == 0
 
-    # The worker accepted the notification and its trigger had already fired the incident.
+    # The worker accepted the notification (with Alertmanager's bearer token: a missing or
+    # wrong one would be a 401) and its trigger had already fired the incident.
     assert observed.samples("driftline_alert_webhook_requests_total").keys() == {"202"}
     outcomes = {k: v for k, v in observed.samples("driftline_retrain_alerts_total").items() if v}
     assert outcomes.keys() <= {"already_fired", "fired", "in_flight", "repeated"}, outcomes

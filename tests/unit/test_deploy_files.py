@@ -359,6 +359,57 @@ def test_retrain_required_goes_to_every_workers_alerts_endpoint_and_pages_the_te
     assert all(w["environment"]["DRIFTLINE_METRICS_HOST"] == "0.0.0.0" for w in workers.values())
 
 
+def test_alertmanager_authenticates_to_every_workers_alerts_endpoint(
+    repo_root: Path, compose_model: dict[str, Any]
+) -> None:
+    """Each webhook to a worker sends the bearer token from the secret the workers check."""
+    services = compose_model["services"]
+    workers = [s for s in services.values() if s.get("command") == ["worker"]]
+    secret_files = {
+        s["target"] for s in services["alertmanager"]["secrets"] if s["source"] == "alerts-token"
+    }
+    assert len(secret_files) == 1
+    for worker in workers:
+        token_file = worker["environment"]["DRIFTLINE_ALERTS_TOKEN_FILE"]
+        assert {token_file} == secret_files
+        assert {s["target"] for s in worker["secrets"] if s["source"] == "alerts-token"} == {
+            token_file
+        }
+        assert "DRIFTLINE_ALERTS_TOKEN" not in worker["environment"]  # never inline
+    assert compose_model["secrets"]["alerts-token"]["environment"] == "DRIFTLINE_ALERTS_TOKEN"
+
+    text = (repo_root / "monitoring/alertmanager.yml").read_text()
+    receiver = text.split("- name: driftline-retrain", 1)[1].split("- name:", 1)[0]
+    hooks = receiver.split("- url:")[1:]
+    assert len(hooks) == len(workers)
+    for hook in hooks:
+        assert yaml_scalar(hook, "type") == ["Bearer"], hook
+        assert yaml_scalar(hook, "credentials_file") == sorted(secret_files), hook
+        assert "credentials:" not in hook  # the token itself is never in the file
+
+
+def test_compose_publishes_ports_on_the_loopback_only(compose_model: dict[str, Any]) -> None:
+    """Nothing in the stack authenticates but POST /alerts: no port open to the network."""
+    published = [
+        (name, port)
+        for name, service in compose_model["services"].items()
+        for port in service.get("ports", [])
+    ]
+    assert published
+    assert [(n, p) for n, p in published if p.get("host_ip") != "127.0.0.1"] == []
+
+
+def test_prometheus_has_no_remote_lifecycle_endpoints(compose_model: dict[str, Any]) -> None:
+    command = compose_model["services"]["prometheus"]["command"]
+    assert not any("enable-lifecycle" in arg or "enable-admin-api" in arg for arg in command)
+
+
+def test_readme_documents_the_http_exposure_flags(repo_root: Path) -> None:
+    readme = (repo_root / "README.md").read_text()
+    for flag in ("--metrics-host", "--alerts-token-file", "DRIFTLINE_ALERTS_TOKEN"):
+        assert flag in readme, flag
+
+
 # --- Grafana ---------------------------------------------------------------------------------
 
 

@@ -51,7 +51,7 @@ def fake_update(drifted: list[str], now_s: float, score_state: int = OK) -> Drif
         alarms=[],
         drifted=[f for f in FEATURES if f in drifted],
         drifted_share=len([f for f in FEATURES if f in drifted]) / len(FEATURES),
-        prediction=PredictionDrift(0.3, 0.1, score_state, False, 0.3),
+        prediction=PredictionDrift(0.3, 0.1, score_state),
     )
 
 

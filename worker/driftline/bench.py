@@ -43,6 +43,7 @@ from driftline.core.offline import history_features
 from driftline.core.spec import FeatureSpec, load_default_spec
 from driftline.core.state import FeatureState
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+from driftline.engine.kafka.client_config import kafka_client_config
 from driftline.engine.kafka.worker import KafkaScoringWorker, WorkerSettings
 from driftline.model.registry import LoadedModel, ModelRegistry
 from driftline.model.scoring import Scorer, limit_native_threads
@@ -253,14 +254,16 @@ def machine_description() -> str:
 
 def _consumer(bootstrap: str, group: str) -> Consumer:
     return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000,
-            "fetch.wait.max.ms": 50,
-        }
+        kafka_client_config(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,
+                "fetch.wait.max.ms": 50,
+            }
+        )
     )
 
 
@@ -268,7 +271,9 @@ def passthrough(bootstrap: str, topic: str, out: str, n: int, batch: int) -> flo
     """Events/s of consume -> produce -> commit, timed from the first record received."""
     consumer = _consumer(bootstrap, f"bench-pass-{uuid.uuid4().hex[:8]}")
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+        kafka_client_config(
+            {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+        )
     )
     consumer.subscribe([topic])
     seen, started = 0, None
@@ -297,7 +302,7 @@ def per_event(
 ) -> float:
     """The hand-written baseline: one event at a time, one-row DataFrame per prediction."""
     consumer = _consumer(bootstrap, f"bench-single-{uuid.uuid4().hex[:8]}")
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    producer = Producer(kafka_client_config({"bootstrap.servers": bootstrap, "linger.ms": 5}))
     consumer.subscribe([topic])
     states: dict[int, FeatureState] = {}
     seen, started = 0, None

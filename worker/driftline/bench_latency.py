@@ -32,6 +32,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 
 from driftline.core.events import EVENT_TYPES
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+from driftline.engine.kafka.client_config import kafka_client_config
 
 #: Quantiles reported, as fractions.
 QUANTILES = {"p50": 0.50, "p99": 0.99, "p99_9": 0.999}
@@ -78,7 +79,9 @@ def produce_at_rate(
 ) -> int:
     """Send ``rate`` events/s for ``duration_s`` (paced every millisecond); returns sent."""
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": 1, "enable.idempotence": True}
+        kafka_client_config(
+            {"bootstrap.servers": bootstrap, "linger.ms": 1, "enable.idempotence": True}
+        )
     )
     rng = np.random.default_rng(1)
     ids = [f"lat-c{i:05d}" for i in range(customers)]
@@ -166,13 +169,15 @@ class _Reader(threading.Thread):
         bootstrap, topic = self.args
         decode = msgspec.json.Decoder(_Stamped).decode
         consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"bench-latency-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "fetch.wait.max.ms": READER_FETCH_WAIT_MS,
-            }
+            kafka_client_config(
+                {
+                    "bootstrap.servers": bootstrap,
+                    "group.id": f"bench-latency-{uuid.uuid4().hex[:8]}",
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                    "fetch.wait.max.ms": READER_FETCH_WAIT_MS,
+                }
+            )
         )
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])

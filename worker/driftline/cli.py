@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         default="INFO",
+        type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging verbosity (env DRIFTLINE_LOG_LEVEL)",
+        help="logging verbosity; librdkafka's own log only at DEBUG (env DRIFTLINE_LOG_LEVEL)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
@@ -55,17 +56,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from driftline.commands._flags import apply_env_defaults
+    from driftline.broker import BrokerError
+    from driftline.commands._errors import EXIT_USAGE, CommandError
+    from driftline.commands._flags import apply_env_defaults, env_error
+    from driftline.engine.kafka.admin import BrokerUnavailable
+    from driftline.engine.kafka.client_config import KAFKA_LOGGER
 
     parser = build_parser()
     apply_env_defaults(parser)
     args = parser.parse_args(argv)
+    if message := env_error(args):
+        print(message, file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return int(args._run(args) or 0)
+    # librdkafka retries a missing broker every few ms, each time with an ERROR line:
+    # useful when debugging a connection, noise that buries the one line that matters
+    # otherwise (the command says itself when no broker answers).
+    KAFKA_LOGGER.setLevel(logging.DEBUG if args.log_level == "DEBUG" else logging.CRITICAL + 1)
+    try:
+        return int(args._run(args) or 0)
+    except (CommandError, BrokerUnavailable, BrokerError) as error:
+        print(f"driftline {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

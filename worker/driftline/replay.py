@@ -144,14 +144,18 @@ def event_file_mapping(path: str | Path) -> ColumnMapping:
     Uses whichever event field columns the file has; it must have at least
     ``customer_id``, ``event_time`` and ``event_type``.
     """
+    header = file_columns(path)
+    return ColumnMapping(columns={name: name for name in EVENT_FIELDS if name in header})
+
+
+def file_columns(path: str | Path) -> list[str]:
+    """The column names of a CSV/Parquet event file (its header; no rows are read)."""
     path = Path(path)
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
-        header = list(pq.read_schema(path).names)
-    else:
-        header = list(pd.read_csv(path, nrows=0, sep=_separator(path)).columns)
-    return ColumnMapping(columns={name: name for name in EVENT_FIELDS if name in header})
+        return list(pq.read_schema(path).names)
+    return list(pd.read_csv(path, nrows=0, sep=_separator(path)).columns)
 
 
 def _separator(path: Path) -> str:

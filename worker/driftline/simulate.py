@@ -31,7 +31,6 @@ same seed and the same sequence of calls give the same events.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import sys
 import threading
@@ -45,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from driftline.core.events import CustomerEvent
+from driftline.engine.kafka.client_config import kafka_client_config
 
 __all__ = [
     "DAY_MS",
@@ -647,15 +647,16 @@ def produce_records(
     """
     from confluent_kafka import KafkaError, Producer
 
-    config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "linger.ms": 5,
-        "batch.num.messages": 10_000,
-        "enable.idempotence": True,  # retries cannot duplicate or reorder a customer's events
-        "queue.buffering.max.messages": 200_000,
-        "logger": logging.getLogger("driftline.kafka"),
-        **(producer_config or {}),
-    }
+    config: dict[str, Any] = kafka_client_config(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "batch.num.messages": 10_000,
+            "enable.idempotence": True,  # retries cannot duplicate or reorder a customer's events
+            "queue.buffering.max.messages": 200_000,
+            **(producer_config or {}),
+        }
+    )
     producer = Producer(config)
     delivered = 0
     failures: list[str] = []

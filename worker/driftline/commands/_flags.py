@@ -6,14 +6,25 @@ import argparse
 import os
 
 from driftline import config
+from driftline.commands._env import parse_bool
+from driftline.commands._kafka import add_kafka_client
 from driftline.core.spec import FeatureSpec, load_default_spec, load_spec
+
+#: Namespace attribute holding a ``DRIFTLINE_*`` value that did not parse (see :func:`env_error`).
+ENV_ERROR = "_env_error"
+
+
+def env_error(args: argparse.Namespace) -> str | None:
+    """The one-line error of a ``DRIFTLINE_*`` value of the command that runs, if any."""
+    return getattr(args, ENV_ERROR, None)
 
 
 def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
     """Let ``DRIFTLINE_<DEST>`` override each option's default, in every subparser.
 
-    The environment value is parsed by the option's own ``type`` so errors read the same
-    as on the command line.
+    The environment value is parsed by the option's own ``type`` (booleans strictly, see
+    :func:`driftline.commands._env.parse_bool`); a value that does not parse is a usage
+    error naming the variable (exit 2, :func:`env_error`), never a silent default.
     """
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -22,21 +33,36 @@ def apply_env_defaults(parser: argparse.ArgumentParser) -> None:
             continue
         if not action.option_strings or action.dest in ("help", argparse.SUPPRESS):
             continue
-        raw = os.environ.get(f"DRIFTLINE_{action.dest.upper()}")
+        name = f"DRIFTLINE_{action.dest.upper()}"
+        raw = os.environ.get(name)
         if raw is None:
             continue
-        if isinstance(
-            action,
-            argparse._StoreTrueAction | argparse._StoreFalseAction | argparse.BooleanOptionalAction,
-        ):
-            action.default = raw.strip().lower() in ("1", "true", "yes", "on")
-        elif action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction):
-            action.default = [action.type(v) if action.type else v for v in raw.split(",")]
-        else:
-            action.default = action.type(raw) if action.type else raw
+        try:
+            action.default = _env_value(action, raw)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+            # Reported only if this (sub)command runs (``env_error``): one variable may
+            # serve two commands, and another command's flag is not this one's business.
+            parser.set_defaults(
+                **{ENV_ERROR: f"{parser.prog}: environment variable {name}: {error}"}
+            )
+            continue
         action.required = False
         if action.help and "(env " not in action.help:
             action.help += f" (env DRIFTLINE_{action.dest.upper()})"
+
+
+def _env_value(action: argparse.Action, raw: str) -> object:
+    """``raw`` parsed for ``action`` as the command line would parse it."""
+    if isinstance(
+        action,
+        argparse._StoreTrueAction | argparse._StoreFalseAction | argparse.BooleanOptionalAction,
+    ):
+        return parse_bool(raw)
+    listed = action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction)
+    values = [action.type(v) if action.type else v for v in (raw.split(",") if listed else [raw])]
+    if action.choices is not None and any(v not in action.choices for v in values):
+        raise ValueError(f"{raw!r} is not one of {', '.join(map(str, action.choices))}")
+    return values if listed else values[0]
 
 
 def add_bootstrap(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +71,7 @@ def add_bootstrap(parser: argparse.ArgumentParser) -> None:
         default=config.DEFAULT_BOOTSTRAP,
         help="Kafka bootstrap servers, host:port[,host:port] (default: %(default)s)",
     )
+    add_kafka_client(parser)
 
 
 def add_topics(parser: argparse.ArgumentParser, *, output: bool = True) -> None:

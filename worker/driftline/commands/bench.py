@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 
 from driftline.broker import BROKER_KINDS
+from driftline.commands._kafka import add_kafka_client, connect
 
 HELP = __doc__ or ""
 
@@ -104,6 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "kafka, tansu, or both (the suite on each, then the two side by side) "
         "(default: %(default)s)",
     )
+    add_kafka_client(parser)  # for the broker of --bootstrap-servers
     parser.add_argument(
         "--stationary-events",
         type=int,
@@ -127,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from driftline.bench_suite import run_suite, side_by_side
 
+    if args.bootstrap_servers:
+        connect(args)
     small = args.suite == "all"
     suites = {"throughput", "latency", "state"} if small else {args.suite}
     kinds = ["kafka", "tansu"] if args.broker_kind == "both" else [args.broker_kind]

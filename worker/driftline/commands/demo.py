@@ -27,6 +27,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftline.broker import BROKER_KINDS, BrokerError, BrokerProcess, free_port, make_broker
+from driftline.commands._errors import CommandError
+from driftline.commands._kafka import add_kafka_client, connect
 from driftline.commands.train import register, train_on_events
 from driftline.config import TopicNames
 from driftline.core.spec import load_default_spec
@@ -81,9 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="use this existing cluster instead of starting a broker",
     )
+    add_kafka_client(parser)  # for the cluster of --bootstrap-servers (SASL, TLS ...)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.bootstrap_servers:
+        connect(args)  # its --kafka-config; one line at once if the cluster does not answer
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     registry_dir = workdir / "models"
@@ -123,14 +128,15 @@ def run(args: argparse.Namespace) -> int:
             )
         names = TopicNames()
         ensure_topics(bootstrap, default_topics(args.partitions, names))
-        worker = _start_worker(bootstrap, registry_dir, metrics_port, workdir)
+        kafka_config = args.kafka_config if args.bootstrap_servers else None
+        worker = _start_worker(bootstrap, registry_dir, metrics_port, workdir, kafka_config)
         producer = threading.Thread(
             target=_produce_live,
             args=(bootstrap, names.input, population, args.rate, args.bad_share, stop),
             daemon=True,
         )
         try:
-            _wait_ready(metrics_port, worker, stop)
+            _wait_ready(metrics_port, worker, stop, workdir / "worker.log")
             print(
                 f"worker ready: http://127.0.0.1:{metrics_port}/metrics  (Ctrl-C to stop)",
                 flush=True,
@@ -152,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start_worker(
-    bootstrap: str, registry: Path, port: int, workdir: Path
+    bootstrap: str, registry: Path, port: int, workdir: Path, kafka_config: str | None = None
 ) -> subprocess.Popen[bytes]:
     log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - owned by the child's lifetime
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -170,6 +176,7 @@ def _start_worker(
             "127.0.0.1",
             "--metrics-port",
             str(port),
+            *(["--kafka-config", kafka_config] if kafka_config else []),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -188,11 +195,25 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> int:
     return worker.returncode
 
 
-def _wait_ready(port: int, worker: subprocess.Popen[bytes], stop: threading.Event) -> None:
+def _last_line(path: Path) -> str:
+    """The worker's last log line: with the CLI's one-line errors, the reason it stopped."""
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "nothing logged"
+
+
+def _wait_ready(
+    port: int, worker: subprocess.Popen[bytes], stop: threading.Event, log_path: Path
+) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not stop.is_set():
         if worker.poll() is not None:
-            raise SystemExit(f"worker exited with {worker.returncode} before it was ready")
+            raise CommandError(
+                f"worker exited with {worker.returncode} before it was ready: "
+                f"{_last_line(log_path)} (log: {log_path})"
+            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
                 if r.status == 200:

@@ -16,6 +16,7 @@ import signal
 import threading
 
 from driftline.commands._flags import add_bootstrap, add_topics
+from driftline.commands._kafka import connect
 from driftline.simulate import Population, produce, write_history
 
 HELP = __doc__ or ""
@@ -50,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.history:
+        connect(args)  # before the history is generated: no broker is one line, at once
     population = Population(n_customers=args.customers, seed=args.seed, churn_rate=args.churn_rate)
     history = population.generate_history(days=args.days, progress=not args.no_progress)
     if args.history:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from driftline.commands._flags import add_bootstrap, add_topics
+from driftline.commands._kafka import connect
 from driftline.config import DEFAULT_PARTITIONS, TopicNames
 from driftline.engine.kafka.admin import default_topics, ensure_topics
 
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     names = TopicNames(args.input_topic, args.output_topic, args.dead_letter_topic)
     specs = default_topics(args.partitions, names, retention_ms=args.retention_ms)
+    connect(args)
     ensure_topics(args.bootstrap_servers, specs)
     for spec in specs:
         print(f"topic {spec.name}: {spec.partitions} partitions {spec.effective_config}")

@@ -22,9 +22,13 @@ from __future__ import annotations
 
 import argparse
 
+from driftline.commands._errors import CommandError
 from driftline.commands._flags import add_bootstrap, add_model, add_spec, add_topics, load_spec_arg
+from driftline.commands._kafka import connect
 from driftline.config import CONSUMER_GROUP, DEFAULT_METRICS_PORT
 from driftline.engine.kafka.worker import WorkerSettings, serve_worker
+from driftline.observability.bearer import load_token
+from driftline.observability.http import PortInUse
 
 HELP = __doc__ or ""
 
@@ -50,7 +54,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds to wait for a batch to fill (default: %(default)s)",
     )
     parser.add_argument(
-        "--metrics-host", default="0.0.0.0", help="HTTP bind address (default: %(default)s)"
+        "--metrics-host",
+        default="0.0.0.0",
+        help="HTTP bind address; 127.0.0.1 keeps /metrics and POST /alerts off the network "
+        "(default: %(default)s, for containers)",
+    )
+    parser.add_argument(
+        "--alerts-token-file",
+        default=None,
+        metavar="FILE",
+        help="POST /alerts requires 'Authorization: Bearer <first line of FILE>' "
+        "(Alertmanager's http_config.authorization); others get 401",
+    )
+    parser.add_argument(
+        "--alerts-token",
+        default=None,
+        help="the same token given directly (prefer the file or the env variable: a flag "
+        "shows in the process list)",
     )
     parser.add_argument(
         "--metrics-port",
@@ -176,7 +196,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    try:
+        token = load_token(args.alerts_token, args.alerts_token_file)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
     settings = WorkerSettings(
+        alerts_token=token,
         bootstrap_servers=args.bootstrap_servers,
         input_topic=args.input_topic,
         output_topic=args.output_topic,
@@ -212,4 +237,9 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    return serve_worker(settings_from_args(args), load_spec_arg(args))
+    settings, spec = settings_from_args(args), load_spec_arg(args)
+    connect(args)
+    try:
+        return serve_worker(settings, spec)
+    except PortInUse as error:
+        raise CommandError(f"metrics {error} (choose another with --metrics-port)") from error

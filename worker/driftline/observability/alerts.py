@@ -31,6 +31,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter
 
 from driftline.core.drift.trigger import RetrainRequest, RetrainTrigger
+from driftline.observability.bearer import BearerToken
 
 __all__ = [
     "ALERT_NAME",
@@ -114,12 +115,20 @@ class AlertIntake:
     that drives the trigger (the poll loop), which is the point of the queue.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None, maxsize: int = QUEUE_SIZE):
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        maxsize: int = QUEUE_SIZE,
+        token: BearerToken | None = None,
+    ):
+        #: When set, a POST must carry ``Authorization: Bearer <token>`` (else 401).
+        self.token = token
         self._queue: queue.Queue[WebhookNotification] = queue.Queue(maxsize)
         self._handled: OrderedDict[tuple[str, datetime], str] = OrderedDict()
         self.requests = Counter(
             "alert_webhook_requests_total",
-            "POSTs to /alerts by HTTP status (202 queued, 4xx refused, 503 queue full).",
+            "POSTs to /alerts by HTTP status (202 queued, 401 no or wrong token, 4xx "
+            "refused, 503 queue full).",
             ["code"],
             namespace="driftline",
             registry=registry,
@@ -136,6 +145,10 @@ class AlertIntake:
         )
 
     # ------------------------------------------------------------------ HTTP thread
+    def authorized(self, authorization: str | None) -> bool:
+        """Whether a request with this ``Authorization`` header may post (no token: all)."""
+        return self.token is None or self.token.allows(authorization)
+
     def submit(self, body: bytes) -> tuple[HTTPStatus, dict[str, Any]]:
         """Validate and queue one webhook body: ``(status, JSON reply)``."""
         try:

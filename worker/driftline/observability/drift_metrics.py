@@ -29,6 +29,8 @@ _NS = "driftline"
 SCORE_BUCKETS = tuple(round(x, 2) for x in np.linspace(0.05, 1.0, 20))
 #: Hex digits of the reference hash exported as a number: 48 bits, exact in a float64.
 REFERENCE_HASH_HEX_DIGITS = 12
+#: Why a drift checkpoint record was ignored (the ``reason`` label: a fixed vocabulary).
+CHECKPOINT_REASONS = ("undecodable", "format", "mismatch")
 
 
 class ModelHistogram:
@@ -61,6 +63,11 @@ class ModelHistogram:
                 child = BulkHistogram(self.name, self.documentation, self._buckets)
                 self._children[key] = child
             return child
+
+    def remove(self, model: str, version: str) -> None:
+        """Stop exporting the version's histogram."""
+        with self._lock:
+            self._children.pop((model, str(version)), None)
 
     def describe(self) -> list[HistogramMetricFamily]:
         return [HistogramMetricFamily(self.name, self.documentation, labels=self.LABELS)]
@@ -164,6 +171,44 @@ class DriftMetrics:
         self.required = gauge(
             "retrain_required", "1 while a retrain request is in flight for this model.", mv
         )
+        self.checkpoints_ignored = Counter(
+            "drift_checkpoints_ignored_total",
+            "Drift checkpoint records ignored at start-up (undecodable, other format, or not "
+            "fitting the model served): the monitor started clean.",
+            ["reason"],
+            namespace=_NS,
+            registry=registry,
+        )
+        for reason in CHECKPOINT_REASONS:
+            self.checkpoints_ignored.labels(reason)
+        #: Every metric whose first two labels are model and model_version.
+        self._by_version: list[Gauge | Counter] = [
+            m
+            for m in vars(self).values()
+            if isinstance(m, Gauge | Counter) and tuple(m._labelnames[:2]) == tuple(mv)
+        ]
+
+    def forget(self, model: str, version: str) -> int:
+        """Remove every series of ``model`` ``version`` (it stopped serving); returns how many.
+
+        Without this, a swapped-out version's last values stay exported for as long as the
+        worker runs: a latched DRIFT state or ``retrain_required`` of 1 would keep
+        FeatureDrift and RetrainRequired firing for a model no longer served.
+        """
+        key = (model, str(version))
+        removed = 0
+        for metric in self._by_version:
+            with metric._lock:  # prometheus_client keeps children by label values
+                stale = [labels for labels in metric._metrics if labels[:2] == key]
+            for labels in stale:
+                metric.remove(*labels)
+                removed += 1
+        self.scores.remove(model, version)
+        return removed
+
+    def ignore_checkpoint(self, reason: str) -> None:
+        """Count one ignored checkpoint record (``reason``: one of ``CHECKPOINT_REASONS``)."""
+        self.checkpoints_ignored.labels(reason).inc()
 
     def set_reference(self, model: str, version: str, rows: int) -> None:
         """A model (re)loaded: its series start at 0, so rate/increase see the first step."""

@@ -20,6 +20,7 @@ cleanly (tests start and stop many), and port 0 so parallel tests never collide.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
@@ -37,7 +38,7 @@ from driftline.config import DEFAULT_METRICS_PORT
 from driftline.observability.alerts import MAX_BODY_BYTES, AlertIntake
 from driftline.observability.metrics import WorkerMetrics
 
-__all__ = ["DEFAULT_MAX_HEARTBEAT_AGE", "HealthServer", "HealthState"]
+__all__ = ["DEFAULT_MAX_HEARTBEAT_AGE", "HealthServer", "HealthState", "PortInUse"]
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,13 @@ class HealthState:
         }
 
 
+class PortInUse(OSError):
+    """The HTTP port is taken by another process (``str()`` names host and port)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class _Server(ThreadingHTTPServer):
     """Carries the shared objects to the handler; request threads never block shutdown."""
 
@@ -251,6 +259,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _receive_alerts(self, alerts: AlertIntake) -> tuple[HTTPStatus, dict[str, Any]]:
         """Read the body (Content-Length, at most MAX_BODY_BYTES) and hand it to the intake."""
+        if not alerts.authorized(self.headers.get("Authorization")):
+            self.close_connection = True  # the body is left unread
+            return alerts.refuse(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
         length_header = self.headers.get("Content-Length")
         if length_header is None:
             self.close_connection = True
@@ -279,10 +290,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_status_json(self, status: HTTPStatus, doc: dict[str, Any]) -> None:
         body = json.dumps(doc, sort_keys=True).encode() + b"\n"
-        self._send(status, body, "application/json", True)
+        extra = {"WWW-Authenticate": "Bearer"} if status == HTTPStatus.UNAUTHORIZED else {}
+        self._send(status, body, "application/json", True, extra)
 
-    def _send(self, status: HTTPStatus, body: bytes, ctype: str, send_body: bool) -> None:
+    def _send(
+        self,
+        status: HTTPStatus,
+        body: bytes,
+        ctype: str,
+        send_body: bool,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
@@ -344,7 +365,14 @@ class HealthServer:
             if self._server is not None:
                 return self
             cls = _V6Server if ":" in self.host else _Server
-            server = cls((self.host, self._requested_port), _Handler)
+            try:
+                server = cls((self.host, self._requested_port), _Handler)
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE:
+                    raise
+                raise PortInUse(
+                    error.errno, f"port {self._requested_port} on {self.host} is already in use"
+                ) from error
             server.metrics = self.metrics
             server.health = self.health
             server.max_heartbeat_age = self.max_heartbeat_age

@@ -225,8 +225,18 @@ class Alertmanager(MonitoringProcess):
         alertname: str,
         severity: str = "critical",
         group_wait: str = "1s",
+        credentials_file: Path | None = None,
     ) -> None:
         super().__init__(binary, workdir)
+        # As monitoring/alertmanager.yml: the worker's POST /alerts wants a bearer token.
+        auth = (
+            "        http_config:\n"
+            "          authorization:\n"
+            "            type: Bearer\n"
+            f"            credentials_file: {credentials_file}\n"
+            if credentials_file is not None
+            else ""
+        )
         self.config_path = workdir / "alertmanager.yml"
         self.config_path.write_text(
             "route:\n"
@@ -245,7 +255,7 @@ class Alertmanager(MonitoringProcess):
             "  - name: webhook\n"
             "    webhook_configs:\n"
             f"      - url: {webhook_url}\n"
-            "        send_resolved: true\n"
+            "        send_resolved: true\n" + auth
         )
 
     def arguments(self) -> list[str]:

@@ -52,9 +52,7 @@ every CUSUM gets ``ARL0 = D * period_days * events_per_day / false_triggers`` an
 windowed test the level ``alpha = false_triggers / (D * windows per period)``
 (:class:`~driftline.core.drift.calibration.FalseAlarmBudget`).  For one trigger this is the
 union bound on "any detector false-alarms"; it is conservative because detectors of one row
-are positively correlated and missing values are skipped.  ADWIN on the score stream is
-*not* in the budget (its ``delta`` is a per-check confidence, not a rate): its flag is
-reported for dashboards and never moves a state.
+are positively correlated and missing values are skipped.
 
 States
 ------
@@ -71,19 +69,18 @@ PSI and Jensen-Shannon per feature over tumbling event windows (``window_events`
 event-time windows (``window_seconds``) against the frozen reference bins are reported for
 dashboards; they never alarm.
 
-ADWIN cost: river's ``ADWIN.update`` measured ~0.2 us per event (it only re-checks its cut
-every ``clock = 32`` updates), i.e. ~0.4 ms for a batch of 2000, so every score is fed in
-order; no subsampling is needed.  It is checkpointed as a pickled, base64 string because
-river exposes no plain-data state (the checkpoint store is the worker's own, trusted).
+The checkpoint (:meth:`DriftMonitor.state_dict`) is plain JSON data: numbers, strings and
+lists, never a pickle, because it is read back from a Kafka topic that anyone allowed to
+produce to it could write.  (Version 2 also held river's ADWIN on the score stream as a
+pickle; ADWIN's flag was never exported or used, so version 3 dropped it, and a version-2
+checkpoint is restored without ever unpickling that field.)
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import math
-import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -92,7 +89,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from river import drift as river_drift
 from scipy.stats import norm
 
 from driftline.core.drift.calibration import (
@@ -121,7 +117,9 @@ from driftline.model.profile import OTHER, assign_bins
 OK, WARN, DRIFT = 0, 1, 2
 #: Pseudo-feature name of the model score in statistics, alarms and states.
 SCORE = "__score__"
-STATE_VERSION = 2
+STATE_VERSION = 3
+#: Checkpoint versions :meth:`DriftMonitor.from_state_dict` reads (2: with ADWIN, ignored).
+READABLE_VERSIONS = (2, 3)
 #: CUSUM reference value in rank-score standard deviations: half the shift it is tuned for
 #: (1 sigma).  Smaller shifts are still found, later (see ``driftline bench drift``).
 CUSUM_K = 0.5
@@ -227,8 +225,6 @@ class PredictionDrift:
     mean_score: float
     positive_rate: float
     state: int
-    adwin_change: bool
-    adwin_mean: float
 
 
 @dataclass(frozen=True)
@@ -328,7 +324,6 @@ class DriftMonitor:
         category_window: int = 1000,
         decision_threshold: float = 0.5,
         allowed_lateness_seconds: float = 0.0,
-        adwin_delta: float = 0.002,
         window_test_resamples: int = 20000,
         thresholds: Mapping[str, Any] | None = None,
     ) -> None:
@@ -354,7 +349,6 @@ class DriftMonitor:
         self.category_window = int(category_window)
         self.decision_threshold = float(decision_threshold)
         self.allowed_lateness_seconds = float(allowed_lateness_seconds)
-        self.adwin_delta = float(adwin_delta)
         self.window_test_resamples = int(window_test_resamples)
         self._setup(reference_profile, thresholds)
 
@@ -490,8 +484,6 @@ class DriftMonitor:
         self.event_window = EventWindow(self.window_events, n_bins)
         self.time_window = TimeWindow(self.window_seconds, n_bins, self.allowed_lateness_seconds)
 
-        self.adwin = river_drift.ADWIN(delta=self.adwin_delta)
-
         # Dynamic state of the orchestration itself.
         tracked = [*self.features, SCORE]
         self.events_seen = 0
@@ -579,11 +571,6 @@ class DriftMonitor:
         if time_windows := self.time_window.update(bins, times):
             self._record_window(time_windows[-1], "psi_time", "js_time", with_ratios=False)
 
-        adwin_change = False
-        for value in scores[~np.isnan(scores)].tolist():
-            self.adwin.update(value)
-            adwin_change = adwin_change or bool(self.adwin.drift_detected)
-
         self._refresh_warn()
         statistics, thresholds = self._statistics()
         drifted = [f for f in self.features if self.states[f] == DRIFT]
@@ -594,8 +581,6 @@ class DriftMonitor:
             if observed_scores.size
             else math.nan,
             state=self.states[SCORE],
-            adwin_change=adwin_change,
-            adwin_mean=float(self.adwin.estimation),
         )
         return DriftUpdate(
             reference_hash=self.reference_hash,
@@ -849,7 +834,6 @@ class DriftMonitor:
                 "category_window": self.category_window,
                 "decision_threshold": self.decision_threshold,
                 "allowed_lateness_seconds": self.allowed_lateness_seconds,
-                "adwin_delta": self.adwin_delta,
                 "window_test_resamples": self.window_test_resamples,
             },
             "thresholds": self.thresholds_dict(),
@@ -859,7 +843,6 @@ class DriftMonitor:
             "category_tests": {c: t.state_dict() for c, t in self.category_tests.items()},
             "event_window": _event_window_state(self.event_window),
             "time_window": _time_window_state(self.time_window),
-            "adwin": base64.b64encode(pickle.dumps(self.adwin)).decode("ascii"),
             "events_seen": self.events_seen,
             "states": dict(self.states),
             "clean_windows": dict(self.clean_windows),
@@ -872,8 +855,10 @@ class DriftMonitor:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> DriftMonitor:
-        if state.get("type") != "DriftMonitor" or state.get("version") != STATE_VERSION:
-            raise ValueError("not a DriftMonitor v1 state")
+        if state.get("type") != "DriftMonitor" or state.get("version") not in READABLE_VERSIONS:
+            raise ValueError(f"not a DriftMonitor v{STATE_VERSION} state")
+        # Version 2's pickled ADWIN and its delta are ignored, never unpickled.
+        config = {k: v for k, v in state["config"].items() if k != "adwin_delta"}
         monitor = cls(
             state["reference"],
             state["numeric"],
@@ -881,7 +866,7 @@ class DriftMonitor:
             MonitorBudget(**state["budget"]),
             state["importances"],
             thresholds=state["thresholds"],
-            **state["config"],
+            **config,
         )
         if monitor.reference_hash != state["reference_hash"]:
             raise ValueError("checkpoint reference does not match its hash")
@@ -894,7 +879,6 @@ class DriftMonitor:
         }
         _load_event_window(monitor.event_window, state["event_window"])
         _load_time_window(monitor.time_window, state["time_window"])
-        monitor.adwin = pickle.loads(base64.b64decode(state["adwin"]))  # own, trusted checkpoint
         monitor.events_seen = int(state["events_seen"])
         monitor.states = {k: int(v) for k, v in state["states"].items()}
         monitor.clean_windows = {k: int(v) for k, v in state["clean_windows"].items()}

@@ -10,7 +10,6 @@ a silent mismatch would re-partition customers under the worker's feet.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from driftline.config import DEFAULT_PARTITIONS, TopicNames
+from driftline.engine.kafka.client_config import KAFKA_LOGGER, kafka_client_config
 
 __all__ = [
     "DEFAULT_RETENTION_MS",
@@ -92,14 +92,9 @@ def default_topics(
     ]
 
 
-#: librdkafka's own log lines (e.g. "Connect ... failed" while we wait for a broker) go to
-#: Python logging rather than straight to stderr, so callers decide what is shown.
-KAFKA_LOGGER = logging.getLogger("driftline.kafka")
-
-
 def _admin(bootstrap: str, client_config: Mapping[str, object] | None) -> AdminClient:
     return AdminClient(
-        {"bootstrap.servers": bootstrap, "logger": KAFKA_LOGGER, **(client_config or {})}
+        kafka_client_config({"bootstrap.servers": bootstrap, **(client_config or {})})
     )
 
 
@@ -124,11 +119,11 @@ def wait_for_broker(
                 return metadata
         except KafkaException as error:
             last = error
+        admin.poll(0)  # hands librdkafka's log lines to KAFKA_LOGGER (shown at debug)
         if time.monotonic() >= deadline:
-            raise BrokerUnavailable(
-                f"no Kafka broker answered at {bootstrap} within {timeout:g}s"
-                + (f" (last error: {last})" if last else "")
-            )
+            if last is not None:
+                KAFKA_LOGGER.debug("last metadata error from %s: %s", bootstrap, last)
+            raise BrokerUnavailable(f"no Kafka broker answered at {bootstrap} within {timeout:g} s")
         time.sleep(0.2)
 
 

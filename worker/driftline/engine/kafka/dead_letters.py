@@ -104,7 +104,10 @@ def topic_max_message_bytes(
     Kafka reports the broker default when the topic has no override; a broker that only
     reports explicit configs (Tansu), or a topic that does not exist yet, gives None.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap, **(client or {})})
+    from driftline.engine.kafka.client_config import kafka_client_config
+
+    # The user's client properties (SASL, TLS) first, then this call's own.
+    admin = AdminClient(kafka_client_config({"bootstrap.servers": bootstrap, **(client or {})}))
     resource = ConfigResource("topic", topic)
     try:
         configs = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
+from driftline.engine.kafka.client_config import kafka_client_config
+
 
 def read_to_end(bootstrap: str, topic: str, timeout_s: float = 15.0) -> Iterator[Message]:
     """Every record of ``topic`` in partition order; nothing if the topic does not exist.
@@ -20,13 +22,15 @@ def read_to_end(bootstrap: str, topic: str, timeout_s: float = 15.0) -> Iterator
     act on part of the history) and ``RuntimeError`` on a broker error.
     """
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "driftline-topic-reader",  # required by the client, never used
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-        }
+        kafka_client_config(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "driftline-topic-reader",  # required by the client, never used
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed",
+            }
+        )
     )
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)

@@ -59,6 +59,7 @@ from driftline.core.spec import FeatureSpec
 from driftline.core.state import NATIVE_KERNEL, NO_TIME, FeatureState
 from driftline.engine.batching import AdaptiveBatcher, BatchPlan
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+from driftline.engine.kafka.client_config import kafka_client_config
 from driftline.engine.kafka.dead_letters import (
     PRODUCER_MAX_MESSAGE_BYTES,
     DeadLetterWriter,
@@ -72,6 +73,7 @@ from driftline.model.scoring_process import ScoringProcess, ScoringProcessFailed
 from driftline.model.verification import RuntimeRefused
 from driftline.model.watcher import ModelWatcher
 from driftline.observability.alerts import AlertIntake
+from driftline.observability.bearer import BearerToken
 from driftline.observability.drift_metrics import DriftMetrics
 from driftline.observability.http import HealthServer, HealthState
 from driftline.observability.metrics import WorkerMetrics
@@ -121,6 +123,8 @@ class WorkerSettings:
     compiled_tolerance: float = 1e-12
     metrics_host: str = "0.0.0.0"
     metrics_port: int = config.DEFAULT_METRICS_PORT
+    #: POST /alerts needs ``Authorization: Bearer <token>`` when set (never in a repr).
+    alerts_token: BearerToken | None = field(default=None, repr=False)
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     max_event_bytes: int = 64 * 1024
     #: The producer's ``message.max.bytes`` (explicit, not librdkafka's default by
@@ -230,7 +234,7 @@ class KafkaScoringWorker:
         self.drift_metrics = DriftMetrics(self.metrics.registry) if settings.drift else None
         #: Alertmanager's RetrainRequired alerts, queued by the HTTP thread (POST /alerts)
         #: and handled by this worker's loop, which owns the retrain trigger.
-        self.alerts = AlertIntake(self.metrics.registry)
+        self.alerts = AlertIntake(self.metrics.registry, token=settings.alerts_token)
         self.batches = 0
         self._pending_changelog: list[tuple[int, bytes, bytes | None]] = []
         self._drift_checkpoints: DriftCheckpoints | None = None
@@ -342,30 +346,28 @@ class KafkaScoringWorker:
         self._drift_saved_at = time.monotonic()
         if processor is None or processor.drift is None:
             return
-        self._drift_checkpoints = DriftCheckpoints(
-            s.bootstrap_servers, s.drift_state_topic, s.worker_id
+        store = DriftCheckpoints(
+            s.bootstrap_servers,
+            s.drift_state_topic,
+            s.worker_id,
+            on_ignored=None if self.drift_metrics is None else self.drift_metrics.ignore_checkpoint,
         )
-        self._drift_checkpoints.ensure_topic()
-        saved = self._drift_checkpoints.load()
-        if saved is None:
-            return
-        monitor_state, trigger_state = saved.get("monitor") or {}, saved.get("trigger")
-        trigger = processor.trigger
-        same = monitor_state.get("reference_hash") == processor.drift.reference_hash and (
-            trigger is None or (trigger_state or {}).get("model_version") == trigger.model_version
+        self._drift_checkpoints = store
+        store.ensure_topic()
+        saved = store.load()
+        restored = (
+            None if saved is None else store.restore(saved, processor.drift, processor.trigger)
         )
-        if not same:
-            log.info("drift checkpoint of another model or reference: monitor starts clean")
+        if restored is None:
             return
-        try:
-            processor.drift = DriftMonitor.from_state_dict(monitor_state)
-            if trigger is not None and trigger_state is not None:
-                restored = RetrainTrigger.from_state_dict(trigger_state)
-                restored.recall(read_retrain_requests(s.bootstrap_servers, s.retrain_topic))
-                processor.trigger = restored
-        except (ValueError, KeyError, TypeError, TimeoutError, RuntimeError) as exc:
-            log.warning("drift checkpoint not restored (%s): monitor starts clean", exc)
-            return
+        if restored.trigger is not None:
+            try:
+                restored.trigger.recall(read_retrain_requests(s.bootstrap_servers, s.retrain_topic))
+            except (TimeoutError, RuntimeError) as exc:
+                log.warning("drift checkpoint not restored (%s): monitor starts clean", exc)
+                return
+            processor.trigger = restored.trigger
+        processor.drift = restored.monitor
         log.info(
             "drift monitor restored from its checkpoint (%d events seen, drifted: %s)",
             processor.drift.events_seen,
@@ -408,7 +410,14 @@ class KafkaScoringWorker:
             self._scoring = started
             log.info("scoring in process %s", started.pid)
         if self.processor is not None:
-            # A new model brings its own reference: detectors restart against it.
+            # A new model brings its own reference: detectors restart against it, and the
+            # old version's drift series go (their alerts would fire for a model not served).
+            old = self.processor.scorer
+            if self.drift_metrics is not None and (old.name, old.version) != (
+                loaded.name,
+                loaded.version,
+            ):
+                self.drift_metrics.forget(old.name, old.version)
             self.processor.drift, self.processor.trigger = self._drift_for(loaded)
             self.processor.drift_since_ms = _reference_start(loaded)
         self.metrics.set_model(loaded.name, loaded.version, loaded.sha256)
@@ -539,74 +548,78 @@ class KafkaScoringWorker:
 
     def _consumer_config(self) -> dict[str, Any]:
         s = self.settings
-        return {
-            "bootstrap.servers": s.bootstrap_servers,
-            "group.id": s.group_id,
-            "client.id": f"driftline-{s.worker_id}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1500,
-            "max.poll.interval.ms": 300000,
-            # The broker holds a fetch up to this long when it has nothing new: every
-            # event can wait that long before the worker sees it.  A fifth of the latency
-            # target (10 ms by default; 50 ms before cost ~15 ms of p50 on Tansu).
-            "fetch.wait.max.ms": max(1, min(50, int(s.latency_target_s * 1000 / 5))),
-            "statistics.interval.ms": 5000,
-            "stats_cb": self.metrics.update_from_librdkafka_stats,
-            "error_cb": self._on_client_error,
-            "on_commit": self._on_commit,
-            "isolation.level": "read_committed",
-            "fetch.max.bytes": s.fetch_max_bytes,
-            # librdkafka wants room for a whole fetch response plus its framing.
-            "receive.message.max.bytes": s.fetch_max_bytes + 1024 * 1024,
-            **({"group.instance.id": s.group_instance_id} if s.group_instance_id else {}),
-            **s.consumer_config,
-        }
+        return kafka_client_config(
+            {
+                "bootstrap.servers": s.bootstrap_servers,
+                "group.id": s.group_id,
+                "client.id": f"driftline-{s.worker_id}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 1500,
+                "max.poll.interval.ms": 300000,
+                # The broker holds a fetch up to this long when it has nothing new: every
+                # event can wait that long before the worker sees it.  A fifth of the latency
+                # target (10 ms by default; 50 ms before cost ~15 ms of p50 on Tansu).
+                "fetch.wait.max.ms": max(1, min(50, int(s.latency_target_s * 1000 / 5))),
+                "statistics.interval.ms": 5000,
+                "stats_cb": self.metrics.update_from_librdkafka_stats,
+                "error_cb": self._on_client_error,
+                "on_commit": self._on_commit,
+                "isolation.level": "read_committed",
+                "fetch.max.bytes": s.fetch_max_bytes,
+                # librdkafka wants room for a whole fetch response plus its framing.
+                "receive.message.max.bytes": s.fetch_max_bytes + 1024 * 1024,
+                **({"group.instance.id": s.group_instance_id} if s.group_instance_id else {}),
+                **s.consumer_config,
+            }
+        )
 
     def _producer_config(self) -> dict[str, Any]:
         s = self.settings
-        return {
-            "bootstrap.servers": s.bootstrap_servers,
-            "client.id": f"driftline-{s.worker_id}",
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "batch.num.messages": 10000,
-            "message.max.bytes": s.producer_max_message_bytes,
-            # Under the dead-letter topic's limit: the broker refuses a whole record batch
-            # over it, and librdkafka does not split one (see engine.kafka.dead_letters).
-            "batch.size": batch_size_for(
-                self._dead_letters.record_limit
-                if self._dead_letters is not None
-                else s.producer_max_message_bytes
-            ),
-            "error_cb": self._on_client_error,
-            # Delivery reports only for failures: a Python callback per delivered record
-            # cost more than the produce call itself.  ``flush()`` still waits for every
-            # record, and a failed one still reaches ``_on_delivery`` before it returns.
-            "delivery.report.only.error": True,
-            "on_delivery": self._on_delivery,
-            **(
-                {
-                    # A restarted instance must fence its crashed predecessor's open
-                    # transaction: with static membership the instance id is the stable
-                    # identity (the pid in the default worker id is not), so it names the
-                    # transactional id too.  Brokers that never time out an abandoned
-                    # transaction (Tansu) otherwise keep it open for good.
-                    "transactional.id": transactional_id(
-                        s.group_id, s.group_instance_id or s.worker_id
-                    ),
-                    # An abandoned transaction (a killed worker that does not come back
-                    # under the same id) blocks read_committed readers until it times out.
-                    "transaction.timeout.ms": int(s.transaction_timeout_s * 1000),
-                }
-                if s.exactly_once
-                else {}
-            ),
-            **s.producer_config,
-        }
+        return kafka_client_config(
+            {
+                "bootstrap.servers": s.bootstrap_servers,
+                "client.id": f"driftline-{s.worker_id}",
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "batch.num.messages": 10000,
+                "message.max.bytes": s.producer_max_message_bytes,
+                # Under the dead-letter topic's limit: the broker refuses a whole record batch
+                # over it, and librdkafka does not split one (see engine.kafka.dead_letters).
+                "batch.size": batch_size_for(
+                    self._dead_letters.record_limit
+                    if self._dead_letters is not None
+                    else s.producer_max_message_bytes
+                ),
+                "error_cb": self._on_client_error,
+                # Delivery reports only for failures: a Python callback per delivered record
+                # cost more than the produce call itself.  ``flush()`` still waits for every
+                # record, and a failed one still reaches ``_on_delivery`` before it returns.
+                "delivery.report.only.error": True,
+                "on_delivery": self._on_delivery,
+                **(
+                    {
+                        # A restarted instance must fence its crashed predecessor's open
+                        # transaction: with static membership the instance id is the stable
+                        # identity (the pid in the default worker id is not), so it names the
+                        # transactional id too.  Brokers that never time out an abandoned
+                        # transaction (Tansu) otherwise keep it open for good.
+                        "transactional.id": transactional_id(
+                            s.group_id, s.group_instance_id or s.worker_id
+                        ),
+                        # An abandoned transaction (a killed worker that does not come back
+                        # under the same id) blocks read_committed readers until it times out.
+                        "transaction.timeout.ms": int(s.transaction_timeout_s * 1000),
+                    }
+                    if s.exactly_once
+                    else {}
+                ),
+                **s.producer_config,
+            }
+        )
 
     def _on_client_error(self, error: KafkaError) -> None:
         log.warning("kafka client: %s", error)
@@ -759,15 +772,17 @@ class KafkaScoringWorker:
         s = self.settings
         started = time.perf_counter()
         reader = Consumer(
-            {
-                "bootstrap.servers": s.bootstrap_servers,
-                "group.id": f"{s.group_id}-restore",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                "isolation.level": "read_committed",
-                "fetch.wait.max.ms": 10,
-                "error_cb": self._on_client_error,
-            }
+            kafka_client_config(
+                {
+                    "bootstrap.servers": s.bootstrap_servers,
+                    "group.id": f"{s.group_id}-restore",
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": True,
+                    "isolation.level": "read_committed",
+                    "fetch.wait.max.ms": 10,
+                    "error_cb": self._on_client_error,
+                }
+            )
         )
         latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in partitions}
         records = dict.fromkeys(partitions, 0)
@@ -1333,7 +1348,7 @@ class KafkaScoringWorker:
 
     def _ensure_changelog_topic(self) -> None:
         s = self.settings
-        admin = AdminClient({"bootstrap.servers": s.bootstrap_servers})
+        admin = AdminClient(kafka_client_config({"bootstrap.servers": s.bootstrap_servers}))
         metadata = admin.list_topics(s.input_topic, timeout=30).topics[s.input_topic]
         if metadata.error is not None:
             raise KafkaException(metadata.error)
