@@ -44,6 +44,10 @@ class BrokerUnavailable(TimeoutError):
     """No Kafka metadata answer from the bootstrap servers within the timeout."""
 
 
+class BrokerAuthenticationFailed(BrokerUnavailable):
+    """The broker answered but refused our credentials (SASL) or our TLS handshake."""
+
+
 class TopicCreationFailed(RuntimeError):
     """The broker refused to create a topic (other than "it already exists")."""
 
@@ -108,18 +112,29 @@ def wait_for_broker(
     A TCP accept is not enough (a starting broker may accept before it can serve), so
     readiness means an actual Kafka answer listing at least one broker.
     """
-    admin = _admin(bootstrap, client_config)
+    refused: list[str] = []
+
+    def on_error(error: KafkaError) -> None:
+        # A refused login is final: say so at once, not after the whole timeout.
+        if error.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
+            refused.append(error.str())
+
+    admin = _admin(bootstrap, {**(client_config or {}), "error_cb": on_error})
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while True:
         remaining = deadline - time.monotonic()
         try:
-            metadata = admin.list_topics(timeout=max(0.1, min(5.0, remaining)))
+            metadata = admin.list_topics(timeout=max(0.1, min(1.0, remaining)))
             if metadata.brokers:
                 return metadata
         except KafkaException as error:
             last = error
-        admin.poll(0)  # hands librdkafka's log lines to KAFKA_LOGGER (shown at debug)
+        admin.poll(0)  # serves error_cb; hands librdkafka's log lines to KAFKA_LOGGER
+        if refused:
+            raise BrokerAuthenticationFailed(
+                f"the Kafka broker at {bootstrap} refused the connection: {refused[0]}"
+            )
         if time.monotonic() >= deadline:
             if last is not None:
                 KAFKA_LOGGER.debug("last metadata error from %s: %s", bootstrap, last)
