@@ -187,6 +187,8 @@ class _InFlight:
 
 
 #: How long a replacement transactional producer waits for the broker to answer its
+#: Times the committed offsets are asked for at assignment before a timeout is fatal.
+COMMITTED_ATTEMPTS = 3
 #: ``init_transactions`` before the worker gives up and stops (exit 3).
 INIT_TRANSACTIONS_PATIENCE_S = 600.0
 
@@ -666,10 +668,27 @@ class KafkaScoringWorker:
         log.info("assigned %s", sorted(tp.partition for tp in partitions))
 
     def _committed(self, consumer: Consumer, partitions: list[int]) -> dict[int, int]:
-        """The group's committed input offset per partition (negative: none yet)."""
+        """The group's committed input offset per partition (negative: none yet).
+
+        Asked again after a timeout: on a loaded two-core machine an OffsetFetch inside a
+        rebalance once went unanswered for 30 s, and the exception, raised in the
+        assignment callback, stopped the worker.  Only a third timeout gives up.
+        """
         topic = self.settings.input_topic
         asked = [TopicPartition(topic, p) for p in partitions]
-        return {tp.partition: tp.offset for tp in consumer.committed(asked, timeout=30)}
+        for attempt in range(1, COMMITTED_ATTEMPTS + 1):
+            try:
+                return {tp.partition: tp.offset for tp in consumer.committed(asked, timeout=30)}
+            except KafkaException as error:
+                kafka_error = error.args[0] if error.args else None
+                timed_out = (
+                    isinstance(kafka_error, KafkaError)
+                    and kafka_error.code() == KafkaError._TIMED_OUT
+                )
+                if not timed_out or attempt == COMMITTED_ATTEMPTS:
+                    raise
+                log.warning("committed offsets of %s: %s; asking again", partitions, error)
+        raise AssertionError("unreachable")
 
     def _rewind(
         self, consumer: Consumer, producer: Producer, failed: TransactionFailed
