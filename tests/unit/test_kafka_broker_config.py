@@ -8,7 +8,13 @@ import pytest
 
 from driftline.bench import resolve_broker_kind
 from driftline.broker import BrokerError, make_broker
-from driftline.kafka_broker import KafkaBroker, _cluster_id, java_executable, kafka_version
+from driftline.kafka_broker import (
+    KafkaBroker,
+    _cluster_id,
+    java_executable,
+    kafka_libs,
+    kafka_version,
+)
 
 
 def _properties(broker: KafkaBroker) -> dict[str, str]:
@@ -81,3 +87,27 @@ def test_unknown_kinds_and_tansu_storage_are_refused() -> None:
         make_broker("redpanda")
     with pytest.raises(BrokerError, match="--data-dir needs --kind kafka"):
         make_broker("tansu", data_dir="/tmp/x")
+
+
+def test_without_maven_an_empty_cache_says_what_to_install(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DRIFTLINE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mvn on it
+    with pytest.raises(BrokerError, match=r"Maven \(mvn\) not found.*apt-get install maven"):
+        kafka_libs(progress=None)
+
+
+def test_an_unresolvable_artifact_is_named_not_hidden(monkeypatch, tmp_path: Path) -> None:
+    """A fake mvn that fails as Maven does: the error quotes Maven's [ERROR] line."""
+    fake = tmp_path / "bin" / "mvn"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\necho '[INFO] Scanning'\n"
+        "echo '[ERROR] Failed to execute goal on project x: Could not resolve dependencies "
+        "for project x: org.apache.kafka:kafka_2.13:jar:4.4.0 was not found'\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("DRIFTLINE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(fake.parent))
+    with pytest.raises(BrokerError, match=r"kafka_2\.13:jar:4\.4\.0 was not found"):
+        kafka_libs(progress=None)
+    assert not list((tmp_path / "cache").glob("kafka/*/complete"))  # nothing half-fetched
