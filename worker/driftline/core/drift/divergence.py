@@ -62,7 +62,8 @@ def psi(
     mask: np.ndarray | None = None,
     eps: float = DEFAULT_EPS,
 ) -> np.ndarray:
-    """Population stability index per feature (natural log); NaN for an empty window.
+    """Population stability index per feature (natural log); NaN for an empty window and
+    for a feature the reference never observed (all shares 0).
 
     ``reference`` holds shares, ``counts`` the live bin counts, both (F, B) or (B,).
     """
@@ -70,7 +71,9 @@ def psi(
     q = smooth_shares(_observed_shares(counts), mask, eps)
     real = p > 0  # smoothing makes every real bin positive on both sides; padding is 0
     ratio = np.divide(q, p, out=np.ones_like(p), where=real)  # NaN stays NaN (empty window)
-    return np.where(real, (q - p) * np.log(ratio), 0.0).sum(axis=-1)
+    value = np.where(real, (q - p) * np.log(ratio), 0.0).sum(axis=-1)
+    observed_reference = np.asarray(reference, dtype=np.float64).sum(axis=-1) > 0
+    return np.where(observed_reference, value, np.nan)
 
 
 def g_statistic(counts: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -99,12 +102,14 @@ def chi2_statistic(counts: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def jensen_shannon(reference: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Jensen-Shannon divergence in bits (in [0, 1]) per feature; NaN for an empty window.
+    """Jensen-Shannon divergence in bits (in [0, 1]) per feature; NaN for an empty window
+    and for a feature the reference never observed (all shares 0: nothing to compare with).
 
     Padded bins (share 0, count 0) contribute nothing, so no mask is needed.
     """
     p = np.asarray(reference, dtype=np.float64)
-    p = p / p.sum(axis=-1, keepdims=True)
+    total = p.sum(axis=-1, keepdims=True)
+    p = np.divide(p, total, out=np.full_like(p, np.nan), where=total > 0)
     q = _observed_shares(counts)
     m = 0.5 * (p + q)
     return 0.5 * (_kl_bits(p, m) + _kl_bits(q, m))

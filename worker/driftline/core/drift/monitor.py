@@ -65,6 +65,21 @@ and, at the window's last event, every statistic of the feature below half its t
 A batch is cut at event-window boundaries before the CUSUMs run so that "at the window's
 last event" is exact whatever the batch size.
 
+Features missing throughout
+---------------------------
+A field the reference never observed (``age`` or ``plan_type`` on a purchase-only log)
+leaves some detectors nothing to test, and they are *inactive* (:attr:`DriftMonitor.inactive`):
+they are fed nothing, never alarm and are left out of ``statistics`` and ``thresholds``.
+The value detectors (``mean``, ``variance``, ``category_mix``) need reference values.  A
+rate detector (``missing``, ``unseen``) watches for a *rise* above its reference rate and
+needs room above it: with a rate above :data:`MAX_P0` (1.0 for a field never observed) a
+missing value is what the reference expects, and no calibrated CUSUM fits between the rate
+and 1 (the Bernoulli threshold's lattice breaks down there: measured at ``p0 = 0.999``,
+thousands of false alarms per 200k events).  A ``p0`` capped at 0.99 below such a rate
+would make every missing value evidence of drift.  A field missing in the
+reference that takes values live is still seen, for a categorical field, by ``unseen``
+(its vocabulary is empty).
+
 PSI and Jensen-Shannon per feature over tumbling event windows (``window_events``) and
 event-time windows (``window_seconds``) against the frozen reference bins are reported for
 dashboards; they never alarm.
@@ -126,6 +141,9 @@ CUSUM_K = 0.5
 #: Rank score given to values in a bin the reference never saw, when the reference is
 #: constant (one bin holds everything): outside the reference, on the side it lies.
 OUTLIER_SCORE = 3.0
+#: Highest reference rate a Bernoulli CUSUM is calibrated for; a rate detector whose
+#: reference rate is above it is inactive (module docstring, "Features missing throughout").
+MAX_P0 = 0.99
 
 
 @dataclass(frozen=True)
@@ -286,13 +304,13 @@ _WINDOW_THRESHOLDS: dict[tuple[Any, ...], tuple[float, float]] = {}
 
 def wilson_upper(rate: np.ndarray, n: float, z: float = 1.96) -> np.ndarray:
     """Upper end of the Wilson score interval of a proportion observed on ``n`` units
-    (the rate itself when ``n`` is unknown)."""
+    (the rate itself when ``n`` is unknown), at most :data:`MAX_P0`."""
     rate = np.clip(rate, 0.0, 1.0)
     if n <= 0:
         return rate
     centre = rate + z * z / (2 * n)
     spread = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
-    return np.minimum((centre + spread) / (1 + z * z / n), 0.99)
+    return np.minimum((centre + spread) / (1 + z * z / n), MAX_P0)
 
 
 def _vocabulary(shares: Mapping[str, float]) -> dict[str, float]:
@@ -395,8 +413,9 @@ class DriftMonitor:
         self._z_table = np.full((len(tables), width), np.nan)
         self._v_table = np.full((len(tables), width), np.nan)
         for j, table in enumerate(tables):
-            self._z_table[j, : len(table.probs)] = table.z
-            self._v_table[j, : len(table.probs)] = table.v
+            if table.probs.sum() > 0:  # else: never observed, the row stays NaN (inactive)
+                self._z_table[j, : len(table.probs)] = table.z
+                self._v_table[j, : len(table.probs)] = table.v
 
         given = dict(thresholds or {})
         h_mean = given.get("mean")
@@ -427,7 +446,11 @@ class DriftMonitor:
         # bound over the reference's customers (``n_customers``, else its rows), so that
         # one or two customers in the reference do not make p0 look ten times too small.
         n_ref = float(profile.get("n_customers") or profile.get("n_rows") or 0)
-        p0 = np.maximum(wilson_upper(np.array(rates, dtype=np.float64), n_ref), 1e-4)
+        rates_array = np.clip(np.array(rates, dtype=np.float64), 0.0, 1.0)
+        #: Rate streams that can watch for a rise (module docstring, "Features missing
+        #: throughout"); the others are fed NaN (no observation) on every row.
+        self._bern_active = rates_array <= MAX_P0
+        p0 = np.maximum(wilson_upper(np.minimum(rates_array, MAX_P0), n_ref), 1e-4)
         p1 = default_shift(p0)
         if "bernoulli" in given:
             h_bern = np.asarray(given["bernoulli"], dtype=np.float64)
@@ -461,6 +484,22 @@ class DriftMonitor:
             )
             _WINDOW_THRESHOLDS[key] = (test.threshold, test.chi2_threshold)
             self.category_tests[c] = test
+        #: (feature, detector) pairs with nothing to test (module docstring, "Features
+        #: missing throughout"): never alarm, left out of statistics and thresholds.
+        self.inactive: frozenset[tuple[str, str]] = frozenset(
+            [
+                (name, detector)
+                for name, table in zip(streams, tables, strict=True)
+                if table.probs.sum() <= 0
+                for detector in ("mean", "variance")
+            ]
+            + [
+                stream
+                for stream, active in zip(self._bern_streams, self._bern_active, strict=True)
+                if not active
+            ]
+            + [(c, "category_mix") for c, t in self.category_tests.items() if not t.has_reference]
+        )
         #: Vocabulary position of each category (a dict: one C-level lookup per value).
         self._category_code = {
             c: {str(v): i for i, v in reversed(list(enumerate(self._vocab[c])))}
@@ -507,8 +546,10 @@ class DriftMonitor:
             "mean": self.mean_bank.h.tolist(),
             "variance": self.variance_bank.h.tolist(),
             "bernoulli": [] if self.bernoulli is None else self.bernoulli.h.tolist(),
-            "category_mix": {
-                c: [t.threshold, t.chi2_threshold] for c, t in self.category_tests.items()
+            "category_mix": {  # an inert test's infinite thresholds are rebuilt, not stored
+                c: [t.threshold, t.chi2_threshold]
+                for c, t in self.category_tests.items()
+                if t.has_reference
             },
         }
 
@@ -647,7 +688,10 @@ class DriftMonitor:
             cat_missing[:, j] = missing
             unseen[:, j] = np.where(missing, np.nan, outside)
             cat_bins[:, j] = np.where(missing, -1, np.where(codes < 0, other, codes))
-        return np.column_stack([numeric_missing, cat_missing, unseen]), cat_bins
+        bern = np.column_stack([numeric_missing, cat_missing, unseen])
+        if not self._bern_active.all():
+            bern[:, ~self._bern_active] = np.nan  # inactive rate streams observe nothing
+        return bern, cat_bins
 
     def _bin_numeric(self, numeric: np.ndarray) -> np.ndarray:
         columns = [self._bin_values(numeric[:, j], self._edges[j]) for j in range(numeric.shape[1])]
@@ -795,6 +839,8 @@ class DriftMonitor:
         for name, test in self.category_tests.items():
             stats[name]["category_mix"] = float(self._last_g[name])
             limits[name]["category_mix"] = float(test.threshold)
+        for feature, detector in self.inactive:
+            del stats[feature][detector], limits[feature][detector]
         return stats, limits
 
     def _refresh_warn(self) -> None:

@@ -17,10 +17,17 @@ samples, ``deff = sum(m_i**2) / n`` (``m_i`` the values of customer ``i`` in the
 ``n`` their total): the first-order Rao-Scott correction for a within-customer correlation
 of 1, which is the case for profile fields and an upper bound otherwise.  Without keys,
 ``deff = 1``.
+
+A reference without any observed value (the feature was missing in every reference row,
+e.g. ``plan_type`` on a purchase-only log) gives no shares to test against: the test is
+then *inert* (:attr:`CategoricalWindowTest.has_reference` false).  It still counts
+windows, never alarms, and its threshold is infinite; values that do appear are all
+outside the vocabulary, which is the ``unseen`` detector's business.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,14 +77,20 @@ class CategoricalWindowTest:
         thresholds: tuple[float, float] | None = None,
     ) -> None:
         """``thresholds`` = (G, chi2) critical values already calibrated (checkpoint restore);
-        otherwise they are resampled here with ``n_resamples`` and ``seed``."""
+        otherwise they are resampled here with ``n_resamples`` and ``seed``.  Shares that
+        are all 0 (no observed reference value) make an inert test (module docstring)."""
         shares = {str(c): float(v) for c, v in reference_shares.items()}
         shares.setdefault(OTHER, 0.0)
         self.reference_shares = shares
         self.categories = list(shares)
         raw = np.array([shares[c] for c in self.categories], dtype=np.float64)
-        if raw.sum() <= 0:
-            raise ValueError("reference shares are empty")
+        if not np.isfinite(raw).all() or (raw < 0).any():
+            raise ValueError(f"reference shares must be finite and non-negative: {shares}")
+        #: False when the reference observed no value: nothing to test, never alarms.
+        self.has_reference = bool(raw.sum() > 0)
+        if not self.has_reference:
+            raw = np.ones_like(raw)  # any law will do: G is never compared with anything
+            thresholds = (math.inf, math.inf)
         self.reference = smooth_shares(raw / raw.sum())
         self.window_size = window_size
         self.alpha = alpha
@@ -163,7 +176,7 @@ class CategoricalWindowTest:
             chi2=pearson,
             threshold=self.threshold,
             chi2_threshold=self.chi2_threshold,
-            alarm=g / deff > self.threshold,
+            alarm=self.has_reference and g / deff > self.threshold,
             design_effect=deff,
             statistic=g / deff,
         )
@@ -181,7 +194,8 @@ class CategoricalWindowTest:
             "reference_shares": dict(self.reference_shares),
             "window_size": self.window_size,
             "alpha": self.alpha,
-            "thresholds": [self.threshold, self.chi2_threshold],
+            # An inert test's infinite thresholds are not JSON: rebuilt on restore.
+            "thresholds": [self.threshold, self.chi2_threshold] if self.has_reference else None,
             "counts": self._counts.tolist(),
             "filled": self._filled,
             "keys": [str(k) for part in self._keys for k in part.tolist()],
@@ -192,12 +206,12 @@ class CategoricalWindowTest:
     def from_state_dict(cls, state: dict[str, Any]) -> CategoricalWindowTest:
         if state.get("type") != "CategoricalWindowTest" or state.get("version") != 1:
             raise ValueError("not a CategoricalWindowTest v1 state")
-        g, pearson = state["thresholds"]
+        thresholds = state["thresholds"]
         test = cls(
             state["reference_shares"],
             int(state["window_size"]),
             float(state["alpha"]),
-            thresholds=(g, pearson),
+            thresholds=None if thresholds is None else (thresholds[0], thresholds[1]),
         )
         test._counts = np.asarray(state["counts"], dtype=np.int64)
         test._filled = int(state["filled"])
