@@ -84,6 +84,8 @@ class BatchResult:
     #: What the drift monitor learned from this batch, and a retrain request if it fired.
     drift: DriftUpdate | None = None
     retrain_request: RetrainRequest | None = None
+    #: Scored events the drift monitor did not see: they precede the reference period.
+    drift_before_reference: int = 0
 
 
 @dataclass(slots=True)
@@ -137,7 +139,9 @@ class ScoringProcessor:
         self.drift = drift
         self.trigger = trigger
         #: Event time from which drift is monitored: the start of the model's reference
-        #: period (earlier events are history replayed to warm the state up).
+        #: period (earlier events are history replayed to warm the state up), or
+        #: ``NO_TIME`` to monitor every event (``--drift-from-start``).  Events skipped are
+        #: counted in ``BatchResult.drift_before_reference``.
         self.drift_since_ms = NO_TIME
         self._clock = clock
         self.states: dict[int, FeatureState] = {}
@@ -313,6 +317,7 @@ class ScoringProcessor:
         rejected = prepared.rejected
         t3 = time.perf_counter()
         drift_update = retrain_request = None
+        before_reference = 0
         if self.drift is not None:
             features = (
                 block.frame()
@@ -328,6 +333,7 @@ class ScoringProcessor:
                 )
             else:
                 rows = np.flatnonzero(recent)
+                before_reference = len(recent) - len(rows)
                 drift_update = self.drift.update(
                     features.iloc[rows].reset_index(drop=True),
                     scores[rows],
@@ -379,6 +385,7 @@ class ScoringProcessor:
             n_redelivered=prepared.n_redelivered,
             drift=drift_update,
             retrain_request=retrain_request,
+            drift_before_reference=before_reference,
         )
 
     def _late(self, late: EventBatch, partition: int) -> list[Rejected]:

@@ -131,6 +131,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "export it on /metrics and send retrain requests (see docs/drift-detection.md)",
     )
     parser.add_argument(
+        "--drift-from-start",
+        action="store_true",
+        help="with --drift, monitor every event, also those older than the model's "
+        "reference period (by default they are scored, counted in "
+        "driftline_drift_unmonitored_events_total and logged, but not monitored: a backfill "
+        "of the training history would otherwise be compared with its own future)",
+    )
+    parser.add_argument(
         "--retrain-topic",
         default="retrain-requests",
         help="topic of retrain requests (default: %(default)s)",
@@ -224,6 +232,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         drift=args.drift,
         retrain_topic=args.retrain_topic,
         drift_events_per_day=args.drift_events_per_day,
+        drift_from_start=args.drift_from_start,
         retrain_persistence_s=args.retrain_persistence,
         model_runtime=args.model_runtime,
         scoring_process=args.scoring_process,

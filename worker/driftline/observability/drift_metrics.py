@@ -31,6 +31,8 @@ SCORE_BUCKETS = tuple(round(x, 2) for x in np.linspace(0.05, 1.0, 20))
 REFERENCE_HASH_HEX_DIGITS = 12
 #: Why a drift checkpoint record was ignored (the ``reason`` label: a fixed vocabulary).
 CHECKPOINT_REASONS = ("undecodable", "format", "mismatch")
+#: ``reason`` of events not monitored because they are older than the reference period.
+BEFORE_REFERENCE = "before_reference_period"
 
 
 class ModelHistogram:
@@ -144,6 +146,14 @@ class DriftMetrics:
         self.drifted_share = gauge(
             "drifted_importance_share", "Importance-weighted share of features in DRIFT.", mv
         )
+        self.unmonitored = Counter(
+            "drift_unmonitored_events_total",
+            "Scored events the drift monitor did not see, by reason (before_reference_period: "
+            "older than the model's reference period; see --drift-from-start).",
+            [*mv, "reason"],
+            namespace=_NS,
+            registry=registry,
+        )
         self.reference_rows = gauge(
             "reference_rows", "Rows the model's reference profile was built from.", mv
         )
@@ -215,6 +225,7 @@ class DriftMetrics:
         self.reference_rows.labels(model, version).set(rows)
         for reason in ("prediction_drift", "feature_drift"):
             self.triggers.labels(model, version, reason)
+        self.unmonitored.labels(model, version, BEFORE_REFERENCE)
         self.required.labels(model, version).set(0)
         self.scores.labels(model, version)
 
@@ -252,6 +263,11 @@ class DriftMetrics:
         self.drifted_share.labels(model, version).set(_finite(update.drifted_share))
         self.reference_hash.labels(model, version).set(_hash_value(update.reference_hash))
         self.scores.labels(model, version).observe_many(scores)
+
+    def count_unmonitored(self, model: str, version: str, n_events: int) -> None:
+        """``n_events`` scored but not monitored: they precede the reference period."""
+        if n_events:
+            self.unmonitored.labels(model, version, BEFORE_REFERENCE).inc(n_events)
 
     def publish_trigger(
         self, model: str, version: str, trigger: RetrainTrigger, request: RetrainRequest | None

@@ -74,6 +74,7 @@ from driftline.model.verification import RuntimeRefused
 from driftline.model.watcher import ModelWatcher
 from driftline.observability.alerts import AlertIntake
 from driftline.observability.bearer import BearerToken
+from driftline.observability.drift_coverage import UnmonitoredEvents
 from driftline.observability.drift_metrics import DriftMetrics
 from driftline.observability.http import HealthServer, HealthState
 from driftline.observability.metrics import WorkerMetrics
@@ -150,6 +151,9 @@ class WorkerSettings:
     retrain_topic: str = "retrain-requests"
     drift_checkpoint_interval_s: float = 30.0  # monitor checkpoints (and one at shutdown)
     drift_events_per_day: float | None = None  # default: from the reference profile
+    #: Monitor events older than the reference period too (default: they are skipped,
+    #: counted and logged by ``driftline.observability.drift_coverage``).
+    drift_from_start: bool = False
     retrain_persistence_s: float = 600.0
     retrain_cooldown_s: float = 86400.0
     consumer_config: dict[str, Any] = field(default_factory=dict)
@@ -234,6 +238,7 @@ class KafkaScoringWorker:
         self.processor: ScoringProcessor | None = None
         self.model_watcher: ModelWatcher | None = None
         self.drift_metrics = DriftMetrics(self.metrics.registry) if settings.drift else None
+        self._unmonitored = UnmonitoredEvents(self.drift_metrics)
         #: Alertmanager's RetrainRequired alerts, queued by the HTTP thread (POST /alerts)
         #: and handled by this worker's loop, which owns the retrain trigger.
         self.alerts = AlertIntake(self.metrics.registry, token=settings.alerts_token)
@@ -328,11 +333,22 @@ class KafkaScoringWorker:
             s.worker_id,
         )
         self._recall_requests(trigger)
+        if monitor.inactive:
+            log.info(
+                "drift: nothing to test for %s (the reference never observed a value, or "
+                "its missing rate leaves no room to rise): those detectors are off",
+                ", ".join(sorted(f"{f}:{d}" for f, d in monitor.inactive)),
+            )
         if self.drift_metrics is not None:
             self.drift_metrics.set_reference(
                 loaded.name, loaded.version, int(profile.get("n_rows", 0))
             )
         return monitor, trigger
+
+    def _drift_since(self, loaded: LoadedModel) -> int:
+        """Event time from which drift is monitored: the reference period's start, or every
+        event with ``--drift-from-start``."""
+        return NO_TIME if self.settings.drift_from_start else _reference_start(loaded)
 
     def _restore_drift_checkpoint(self) -> None:
         """Continue the monitor (and trigger) this worker id saved, if it watched the same
@@ -421,7 +437,7 @@ class KafkaScoringWorker:
             ):
                 self.drift_metrics.forget(old.name, old.version)
             self.processor.drift, self.processor.trigger = self._drift_for(loaded)
-            self.processor.drift_since_ms = _reference_start(loaded)
+            self.processor.drift_since_ms = self._drift_since(loaded)
         self.metrics.set_model(loaded.name, loaded.version, loaded.sha256)
         self.health.set_model_loaded(True)
         log.info("model %s %s loaded (sha256 %s)", loaded.name, loaded.version, loaded.sha256[:12])
@@ -906,7 +922,7 @@ class KafkaScoringWorker:
             drift=monitor,
             trigger=trigger,
         )
-        self.processor.drift_since_ms = _reference_start(scorer.model)
+        self.processor.drift_since_ms = self._drift_since(scorer.model)
         self._dead_letters = DeadLetterWriter(
             bootstrap=s.bootstrap_servers,
             topic=s.dead_letter_topic,
@@ -1222,6 +1238,12 @@ class KafkaScoringWorker:
             m.observe_stage("drift", result.stage_seconds["drift"])
             scorer = self.processor.scorer
             self.drift_metrics.publish(result.drift, scorer.name, scorer.version, result.scores)
+            self._unmonitored.record(
+                scorer.name,
+                scorer.version,
+                result.drift_before_reference,
+                self.processor.drift_since_ms,
+            )
             if self.processor.trigger is not None:
                 self.drift_metrics.publish_trigger(
                     scorer.name, scorer.version, self.processor.trigger, result.retrain_request
