@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from driftline.commands.train import read_event_file, read_table, train_on_events
+from driftline.core.drift.checkpoint_check import mismatches
 from driftline.core.drift.divergence import jensen_shannon, psi
 from driftline.core.drift.monitor import DRIFT, DriftMonitor, DriftUpdate, MonitorBudget
 from driftline.core.drift.window_tests import CategoricalWindowTest
@@ -114,6 +115,12 @@ def test_the_monitor_starts_on_features_missing_and_constant_in_the_reference(
         json.loads(json.dumps(monitor.state_dict(), allow_nan=False))
     )
     assert restored.inactive == monitor.inactive
+    feed(monitor, seed=4, n_batches=1)  # an open window, a closed category window
+    restored = DriftMonitor.from_state_dict(
+        json.loads(json.dumps(monitor.state_dict(), allow_nan=False))
+    )
+    assert mismatches(monitor, restored) == []  # what the worker checks before restoring
+    assert restored.state_dict() == monitor.state_dict()
 
 
 def test_features_missing_in_reference_and_stream_never_alarm(profile: dict) -> None:
