@@ -21,6 +21,8 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from driftline.core.repeated_fields import rows_with_repeats
+
 EventType = Literal[
     "purchase",
     "login",
@@ -100,6 +102,7 @@ DECODE_REASONS = (
 DLQ_REASONS = (*DECODE_REASONS, REASON_FUTURE, REASON_LATE, REASON_MODEL_ERROR)
 
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
+_REQUIRED = ("event_id", "customer_id", "event_time", "event_type")
 
 _one_decoder = msgspec.json.Decoder(CustomerEvent)
 #: What decoding untrusted bytes may raise.  Invalid UTF-8 inside a string the decoder
@@ -416,10 +419,32 @@ def decode_batch(
         batch = EventBatch.from_events(events, np.asarray(good, dtype=np.int64))
     else:
         batch = fast
+    if len(batch):
+        batch = _reject_repeated_fields(batch, values, rejections)
     if keys is not None and len(batch):
         batch = _reject_mis_keyed(batch, keys, rejections)
     rejections.sort(key=lambda r: r.index)
     return batch, rejections
+
+
+def _reject_repeated_fields(
+    batch: EventBatch, values: Sequence[bytes | None], rejections: list[Rejection]
+) -> EventBatch:
+    """Drop (and add to ``rejections``) events that name a known property twice."""
+    rows = batch.index.tolist()
+    present = {name: np.ones(len(batch), dtype=bool) for name in _REQUIRED}
+    present.update({name: ~np.isnan(getattr(batch, name)) for name in NUMERIC_FIELDS})
+    present.update({name: getattr(batch, name) != None for name in CATEGORICAL_FIELDS})  # noqa: E711
+    repeated = rows_with_repeats([values[i] for i in rows], present)  # type: ignore[misc]
+    if not repeated:
+        return batch
+    for row, name in repeated.items():
+        rejections.append(
+            Rejection(rows[row], REASON_SCHEMA, f"property {name!r} appears more than once")
+        )
+    keep = np.ones(len(batch), dtype=bool)
+    keep[list(repeated)] = False
+    return batch.take(np.flatnonzero(keep))
 
 
 def _reject_mis_keyed(
