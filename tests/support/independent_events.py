@@ -69,8 +69,16 @@ WEEKDAY_FACTOR = np.array([0.8, 0.85, 0.9, 0.95, 1.1, 1.4, 1.3])
 class IndependentEvents:
     """Valid events of ``customers`` customers over ``days`` days from ``start_ms``."""
 
-    def __init__(self, seed: int, customers: int = 3000, start_ms: int = 1_767_225_600_000):
+    def __init__(
+        self,
+        seed: int,
+        customers: int = 3000,
+        start_ms: int = 1_767_225_600_000,
+        spacing_ms: float = 600.0,
+    ):
         self.rng = np.random.default_rng(seed)
+        #: Mean time between two events of the whole population.
+        self.spacing_ms = spacing_ms
         self.seed = seed
         self.start_ms = start_ms
         shares = np.array([s.share for s in SEGMENTS])
@@ -89,10 +97,12 @@ class IndependentEvents:
         customer = rng.choice(len(self.ids), size=n, p=weights / weights.sum())
         # Arrival times: a Poisson stream whose rate follows the weekday.
         gaps = rng.exponential(1.0, n)
-        times = self.start_ms + np.cumsum(gaps * 600.0).astype(np.int64)
+        times = self.start_ms + np.cumsum(gaps * self.spacing_ms).astype(np.int64)
         weekday = ((times // DAY_MS) + 3) % 7  # 1970-01-01 was a Thursday
         keep = rng.random(n) < WEEKDAY_FACTOR[weekday] / WEEKDAY_FACTOR.max()
-        times = np.where(keep, times, times + rng.integers(0, 3600_000, n))
+        # An event dropped by the weekday's rate moves up to 6000 mean gaps later (an hour
+        # at the default spacing): busier days keep more of their events in place.
+        times = np.where(keep, times, times + rng.integers(0, int(6000 * self.spacing_ms), n))
         times.sort()
         # Bursts: some events of bursty customers are repeated within seconds.
         bursty = np.array([SEGMENTS[s].burst_prob for s in self.segment])[customer]

@@ -39,8 +39,8 @@ from driftline.core.spec import FeatureSpec
 from driftline.model.registry import LoadedModel
 from driftline.model.scoring import Scorer
 from driftline.processor import RawBatch, ScoringProcessor
-from driftline.testing.corpus import bad_cases
 from support.contract_oracle import ContractOracle
+from support.fuzz_records import Record, fuzz_records
 from support.independent_events import IndependentEvents
 from support.mutations import MUTATIONS
 
@@ -53,15 +53,6 @@ STREAM_REASONS = {"future", "late", "key_mismatch"}
 
 
 @dataclass
-class Record:
-    key: bytes | None
-    value: bytes | None
-    kind: str  # "valid", a mutation name, or "corpus:<kind>"
-    #: Arrival time the live clock is set to when this record's batch is processed.
-    arrival_ms: int = 0
-
-
-@dataclass
 class Tally:
     records: int = 0
     scored: int = 0
@@ -69,34 +60,6 @@ class Tally:
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
     kinds: collections.Counter[str] = field(default_factory=collections.Counter)
     violations: list[str] = field(default_factory=list)
-
-
-def fuzz_records(n: int, seed: int, hostile_share: float = 0.45) -> list[Record]:
-    """``n`` records in arrival order: generated events, some mutated, some corpus poison."""
-    rng = random.Random(seed)
-    n_corpus = n // 10
-    events = IndependentEvents(seed).events(n - n_corpus)
-    names = list(MUTATIONS)
-    out = []
-    for event in events:
-        body = msgspec.json.encode(event)
-        key = None if rng.random() < 0.05 else event["customer_id"].encode()
-        arrival = event["event_time"] if isinstance(event["event_time"], int) else None
-        if rng.random() < hostile_share:
-            name = names[len(out) % len(names)] if rng.random() < 0.5 else rng.choice(names)
-            out.append(Record(key, MUTATIONS[name](rng, dict(event), body), name, arrival or 0))
-        else:
-            out.append(Record(key, body, "valid", arrival or 0))
-    corpus = bad_cases(n_corpus, seed=seed)
-    for case in corpus:
-        at = rng.randrange(len(out) + 1)
-        out.insert(at, Record(b"corpus", case.payload, f"corpus:{case.kind}"))
-    # The live clock follows the stream: each record arrives at the latest time before it.
-    last = 0
-    for record in out:
-        last = max(last, record.arrival_ms)
-        record.arrival_ms = last
-    return out
 
 
 def run(records: list[Record], processor: ScoringProcessor, now: list[int]) -> Tally:
@@ -220,12 +183,13 @@ def test_hypothesis_hostile_values_are_never_scored_unless_valid(
 ) -> None:
     """Shrinkable counterpart of the bulk run: one generated JSON value in one field,
     raw bytes, and mutated records, among valid ones, live or replayed."""
-    records = fuzz_records(60, seed=seed)
+    # A clean start: a replaying partition's first events have no stream clock yet.
+    records = fuzz_records(100, seed=seed, clean_prefix=40)
     event = IndependentEvents(seed).events(1)[0]
     spliced = msgspec.json.encode(dict(event, **{field: value}))
-    records.insert(7, Record(event["customer_id"].encode(), spliced, "hypothesis"))
-    records.insert(30, Record(None, raw, "hypothesis"))
-    records[7].arrival_ms = records[8].arrival_ms
+    records.insert(47, Record(event["customer_id"].encode(), spliced, "hypothesis"))
+    records.insert(70, Record(None, raw, "hypothesis"))
+    records[47].arrival_ms = records[48].arrival_ms
     processor, now = live_processor(spec, model)
     if replay:  # a replay: the wall clock is far past the stream
         processor._clock = lambda: 1_900_000_000.0

@@ -96,9 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-clock-skew",
         type=duration_ms,
-        default="1h",
+        default="10m",
         help="an event dated further ahead of the worker's clock is dead-lettered as "
-        "future and never moves its partition's watermark (default: %(default)s)",
+        "future and never moves its partition's watermark; keep it well under the "
+        "allowed lateness (default: %(default)s)",
     )
     parser.add_argument(
         "--max-replay-jump",
@@ -106,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="1d",
         help="on a partition replaying old events (median lag over its last events more "
         "than this), an event further ahead of the stream's own clock is future too; "
-        "a day suits day-resolution logs (default: %(default)s)",
+        "set it to the replayed log's time resolution (default: %(default)s)",
     )
     parser.add_argument(
         "--native-threads",

@@ -13,7 +13,9 @@ clock when it processes the micro-batch, ``skew`` is ``--max-clock-skew``, ``jum
 
 1. **Wall clock, always.**  ``event_time > now + skew`` is future.  No event, live or
    replayed, can be later than the present; ``skew`` is for producers' clocks that run
-   ahead of the worker's.
+   ahead of the worker's.  An accepted event may still be up to ``skew`` ahead and so
+   move the watermark that far past real time: keep ``skew`` well under the allowed
+   lateness (the defaults are 10 minutes and 1 hour), and nothing live is made late.
 2. **The stream's own clock, when the partition is replaying.**  A partition is
    *replaying* when the median *lag* (processing time minus event time) of its last
    ``WINDOW`` events is more than ``jump``: it is a replay or backfill of old events,
@@ -35,7 +37,10 @@ clock when it processes the micro-batch, ``skew`` is ``--max-clock-skew``, ``jum
    outage counts as a replay, where consecutive events are close in time anyway.
 
 Day-resolution logs (CDNOW: every event at midnight, every partition with events every
-day) step by exactly one day, which the default ``jump`` of one day allows.
+day) step by exactly one day, which the default ``jump`` of one day allows.  The price:
+in a replay, an event less than ``jump`` ahead of the stream is accepted and moves the
+watermark that far, so set ``--max-replay-jump`` to the resolution of the log replayed
+(an hour for a log of seconds).
 
 The decisions do not depend on where micro-batch boundaries fall: each one depends only
 on the events before it on the partition (carried across batches in a window of
@@ -46,6 +51,11 @@ rule 1's verdicts and only ever adds future events (each pass lowers the accepte
 maximum, which can only add more), so it ends at the sequential answer, usually in two
 passes.  After a restart the window restarts from the restored watermark, so rule 2's
 ``QUORUM`` term sees fewer events for the first few decisions than an uninterrupted run.
+
+Known limit: a partition's very first event has no stream behind it, so it is judged by
+rule 1 only; if a replay's first event is dated days ahead of the log, it is accepted
+and its watermark starts there.  (Once a partition has history, including after a
+restart, which restores the watermark, rule 2 applies.)
 """
 
 from __future__ import annotations
@@ -61,7 +71,9 @@ from driftline.core.state import NO_TIME
 WINDOW = 16
 #: How many of the window's events must agree before the stream clock moves on its own.
 QUORUM = 3
-DEFAULT_MAX_CLOCK_SKEW_MS = 3_600_000
+#: Producers' clocks run a little ahead at most; kept well under the default allowed
+#: lateness (1 h), so an accepted event can never push the watermark past real time.
+DEFAULT_MAX_CLOCK_SKEW_MS = 600_000
 DEFAULT_MAX_REPLAY_JUMP_MS = 86_400_000
 #: Passes of the vector fixed point before the exact per-event loop takes over.
 _MAX_PASSES = 8
