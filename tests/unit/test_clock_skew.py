@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -237,3 +238,26 @@ def test_dead_lettered_as_future_by_the_processor(model: LoadedModel, spec: Feat
     assert processor.watermarks[0].max_event_time_ms == NOW - 600_000 + 399 * 100
     messages = [r.message for r in results for r in r.rejected]
     assert all("past" in m and "clock" in m for m in messages), messages
+
+
+def test_the_worker_flags_and_their_environment_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from driftline.cli import build_parser
+    from driftline.commands._flags import apply_env_defaults
+    from driftline.commands.worker import settings_from_args
+
+    parser = build_parser()
+    apply_env_defaults(parser)
+    settings = settings_from_args(parser.parse_args(["worker"]))
+    assert (settings.max_clock_skew_ms, settings.max_replay_jump_ms) == (600_000, DAY)
+    args = parser.parse_args(["worker", "--max-clock-skew", "90s", "--max-replay-jump", "2h"])
+    assert (args.max_clock_skew, args.max_replay_jump) == (90_000, 2 * HOUR)
+    monkeypatch.setenv("DRIFTLINE_MAX_CLOCK_SKEW", "2h")
+    monkeypatch.setenv("DRIFTLINE_MAX_REPLAY_JUMP", "3d")
+    parser = build_parser()
+    apply_env_defaults(parser)
+    settings = settings_from_args(parser.parse_args(["worker"]))
+    assert (settings.max_clock_skew_ms, settings.max_replay_jump_ms) == (2 * HOUR, 3 * DAY)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["worker", "--max-clock-skew", "soon"])
