@@ -137,10 +137,11 @@ class StreamClock:
         self._remember(times, lags)
         future = times > wall_limit
         stream_step = max(p.max_replay_jump_ms, p.max_clock_skew_ms)
-        if replaying.any():
-            future = self._with_stream_rule(
-                times, future, replaying, quorum_front, accepted_max_ms, stream_step
-            )
+        if not replaying.any():  # live: the wall clock alone
+            return FutureVerdict(future, np.full(n, wall_limit, np.int64), np.zeros(n, bool))
+        future = self._with_stream_rule(
+            times, future, replaying, quorum_front, accepted_max_ms, stream_step
+        )
         front = _accepted_front(times, future, accepted_max_ms, quorum_front)
         stream_limit = np.where(front == NO_TIME, np.iinfo(np.int64).max, front + stream_step)
         by_stream = replaying & (stream_limit < wall_limit)
@@ -150,22 +151,35 @@ class StreamClock:
     # ------------------------------------------------------------ internals
     def _window_stats(self, times: np.ndarray, lags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each event: is its partition replaying, and the window's QUORUM-th latest
-        time (NO_TIME when the window holds fewer), from the ``WINDOW`` events before it."""
+        time (NO_TIME when the window holds fewer), from the ``WINDOW`` events before it.
+
+        "Median lag over the jump" is counted, not sorted: with ``c`` events in the
+        window, the lower median exceeds ``jump`` when at least ``c - (c - 1) // 2`` of
+        the lags do, a rolling sum.  Order statistics of times are needed only on a
+        replaying partition, and then one ``np.partition`` per full window does.
+        """
         n = times.size
-        pad = WINDOW - self._times.size
-        t = np.concatenate([np.full(pad, np.nan), self._times, times[:-1]]).astype(np.float64)
-        g = np.concatenate([np.full(pad, np.nan), self._lags, lags[:-1]]).astype(np.float64)
-        # Row i: the WINDOW events before event i (NaN where there were none); sorted,
-        # NaN last, so each row's order statistics are found by its count of events.
-        t_rows = np.sort(sliding_window_view(t, WINDOW)[:n], axis=1)
-        g_rows = np.sort(sliding_window_view(g, WINDOW)[:n], axis=1)
-        count = WINDOW - np.isnan(t_rows).sum(axis=1)
-        rows = np.arange(n)
-        median_lag = g_rows[rows, np.maximum(count - 1, 0) // 2]
-        replaying = (count > 0) & (median_lag > self.policy.max_replay_jump_ms)
-        has_quorum = count >= QUORUM
-        kth = t_rows[rows, np.maximum(count - QUORUM, 0)]
-        quorum_front = np.where(has_quorum, kth, NO_TIME).astype(np.int64)
+        prev_t = np.concatenate([self._times, times[:-1]])
+        prev_g = np.concatenate([self._lags, lags[:-1]])
+        history = self._times.size
+        end = history + np.arange(n)
+        begin = np.maximum(end - WINDOW, 0)
+        count = end - begin
+        over = np.concatenate([[0], np.cumsum(prev_g > self.policy.max_replay_jump_ms)])
+        n_over = over[end] - over[begin]
+        replaying = (count > 0) & (n_over >= count - (count - 1) // 2)
+        quorum_front = np.full(n, NO_TIME, dtype=np.int64)
+        rows = np.flatnonzero(replaying & (count >= QUORUM))
+        if rows.size:
+            full = rows[count[rows] == WINDOW]
+            if full.size:
+                windows = sliding_window_view(prev_t, WINDOW)[begin[full]]
+                quorum_front[full] = np.partition(windows, WINDOW - QUORUM, axis=1)[
+                    :, WINDOW - QUORUM
+                ]
+            for row in rows[count[rows] < WINDOW].tolist():  # a young partition's first few
+                window = np.sort(prev_t[begin[row] : end[row]])
+                quorum_front[row] = window[-QUORUM]
         return replaying, quorum_front
 
     def _remember(self, times: np.ndarray, lags: np.ndarray) -> None:
