@@ -22,7 +22,7 @@ import jsonschema
 import msgspec
 import pytest
 
-from driftline.contracts import DEAD_LETTER_REASONS
+from driftline.core.events import DLQ_REASONS
 from driftline.core.predictions import (
     DLQ_REASON,
     DLQ_SOURCE_OFFSET,
@@ -112,7 +112,7 @@ def test_fuzzed_records_through_a_real_worker_are_each_scored_or_dead_lettered_o
         headers = {k: v.decode() for k, v in m.headers() if k.startswith("driftline.")}
         validator.validate(headers)
         reasons[headers[DLQ_REASON]] += 1
-        assert headers[DLQ_REASON] in DEAD_LETTER_REASONS
+        assert headers[DLQ_REASON] in DLQ_REASONS
         original = by_place[(int(headers[DLQ_SOURCE_PARTITION]), int(headers[DLQ_SOURCE_OFFSET]))]
         assert (m.value() or b"") == (original.value() or b"")
         assert m.key() == original.key()

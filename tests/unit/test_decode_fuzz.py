@@ -34,7 +34,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from driftline.contracts import DEAD_LETTER_REASONS
+from driftline.core.events import DLQ_REASONS
 from driftline.core.spec import FeatureSpec
 from driftline.model.registry import LoadedModel
 from driftline.model.scoring import Scorer
@@ -99,7 +99,7 @@ def run(records: list[Record], processor: ScoringProcessor, now: list[int]) -> T
                 )
         for i, r in rejected.items():
             tally.reasons[r.reason] += 1
-            if r.reason not in DEAD_LETTER_REASONS or not r.message:
+            if r.reason not in DLQ_REASONS or not r.message:
                 tally.violations.append(f"bad dead letter {r}")
             verdict = oracle.judge(chunk[i].value)
             if verdict in EXACT_REASON and r.reason != EXACT_REASON[verdict]:
