@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -11,6 +13,14 @@ from driftline.testing.corpus import bad_cases
 
 from .independent_events import IndependentEvents
 from .mutations import MUTATIONS
+
+
+def event_time_ms(event: dict[str, Any]) -> int:
+    """A generated event's time in epoch ms, whichever way it is written."""
+    when = event["event_time"]
+    if isinstance(when, int):
+        return when
+    return int(datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 @dataclass
@@ -46,12 +56,12 @@ def fuzz_records(
     for event in events:
         body = msgspec.json.encode(event)
         key = None if rng.random() < 0.05 else event["customer_id"].encode()
-        arrival = event["event_time"] if isinstance(event["event_time"], int) else None
+        arrival = event_time_ms(event)
         if len(out) >= clean_prefix and rng.random() < hostile_share:
             name = names[len(out) % len(names)] if rng.random() < 0.5 else rng.choice(names)
-            out.append(Record(key, MUTATIONS[name](rng, dict(event), body), name, arrival or 0))
+            out.append(Record(key, MUTATIONS[name](rng, dict(event), body), name, arrival))
         else:
-            out.append(Record(key, body, "valid", arrival or 0))
+            out.append(Record(key, body, "valid", arrival))
     corpus = bad_cases(n_corpus, seed=seed)
     for case in corpus:
         at = rng.randrange(clean_prefix, len(out) + 1)

@@ -40,7 +40,7 @@ from driftline.model.registry import LoadedModel
 from driftline.model.scoring import Scorer
 from driftline.processor import RawBatch, ScoringProcessor
 from support.contract_oracle import ContractOracle
-from support.fuzz_records import Record, fuzz_records
+from support.fuzz_records import Record, event_time_ms, fuzz_records
 from support.independent_events import IndependentEvents
 from support.mutations import MUTATIONS
 
@@ -211,7 +211,7 @@ def test_each_mutation_alone(spec: FeatureSpec, model: LoadedModel, kind: str) -
             records.append(Record(key, MUTATIONS[kind](rng, dict(event), body), kind))
         else:
             records.append(Record(key, body, "valid"))
-        records[-1].arrival_ms = event["event_time"] if isinstance(event["event_time"], int) else 0
+        records[-1].arrival_ms = event_time_ms(event)
     last = 0
     for record in records:
         last = record.arrival_ms = max(last, record.arrival_ms)
