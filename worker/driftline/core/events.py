@@ -432,10 +432,13 @@ def _reject_repeated_fields(
 ) -> EventBatch:
     """Drop (and add to ``rejections``) events that name a known property twice."""
     rows = batch.index.tolist()
-    present = {name: np.ones(len(batch), dtype=bool) for name in _REQUIRED}
-    present.update({name: ~np.isnan(getattr(batch, name)) for name in NUMERIC_FIELDS})
-    present.update({name: getattr(batch, name) != None for name in CATEGORICAL_FIELDS})  # noqa: E711
-    repeated = rows_with_repeats([values[i] for i in rows], present)  # type: ignore[misc]
+    n = len(batch)
+    # How many events carry each property (counts only: ``list.count`` of None is C).
+    present = dict.fromkeys(_REQUIRED, n)
+    present.update({f: n - int(np.isnan(getattr(batch, f)).sum()) for f in NUMERIC_FIELDS})
+    present.update({f: n - getattr(batch, f).tolist().count(None) for f in CATEGORICAL_FIELDS})
+    raw = values if n == len(values) else [values[i] for i in rows]
+    repeated = rows_with_repeats(raw, present)  # type: ignore[arg-type]
     if not repeated:
         return batch
     for row, name in repeated.items():

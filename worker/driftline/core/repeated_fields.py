@@ -25,17 +25,15 @@ import json
 import re
 from collections.abc import Sequence
 
-import numpy as np
-
 #: ``"..."`` followed by ``:``, with a ``\u`` escape inside the quotes: an escaped key.
 _ESCAPED_KEY = re.compile(rb'"(?:[^"\\]|\\.)*\\u(?:[^"\\]|\\.)*"\s*:')
 
 
-def rows_with_repeats(values: Sequence[bytes], present: dict[str, np.ndarray]) -> dict[int, str]:
+def rows_with_repeats(values: Sequence[bytes], present: dict[str, int]) -> dict[int, str]:
     """Row -> the first known property named more than once in that value.
 
     ``values`` are the accepted events' raw values; ``present`` maps each known property
-    to a boolean array: whether the decoded event has it (not absent and not null).
+    to how many of the decoded events have it (not absent and not null).
     """
     if not values:
         return {}
@@ -50,7 +48,7 @@ def rows_with_repeats(values: Sequence[bytes], present: dict[str, np.ndarray]) -
         escaped = set()
     for name, has in present.items():
         needle = b'"' + name.encode() + b'"'
-        if escaped or joined.count(needle) > int(np.count_nonzero(has)):
+        if escaped or joined.count(needle) > has:
             suspects.update(i for i, v in enumerate(values) if v.count(needle) > 1)
     found: dict[int, str] = {}
     for i in sorted(suspects):
@@ -65,14 +63,14 @@ _BASE_QUOTES = 2 * 4 + 2 * 3
 _STRING_TIME = b'"event_time":"'
 
 
-def _only_known_quotes(joined: bytes, n: int, present: dict[str, np.ndarray]) -> bool:
+def _only_known_quotes(joined: bytes, n: int, present: dict[str, int]) -> bool:
     """Whether the batch holds exactly the quotes its decoded known properties need."""
     expected = _BASE_QUOTES * n
     for name, has in present.items():
         if name in ("event_id", "customer_id", "event_time", "event_type"):
             continue
-        per = 4 if has.dtype == object or name in ("plan_type", "region") else 2
-        expected += per * int(np.count_nonzero(has))
+        per = 4 if name in ("plan_type", "region") else 2
+        expected += per * has
     extra = joined.count(b'"') - expected
     if extra == 0:
         return True
@@ -80,7 +78,7 @@ def _only_known_quotes(joined: bytes, n: int, present: dict[str, np.ndarray]) ->
     return extra > 0 and extra == 2 * joined.count(_STRING_TIME)
 
 
-def _repeated_name(value: bytes, known: dict[str, np.ndarray]) -> str | None:
+def _repeated_name(value: bytes, known: dict[str, int]) -> str | None:
     """The first known top-level name repeated in ``value`` (parsed exactly)."""
     top: list[list[tuple[str, object]]] = []
 
