@@ -10,8 +10,12 @@ The check must not cost the common batch a parse, nor even a search per name (el
 ``bytes.count`` calls cost ~0.8 µs/event, as much as the decode).  First, one count of
 ``"`` over the batch: an accepted event holds at least the quotes of its known
 properties' names and string values, which the decoded columns tell, so a batch with no
-backslash and exactly that many quotes has no repeat (nor unknown property, nor null):
-~0.1 µs/event.  Otherwise each known name is counted over the batch: a count no higher
+backslash and exactly that many quotes has no repeat (nor unknown property, nor null).
+Measured on 2,000-event batches (2026-12-04): the batch decode went from ~0.95 to ~1.2
+µs/event with this check and the strict UTF-8 one; a batch whose events carry unknown
+properties or nulls takes the per-name path, ~2.8 µs/event (from ~1.0).
+
+Otherwise each known name is counted over the batch: a count no higher
 than the events carrying it means no repeat, because every accepted event names each
 property it carries at least once.  Only when a count is higher (a repeat, or the name
 inside a nested object or with an explicit ``null``) are the rows with two or more
