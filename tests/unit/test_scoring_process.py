@@ -146,8 +146,9 @@ def test_prepare_then_finish_is_process(
 ) -> None:
     """Split or not, a batch gives the same predictions, rejects, changelog and state."""
     scorer = Scorer(model)
-    whole = ScoringProcessor(spec, scorer, clock=lambda: 1_700_000_000.0)
-    split = ScoringProcessor(spec, scorer, clock=lambda: 1_700_000_000.0)
+    # A clock after the simulated events (an earlier one would make them future).
+    whole = ScoringProcessor(spec, scorer, clock=lambda: 2_000_000_000.0)
+    split = ScoringProcessor(spec, scorer, clock=lambda: 2_000_000_000.0)
     rejected = 0
     for raw in raw_batches:
         expected = whole.process(raw)

@@ -87,15 +87,20 @@ CUSTOMER_EVENT = Contract(
     title="Customer event",
     description=(
         "One thing a customer did: the value of a record on the Driftline input topic, "
-        "UTF-8 JSON, at most "
+        "strict UTF-8 JSON (a value with bytes that are not UTF-8 anywhere, even in an "
+        "ignored property, is refused as invalid_encoding), at most "
         f"{DEFAULT_MAX_EVENT_BYTES} bytes (the worker's default limit). The record key "
         "must be the event's customer_id (or null). Unknown extra properties are ignored, "
-        "so producers may add fields without coordinating (forward compatible); duplicate "
-        "property names are not allowed. A record that does not match is not scored: it "
-        "goes to the dead-letter topic unchanged, with a reason header (one of "
+        "so producers may add fields without coordinating (forward compatible), and "
+        "may repeat; a property of this schema named twice is refused (schema_violation), "
+        "since readers disagree on which of the two counts. A record that does not match "
+        "is not scored: it goes to the dead-letter topic unchanged, with a reason header "
+        "(one of "
         f"{', '.join(DECODE_REASONS)}; see dead-letter-headers.schema.json). Delivery is "
         "at-least-once: the same event may be scored more than once, so consumers of "
-        "predictions deduplicate by event_id."
+        "predictions deduplicate by event_id. An event_time accepted here may still be "
+        "refused by the worker as future (further ahead than its clock-skew allowance) "
+        "or late (older than its partition's watermark)."
     ),
     fields={
         "event_id": (
@@ -222,7 +227,8 @@ DEAD_LETTER_HEADERS = Contract(
             + "."
         ),
         "driftline.error.class": (
-            'Which stage rejected it: "decode" (value or key), "watermark" (late) or "model" '
+            'Which stage rejected it: "decode" (value or key), "clock" (future), "watermark" '
+            '(late) or "model" '
             "(model_error: the model raised on the event's features; the message names the "
             "exception and its text)."
         ),

@@ -1,7 +1,8 @@
 """The scoring step of one micro-batch, independent of any Kafka client.
 
 An engine (confluent-kafka today, Faust later) hands over the raw records it consumed;
-the processor decodes them, splits off the rejects and the late events, updates the
+the processor decodes them, splits off the rejects, the future-dated events (see
+``core.clock_skew``) and the late events, updates the
 per-partition state, scores every valid event with one ``predict_proba`` call, and hands
 back what to produce.  It never talks to a broker, so the same object serves any engine,
 the benchmark and the tests.
@@ -18,10 +19,12 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from driftline.core.clock_skew import ClockSkewPolicy, FutureVerdict, StreamClock
 from driftline.core.drift.monitor import DriftMonitor, DriftUpdate
 from driftline.core.drift.trigger import RetrainRequest, RetrainTrigger
 from driftline.core.events import (
     DEFAULT_MAX_EVENT_BYTES,
+    REASON_FUTURE,
     REASON_LATE,
     REASON_MODEL_ERROR,
     EventBatch,
@@ -126,6 +129,7 @@ class ScoringProcessor:
         drift: DriftMonitor | None = None,
         trigger: RetrainTrigger | None = None,
         clock: type[time.time] = time.time,  # type: ignore[valid-type]
+        clock_skew: ClockSkewPolicy | None = None,
     ) -> None:
         if scorer.feature_names != spec.feature_names:
             raise ValueError(
@@ -144,20 +148,25 @@ class ScoringProcessor:
         #: counted in ``BatchResult.drift_before_reference``.
         self.drift_since_ms = NO_TIME
         self._clock = clock
+        self.clock_skew = clock_skew or ClockSkewPolicy()
         self.states: dict[int, FeatureState] = {}
         self.watermarks: dict[int, PartitionWatermark] = {}
+        #: Each partition's recent event times, for the future-event rule.
+        self.stream_clocks: dict[int, StreamClock] = {}
 
     # ------------------------------------------------------------ partitions
     def assign(self, partitions: Sequence[int]) -> None:
         for p in partitions:
             self.states.setdefault(p, FeatureState(self.spec))
             self.watermarks.setdefault(p, PartitionWatermark(self.spec.allowed_lateness_ms))
+            self.stream_clocks.setdefault(p, StreamClock(self.clock_skew))
 
     def revoke(self, partitions: Sequence[int]) -> None:
         """Forget the partitions' state: another worker owns (and rebuilds) it now."""
         for p in partitions:
             self.states.pop(p, None)
             self.watermarks.pop(p, None)
+            self.stream_clocks.pop(p, None)
 
     @property
     def customers_in_state(self) -> int:
@@ -196,6 +205,9 @@ class ScoringProcessor:
         restored = state.restore([k for k, _ in live], [v for _, v in live])
         self.states[partition] = state
         self.watermarks[partition] = watermark
+        stream_clock = StreamClock(self.clock_skew)
+        stream_clock.seed(watermark.max_event_time_ms, int(self._clock() * 1000))
+        self.stream_clocks[partition] = stream_clock
         return restored
 
     # ------------------------------------------------------------ batch
@@ -259,6 +271,7 @@ class ScoringProcessor:
         stages["decode"] = t1 - t0
 
         partitions = raw.partitions[batch.index]
+        now_ms = int(self._clock() * 1000)
         blocks: list[FeatureBlock] = []
         kept_parts: list[EventBatch] = []
         changelog: list[tuple[int, bytes, bytes | None]] = []
@@ -269,6 +282,11 @@ class ScoringProcessor:
             part = batch.take(np.flatnonzero(partitions == p))
             watermark = self.watermarks[p]
             before = watermark.max_event_time_ms
+            # Future-dated events first: they must never reach the watermark.
+            verdict = self.stream_clocks[p].classify(part.event_time_ms, before, now_ms)
+            if verdict.future.any():
+                rejected.extend(_future(part, verdict, p, now_ms))
+                part = part.take(np.flatnonzero(~verdict.future))
             late = watermark.classify(part.event_time_ms)
             if late.any():
                 rejected.extend(self._late(part.take(np.flatnonzero(late)), p))
@@ -401,3 +419,29 @@ class ScoringProcessor:
             )
             for i, t in zip(late.index.tolist(), late.event_time_ms.tolist(), strict=True)
         ]
+
+
+def _future(
+    part: EventBatch, verdict: FutureVerdict, partition: int, now_ms: int
+) -> list[Rejected]:
+    """Dead letters for the future events of one partition's part of a batch."""
+    rows = np.flatnonzero(verdict.future)
+    out = []
+    for i, t, limit, by_stream in zip(
+        part.index[rows].tolist(),
+        part.event_time_ms[rows].tolist(),
+        verdict.limit_ms[rows].tolist(),
+        verdict.by_stream[rows].tolist(),
+        strict=True,
+    ):
+        clock = f"partition {partition}'s replay clock" if by_stream else f"the clock {now_ms}"
+        out.append(
+            Rejected(
+                i,
+                REASON_FUTURE,
+                "clock",
+                f"event_time {t} is {(t - limit) / 3_600_000:.2f} h past {limit}, the latest "
+                f"allowed by {clock}",
+            )
+        )
+    return out

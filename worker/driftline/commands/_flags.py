@@ -8,7 +8,13 @@ import os
 from driftline import config
 from driftline.commands._env import parse_bool
 from driftline.commands._kafka import add_kafka_client
-from driftline.core.spec import FeatureSpec, load_default_spec, load_spec
+from driftline.core.spec import (
+    FeatureSpec,
+    SpecError,
+    load_default_spec,
+    load_spec,
+    parse_duration_ms,
+)
 
 #: Namespace attribute holding a ``DRIFTLINE_*`` value that did not parse (see :func:`env_error`).
 ENV_ERROR = "_env_error"
@@ -120,3 +126,14 @@ def add_spec(parser: argparse.ArgumentParser) -> None:
 def load_spec_arg(args: argparse.Namespace) -> FeatureSpec:
     """The spec named by ``--features``, or the one shipped with Driftline."""
     return load_spec(args.features) if args.features else load_default_spec()
+
+
+def duration_ms(text: str) -> int:
+    """An argparse type: '90s', '15m', '1h', '7d', '2w' (or bare milliseconds) -> ms."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        return parse_duration_ms(text)
+    except SpecError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -3,7 +3,8 @@
 The worker joins the consumer group, keeps windowed features per customer for the
 partitions it is assigned, scores every valid event with the registered model (one
 predict_proba per micro-batch) and publishes predictions keyed by customer id.  Events
-that cannot be decoded, fail validation or arrive later than the watermark go to the
+that cannot be decoded, fail validation, are dated further ahead than the clock-skew
+allowance (--max-clock-skew, --max-replay-jump) or arrive later than the watermark go to the
 dead-letter topic with their original bytes and the reason.  Offsets are committed only
 after the predictions are delivered (at-least-once).
 
@@ -23,7 +24,14 @@ from __future__ import annotations
 import argparse
 
 from driftline.commands._errors import CommandError
-from driftline.commands._flags import add_bootstrap, add_model, add_spec, add_topics, load_spec_arg
+from driftline.commands._flags import (
+    add_bootstrap,
+    add_model,
+    add_spec,
+    add_topics,
+    duration_ms,
+    load_spec_arg,
+)
 from driftline.commands._kafka import connect
 from driftline.config import CONSUMER_GROUP, DEFAULT_METRICS_PORT
 from driftline.engine.kafka.worker import WorkerSettings, serve_worker
@@ -84,6 +92,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=64 * 1024,
         help="larger values are dead-lettered as oversized (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-clock-skew",
+        type=duration_ms,
+        default="10m",
+        help="an event dated further ahead of the worker's clock is dead-lettered as "
+        "future and never moves its partition's watermark; keep it well under the "
+        "allowed lateness (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-replay-jump",
+        type=duration_ms,
+        default="1d",
+        help="on a partition replaying old events (median lag over its last events more "
+        "than this), an event further ahead of the stream's own clock is future too; "
+        "set it to the replayed log's time resolution (default: %(default)s)",
     )
     parser.add_argument(
         "--native-threads",
@@ -223,6 +247,8 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         max_event_bytes=args.max_event_bytes,
+        max_clock_skew_ms=args.max_clock_skew,
+        max_replay_jump_ms=args.max_replay_jump,
         native_threads=args.native_threads,
         exactly_once=args.exactly_once,
         transaction_timeout_s=args.transaction_timeout,

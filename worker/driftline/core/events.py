@@ -21,6 +21,8 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from driftline.core.repeated_fields import rows_with_repeats
+
 EventType = Literal[
     "purchase",
     "login",
@@ -80,8 +82,14 @@ REASON_KEY_MISMATCH = "key_mismatch"
 REASON_LATE = "late"
 #: The model raised on the event's features (isolated by ``driftline.model.isolation``).
 REASON_MODEL_ERROR = "model_error"
+#: Bytes that are not UTF-8 (overlong forms, surrogates, stray continuation bytes...)
+#: anywhere in the value, even in a key or value the decoder would otherwise skip.
+REASON_ENCODING = "invalid_encoding"
+#: An event time further ahead than the clock-skew allowance (see ``core.clock_skew``).
+REASON_FUTURE = "future"
 DECODE_REASONS = (
     REASON_MALFORMED,
+    REASON_ENCODING,
     REASON_SCHEMA,
     REASON_UNKNOWN_TYPE,
     REASON_MISSING_FIELD,
@@ -91,14 +99,42 @@ DECODE_REASONS = (
     REASON_KEY_MISMATCH,
 )
 #: Every reason a dead letter can carry (the ``driftline.error.reason`` header).
-DLQ_REASONS = (*DECODE_REASONS, REASON_LATE, REASON_MODEL_ERROR)
+DLQ_REASONS = (*DECODE_REASONS, REASON_FUTURE, REASON_LATE, REASON_MODEL_ERROR)
 
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
+_REQUIRED = ("event_id", "customer_id", "event_time", "event_type")
 
 _one_decoder = msgspec.json.Decoder(CustomerEvent)
-#: What decoding untrusted bytes may raise.  Invalid UTF-8 inside a string surfaces as
-#: UnicodeDecodeError (not msgspec.DecodeError): malformed input, not a worker bug.
+#: What decoding untrusted bytes may raise.  Invalid UTF-8 inside a string the decoder
+#: reads surfaces as UnicodeDecodeError (not msgspec.DecodeError): bad input, not a bug.
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+
+
+def is_utf8(value: bytes) -> bool:
+    """Whether ``value`` is strict UTF-8 (RFC 3629: no overlong forms, no surrogates).
+
+    msgspec checks UTF-8 only in the strings it decodes: an unknown field's key or value
+    is skipped unread, so a bad byte there would be scored.  ``isascii`` (a word-at-a-time
+    scan in C) settles the common case without decoding.
+    """
+    if value.isascii():
+        return True
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _all_utf8(values: Sequence[bytes]) -> bool:
+    """Whether every value is strict UTF-8: one C-level check over the whole batch.
+
+    The values are joined with an ASCII newline, which cannot complete a sequence that a
+    value leaves open nor be the continuation byte another one starts with, so the joined
+    buffer is UTF-8 exactly when each value is.
+    """
+    joined = b"\n".join(values)
+    return is_utf8(joined)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +362,8 @@ def decode_one(value: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) ->
         raise InvalidEvent(REASON_EMPTY, "empty or null value")
     if len(value) > max_bytes:
         raise InvalidEvent(REASON_OVERSIZED, f"{len(value)} bytes > limit {max_bytes}")
+    if not is_utf8(value):
+        raise InvalidEvent(REASON_ENCODING, _encoding_error(value))
     try:
         event = _one_decoder.decode(value)
     except _DECODE_ERRORS as error:
@@ -338,6 +376,14 @@ def decode_one(value: bytes | None, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) ->
         if not MIN_EPOCH_MS <= ms <= MAX_EPOCH_MS:
             raise InvalidEvent(REASON_INVALID_VALUE, f"event_time {when.isoformat()} out of range")
     return event
+
+
+def _encoding_error(value: bytes) -> str:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return f"not UTF-8: byte {error.start}: {error.reason}"
+    return "not UTF-8"
 
 
 class InvalidEvent(ValueError):
@@ -373,10 +419,35 @@ def decode_batch(
         batch = EventBatch.from_events(events, np.asarray(good, dtype=np.int64))
     else:
         batch = fast
+    if len(batch):
+        batch = _reject_repeated_fields(batch, values, rejections)
     if keys is not None and len(batch):
         batch = _reject_mis_keyed(batch, keys, rejections)
     rejections.sort(key=lambda r: r.index)
     return batch, rejections
+
+
+def _reject_repeated_fields(
+    batch: EventBatch, values: Sequence[bytes | None], rejections: list[Rejection]
+) -> EventBatch:
+    """Drop (and add to ``rejections``) events that name a known property twice."""
+    rows = batch.index.tolist()
+    n = len(batch)
+    # How many events carry each property (counts only: ``list.count`` of None is C).
+    present = dict.fromkeys(_REQUIRED, n)
+    present.update({f: n - int(np.isnan(getattr(batch, f)).sum()) for f in NUMERIC_FIELDS})
+    present.update({f: n - getattr(batch, f).tolist().count(None) for f in CATEGORICAL_FIELDS})
+    raw = values if n == len(values) else [values[i] for i in rows]
+    repeated = rows_with_repeats(raw, present)  # type: ignore[arg-type]
+    if not repeated:
+        return batch
+    for row, name in repeated.items():
+        rejections.append(
+            Rejection(rows[row], REASON_SCHEMA, f"property {name!r} appears more than once")
+        )
+    keep = np.ones(len(batch), dtype=bool)
+    keep[list(repeated)] = False
+    return batch.take(np.flatnonzero(keep))
 
 
 def _reject_mis_keyed(
@@ -415,15 +486,19 @@ def _decode_all_or_none(values: Sequence[bytes | None], max_bytes: int) -> Event
 
     Each value goes through the very decoder ``decode_one`` uses, mapped in C over the
     batch, so a value is accepted here exactly when ``decode_one`` would accept it: the
-    checks ``decode_one`` makes beyond the decoder (empty, oversized, ``event_time`` out
-    of range) are made here too, the last one vectorised on the epoch-millis column.  No
-    join, so no record boundary to lose: a value holding a newline, several documents
-    or half of one fails on its own and sends the batch to the per-value path, and no
-    event can be attributed to a neighbouring record.  Decoding values one by one costs
-    about as much as one ``decode_lines`` call over the joined buffer, and saves the
-    newline scan and the second (``Raw``) parse that made the joined form sound.
+    checks ``decode_one`` makes beyond the decoder (empty, oversized, strict UTF-8,
+    ``event_time`` out of range) are made here too, the last one vectorised on the
+    epoch-millis column.  The values are joined only for the UTF-8 check (with a byte
+    that keeps them apart), never parsed joined, so no record boundary to lose: a value
+    holding a newline, several documents or half of one fails on its own and sends the
+    batch to the per-value path, and no event can be attributed to a neighbouring
+    record.  Decoding values one by one costs about as much as one ``decode_lines`` call
+    over the joined buffer, and saves the newline scan and the second (``Raw``) parse
+    that made the joined form sound.
     """
     if not values or not all(values) or max(map(len, values)) > max_bytes:  # type: ignore[arg-type]
+        return None
+    if not _all_utf8(values):  # type: ignore[arg-type]
         return None
     try:
         events = list(map(_one_decoder.decode, values))  # type: ignore[arg-type]

@@ -28,12 +28,14 @@ from driftline.core.events import (
     MAX_EPOCH_MS,
     MIN_EPOCH_MS,
     REASON_EMPTY,
+    REASON_ENCODING,
     REASON_INVALID_VALUE,
     REASON_MALFORMED,
     REASON_MISSING_FIELD,
     REASON_OVERSIZED,
     REASON_SCHEMA,
     REASON_UNKNOWN_TYPE,
+    is_utf8,
 )
 
 #: Default first event time: 2023-11-14T22:13:20Z.
@@ -217,9 +219,9 @@ _NOT_JSON_START = bytes(sorted(set(range(256)) - set(b' \t\r\n{["-0123456789tfn'
 
 
 def _random_bytes(rng: random.Random, _event: dict[str, Any], _: _Cache) -> tuple[bytes, str]:
-    return rng.choice(_NOT_JSON_START).to_bytes() + rng.randbytes(rng.randrange(0, 256)), (
-        REASON_MALFORMED
-    )
+    payload = rng.choice(_NOT_JSON_START).to_bytes() + rng.randbytes(rng.randrange(0, 256))
+    # The encoding is checked before the syntax: most random bytes are not UTF-8.
+    return payload, REASON_MALFORMED if is_utf8(payload) else REASON_ENCODING
 
 
 def _empty(rng: random.Random, _event: dict[str, Any], _: _Cache) -> tuple[bytes | None, str]:
@@ -421,9 +423,18 @@ _NOT_UTF8 = (b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xc0\xaf", b"caf\xe9", b"\
 
 
 def _non_utf8(rng: random.Random, event: dict[str, Any], _: _Cache) -> tuple[bytes, str]:
-    """Invalid UTF-8 inside a string the decoder reads (in an ignored field it is not)."""
-    field = rng.choice(("event_id", "customer_id", "event_type", "plan_type", "region"))
-    return _with_raw(event, field, b'"x' + rng.choice(_NOT_UTF8) + b'"'), REASON_MALFORMED
+    """Invalid UTF-8 in a string the decoder reads, or in an unknown field's key or value
+    (which the decoder skips unread): the whole record is refused either way."""
+    bad = rng.choice(_NOT_UTF8)
+    where = rng.randrange(3)
+    if where == 0:
+        field = rng.choice(("event_id", "customer_id", "event_type", "plan_type", "region"))
+        return _with_raw(event, field, b'"x' + bad + b'"'), REASON_ENCODING
+    event["extra"] = _RAW
+    body = _encode(event)
+    if where == 1:  # in an unknown key name
+        return body.replace(b'"extra"', b'"ex' + bad + b'tra"', 1), REASON_ENCODING
+    return body.replace(_RAW_JSON, b'"x' + bad + b'"', 1), REASON_ENCODING
 
 
 _NOT_OBJECTS = (b"[]", b"[1,2,3]", b"42", b"-1.5", b'"event"', b"true", b"false", b"null")

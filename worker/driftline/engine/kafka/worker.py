@@ -52,6 +52,11 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from driftline import config
+from driftline.core.clock_skew import (
+    DEFAULT_MAX_CLOCK_SKEW_MS,
+    DEFAULT_MAX_REPLAY_JUMP_MS,
+    ClockSkewPolicy,
+)
 from driftline.core.drift.cusum import NATIVE_SCAN
 from driftline.core.drift.monitor import DriftMonitor, MonitorBudget
 from driftline.core.drift.trigger import RetrainPolicy, RetrainRequest, RetrainTrigger
@@ -135,6 +140,10 @@ class WorkerSettings:
     #: whatever its size, and librdkafka must be able to receive it (a 20 MB event is
     #: read, rejected as oversized and dead-lettered, not left blocking its partition).
     fetch_max_bytes: int = 64 * 1024 * 1024
+    #: Future-dated events (``driftline.core.clock_skew``): how far ahead of the wall
+    #: clock an event may be, and how far ahead of a replaying partition's own clock.
+    max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
+    max_replay_jump_ms: int = DEFAULT_MAX_REPLAY_JUMP_MS
     eviction_interval_s: float = 30.0
     native_threads: int = 1
     model_poll_interval_s: float = 5.0
@@ -921,6 +930,7 @@ class KafkaScoringWorker:
             changelog=s.changelog,
             drift=monitor,
             trigger=trigger,
+            clock_skew=ClockSkewPolicy(s.max_clock_skew_ms, s.max_replay_jump_ms),
         )
         self.processor.drift_since_ms = self._drift_since(scorer.model)
         self._dead_letters = DeadLetterWriter(

@@ -1,0 +1,1 @@
+"""Test helpers that are not fixtures: generators written apart from the product code."""
