@@ -15,21 +15,10 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from support.contract_oracle import KNOWN
+
 Mutation = Callable[[random.Random, dict[str, Any], bytes], bytes]
 
-KNOWN = (
-    "event_id",
-    "customer_id",
-    "event_time",
-    "event_type",
-    "amount",
-    "quantity",
-    "age",
-    "income",
-    "tenure_months",
-    "plan_type",
-    "region",
-)
 NUMERIC = ("amount", "quantity", "age", "income", "tenure_months", "event_time")
 STRINGS = ("event_id", "customer_id", "event_type", "plan_type", "region")
 LIMIT = 64 * 1024
