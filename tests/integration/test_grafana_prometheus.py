@@ -46,6 +46,7 @@ from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.engine.kafka.worker import WorkerSettings
 from driftline.model.registry import ModelRegistry
+from driftline.observability.drift_metrics import CHECKPOINT_REASONS
 from driftline.observability.http import HealthServer
 from driftline.simulate import Population, produce_records
 from driftline.testing.corpus import bad_payloads
@@ -481,6 +482,10 @@ def test_every_query_of_the_dashboard_returns_data(prometheus: Prometheus, path:
     assert not empty, f"{path.name} queries without data:\n" + "\n".join(empty)
 
 
+#: Drift series of the worker as a whole, not of one model.
+WORKER_LEVEL_DRIFT_SERIES = ("driftline_drift_checkpoints_ignored",)
+
+
 def test_drift_series_carry_only_bounded_labels(prometheus: Prometheus) -> None:
     """Model, version, feature, detector, reason: never a customer id or anything unbounded."""
     selector = '{__name__=~"driftline_(feature|prediction|drift|drifted|reference|retrain)_.+"}'
@@ -497,4 +502,8 @@ def test_drift_series_carry_only_bounded_labels(prometheus: Prometheus) -> None:
     for labels in series:
         extra = set(labels) - DRIFT_LABELS - TARGET_LABELS
         assert not extra, f"{labels['__name__']}: unexpected labels {extra}"
+        if labels["__name__"].startswith(WORKER_LEVEL_DRIFT_SERIES):
+            # About the worker's checkpoint topic, read before any model's monitor exists.
+            assert labels.get("reason") in CHECKPOINT_REASONS, labels
+            continue
         assert labels.get("model") and labels.get("model_version"), labels

@@ -111,7 +111,8 @@ def test_sigterm_mid_stream_exits_zero_and_a_restart_loses_nothing(
     assert duplicates == 0, f"{duplicates} duplicate predictions after a graceful stop"
 
 
-def _worker_refuses(registry: Path, capsys: pytest.CaptureFixture[str]) -> str:
+def _worker_refuses(registry: Path, bootstrap: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """The worker reaches the broker (it checks that first), then refuses the model."""
     from driftline.cli import main
 
     code = main(
@@ -120,7 +121,7 @@ def _worker_refuses(registry: Path, capsys: pytest.CaptureFixture[str]) -> str:
             "--registry",
             str(registry),
             "--bootstrap-servers",
-            "127.0.0.1:1",
+            bootstrap,
             "--metrics-port",
             "0",
         ]
@@ -130,7 +131,11 @@ def _worker_refuses(registry: Path, capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_a_model_with_a_wrong_checksum_is_refused(
-    trained_registry: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: Any
+    trained_registry: Path,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    capsys: pytest.CaptureFixture[str],
+    caplog: Any,
 ) -> None:
     registry = tmp_path / "models"
     shutil.copytree(trained_registry, registry)
@@ -138,12 +143,16 @@ def test_a_model_with_a_wrong_checksum_is_refused(
     data = bytearray(artifact.read_bytes())
     data[len(data) // 2] ^= 0xFF
     artifact.write_bytes(bytes(data))
-    _worker_refuses(registry, capsys)
+    _worker_refuses(registry, kafka_bootstrap, capsys)
     assert "checksum_mismatch" in caplog.text and "sha256" in caplog.text
 
 
 def test_a_model_with_a_different_feature_list_is_refused(
-    trained_registry: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: Any
+    trained_registry: Path,
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    capsys: pytest.CaptureFixture[str],
+    caplog: Any,
 ) -> None:
     registry = tmp_path / "models"
     shutil.copytree(trained_registry, registry)
@@ -151,5 +160,5 @@ def test_a_model_with_a_different_feature_list_is_refused(
     metadata = json.loads(metadata_path.read_text())
     metadata["feature_names"] = [*metadata["feature_names"][:-1], "favourite_colour"]
     metadata_path.write_text(json.dumps(metadata))
-    _worker_refuses(registry, capsys)
+    _worker_refuses(registry, kafka_bootstrap, capsys)
     assert "feature_mismatch" in caplog.text and "favourite_colour" in caplog.text
