@@ -376,6 +376,10 @@ def scenario_rebalance(
         topics.bootstrap, topics.output, read_committed=True, expected=len(events), timeout=60
     )
     check = PredictionCheck.of(predictions, (e["event_id"] for e in events), reference)
+    dead = read_topic(topics.bootstrap, topics.dead_letters, True, expected=0, timeout=20)
+    figures["dead_letters"] = dict(
+        collections.Counter(dict(m.headers() or [])[DLQ_REASON].decode() for m in dead)
+    )
     print(f"\nrebalance (exactly-once): {figures}\n  {check.summary()}")
     return check, figures
 
@@ -395,7 +399,7 @@ def test_rebalance_after_a_kill9_and_a_join_moves_state_with_the_partitions(
         rate=1_000,
         broker_times_out_transactions=broker_times_out_transactions,
     )
-    assert check.lost == 0 and check.unexpected == 0, check.summary()
+    assert check.lost == 0 and check.unexpected == 0, f"{check.summary()} {figures}"
     assert figures["c_partitions"] > 0 and figures["b_partitions"] > 0, figures
     assert figures["stream_still_flowing_when_c_worked"], f"c joined too late: {figures}"
     assert check.mismatched == 0, f"state did not move with the partitions: {check.summary()}"
