@@ -94,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
     registry_dir = workdir / "models"
     spec = load_default_spec()
     stop = threading.Event()
+    #: Ctrl-C reaches the whole process group, the worker too: it is already stopping.
+    interrupted = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: _on_signal(signum, interrupted, stop))
 
     population = Population(n_customers=args.customers, seed=args.seed)
     print(f"simulating {args.customers} customers: 365 days of history ...", flush=True)
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             stop.set()
             producer.join(30) if producer.is_alive() else None
-            code = _stop_worker(worker)
+            code = _stop_worker(worker, grace_s=30.0 if interrupted.is_set() else 0.0)
         print(f"worker exited with {code}; broker stopped", flush=True)
     return 0 if code == 0 else 1
 
@@ -184,7 +186,19 @@ def _start_worker(
     )
 
 
-def _stop_worker(worker: subprocess.Popen[bytes]) -> int:
+def _on_signal(signum: int, interrupted: threading.Event, stop: threading.Event) -> None:
+    if signum == signal.SIGINT:  # a terminal's Ctrl-C: the worker got it too
+        interrupted.set()
+    stop.set()
+
+
+def _stop_worker(worker: subprocess.Popen[bytes], grace_s: float = 0.0) -> int:
+    """Stop the worker gracefully.  ``grace_s``: it got the terminal's SIGINT itself and
+    is finishing its batch; a SIGTERM sent while it exits (its handlers already gone)
+    would kill it (-15), so it is given that long first."""
+    if grace_s > 0:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return worker.wait(grace_s)
     if worker.poll() is None:
         worker.send_signal(signal.SIGTERM)
         try:

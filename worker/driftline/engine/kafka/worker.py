@@ -766,7 +766,14 @@ class KafkaScoringWorker:
             futures = self._offsets_admin.list_offsets(
                 {tp: OffsetSpec.latest()}, isolation_level=level, request_timeout=10
             )
-            ends.append(next(iter(futures.values())).result(timeout=15).offset)
+            try:
+                ends.append(next(iter(futures.values())).result(timeout=15).offset)
+            except KafkaException as error:
+                # A broker just back from a freeze answers FENCED_LEADER_EPOCH and the
+                # like for a moment: not known yet, asked again (the restore deadline
+                # bounds the wait).
+                log.info("changelog partition %d: end offsets not known yet: %s", partition, error)
+                return -1, 0
         return ends[0], ends[1]
 
     def _rewind(
@@ -926,13 +933,17 @@ class KafkaScoringWorker:
                             ahead[p] += 1
                             continue
                     latest[p][key] = value
-                for p, at in sorted(waiting.items()):
+                for p, eof_at in sorted(waiting.items()):
                     # Done once nothing holds the stable end back and it has been read to.
                     stable, end = self._changelog_ends(p)
-                    if stable >= end and at >= end:
+                    # Aborted records and markers past the last EOF move the position on
+                    # without a new EOF event: the position says how far it was read.
+                    tp = TopicPartition(s.changelog_topic, p)
+                    at = max(eof_at, reader.position([tp])[0].offset)
+                    if stable >= 0 and stable >= end and at >= end:
                         pending.discard(p)
                         del waiting[p]
-                    elif stable < end:
+                    elif 0 <= stable < end:
                         log.info(
                             "changelog partition %d: an open transaction holds its stable "
                             "end at %d (log end %d): waiting for it before restoring",
