@@ -773,6 +773,7 @@ class KafkaScoringWorker:
                 # like for a moment: not known yet, asked again (the restore deadline
                 # bounds the wait).
                 log.info("changelog partition %d: end offsets not known yet: %s", partition, error)
+                self._offsets_admin = None  # a fresh client, with fresh metadata, next time
                 return -1, 0
         return ends[0], ends[1]
 
@@ -902,6 +903,10 @@ class KafkaScoringWorker:
         pending = set(partitions)
         #: Exactly-once: partitions at their EOF, checked for an open transaction first.
         waiting: dict[int, int] = {}
+        # Long enough for the broker to abort a dead predecessor's transaction (its
+        # timeout, the same setting as ours by default, and the broker's abort sweep).
+        settle_s = s.transaction_timeout_s + 15.0
+        settle_deadline = time.monotonic() + settle_s
         try:
             reader.assign(
                 [TopicPartition(s.changelog_topic, p, OFFSET_BEGINNING) for p in partitions]
@@ -940,7 +945,15 @@ class KafkaScoringWorker:
                     # without a new EOF event: the position says how far it was read.
                     tp = TopicPartition(s.changelog_topic, p)
                     at = max(eof_at, reader.position([tp])[0].offset)
-                    if stable >= 0 and stable >= end and at >= end:
+                    waited_out = time.monotonic() > settle_deadline
+                    if (stable >= 0 and stable >= end and at >= end) or waited_out:
+                        if waited_out and not (stable >= end >= 0):
+                            log.warning(
+                                "changelog partition %d: its stable end did not reach its log "
+                                "end within %.0f s; restoring what is visible",
+                                p,
+                                settle_s,
+                            )
                         pending.discard(p)
                         del waiting[p]
                     elif 0 <= stable < end:
