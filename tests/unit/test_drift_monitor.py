@@ -126,8 +126,9 @@ def test_mean_shift_alarms_only_that_feature(monitor: DriftMonitor) -> None:
     alarm = first_alarm(updates, "x3")
     assert alarm is not None
     delay = alarm - shift_at
-    # Expected ~ (h + 1.166) / (1 - k) = 37 events for h = 17.2: bound generously.
-    assert 0 <= delay <= 150, delay
+    # Blocks of 500 events are judged at their ends; a 1-sigma shift of every event is a
+    # reading of ~ sqrt(500) = 22 standard deviations: the first block end after the shift.
+    assert 0 <= delay < monitor.block_events, delay
     assert drifted_ever(updates) == {"x3"}
     assert updates[-1].drifted == ["x3"]
     assert updates[-1].drifted_share == pytest.approx(0.1)  # 1 of 10 equally weighted
@@ -145,7 +146,7 @@ def test_new_category_drifts_categorical(monitor: DriftMonitor) -> None:
 
     updates = run(monitor, seed=4, n_batches=15, mutate=mutate)
     alarm = first_alarm(updates, "region")
-    assert alarm is not None and 0 <= alarm - shift_at <= 300, alarm
+    assert alarm is not None and 0 <= alarm - shift_at < 2 * monitor.block_events, alarm
     assert drifted_ever(updates) == {"region"}
     detectors = {a.detector for u in updates for a in u.alarms}
     assert {"unseen", "category_mix"} <= detectors
@@ -162,7 +163,7 @@ def test_missing_rate_jump_drifts(monitor: DriftMonitor) -> None:
 
     updates = run(monitor, seed=5, n_batches=15, mutate=mutate)
     alarm = first_alarm(updates, "x2")
-    assert alarm is not None and 0 <= alarm - shift_at <= 300, alarm
+    assert alarm is not None and 0 <= alarm - shift_at < 2 * monitor.block_events, alarm
     assert drifted_ever(updates) == {"x2"}
     assert {a.detector for u in updates for a in u.alarms if a.feature == "x2"} == {"missing"}
     assert updates[-1].missing_ratio["x2"] == pytest.approx(0.1, abs=0.02)
@@ -184,7 +185,8 @@ def test_latched_drift_clears_after_m_clean_windows(monitor: DriftMonitor) -> No
     # Three clean windows after the last alarm are needed; the window holding the removal
     # may still carry an alarm, so clearing lands 3 or 4 windows after ``end``.
     assert end + 3 * WINDOW <= cleared <= end + 5 * WINDOW, cleared
-    assert all(s == OK for seen, s in state.items() if seen >= cleared)
+    # Once cleared it stays out of DRIFT (a WARN may come and go: WARN follows statistics).
+    assert all(s != DRIFT for seen, s in state.items() if seen >= cleared)
     assert drifted_ever(updates) == {"x5"}
 
 
@@ -196,7 +198,7 @@ def test_score_shift_is_prediction_drift(monitor: DriftMonitor) -> None:
 
     updates = run(monitor, seed=7, n_batches=15, mutate=mutate)
     alarm = first_alarm(updates, SCORE)
-    assert alarm is not None and 0 <= alarm - shift_at <= 150, alarm
+    assert alarm is not None and 0 <= alarm - shift_at < 2 * monitor.block_events, alarm
     assert updates[-1].prediction.state == DRIFT
     assert updates[-1].drifted == []  # the inputs did not move
     assert updates[-1].prediction.mean_score > updates[0].prediction.mean_score + 0.1
@@ -365,8 +367,9 @@ def test_mean_shift_is_detected_with_keys(clustered_state: dict, population: Pop
     )
     alarm = first_alarm(updates, "a2")
     assert alarm is not None
-    # Measured over seeds 43-50: 56-66 events with keys (16-20 without: deff ~ 3 slows it).
-    assert 0 <= alarm - shift_at <= 150, alarm - shift_at
+    # Judged per block of 500 events; the readings are scaled down by the live design
+    # effect (~ 3-5 over 1-8 blocks), and the shift still crosses at the first block end.
+    assert 0 <= alarm - shift_at < 2 * monitor.block_events, alarm - shift_at
     assert drifted_ever(updates) == {"a2"}
     assert all(a.feature == "a2" for u in updates for a in u.alarms)
 

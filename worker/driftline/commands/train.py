@@ -30,6 +30,7 @@ import pandas as pd
 
 from driftline import config
 from driftline.commands._flags import add_spec
+from driftline.core.drift.serial import calibrate_reference
 from driftline.core.events import EVENT_TYPES
 from driftline.core.offline import ChurnDefinition, history_features, training_set
 from driftline.core.spec import DAY_MS, FeatureSpec, load_default_spec, load_spec
@@ -203,6 +204,7 @@ def serving_reference_profile(
     start_ms: int,
     days: int = 30,
     max_rows: int = 50_000,
+    max_calibration_rows: int = 500_000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """The drift monitor's reference: what the worker sees in the days after the cutoff.
@@ -221,6 +223,9 @@ def serving_reference_profile(
     rows = np.flatnonzero(window)
     if rows.size == 0:
         raise UsageError(f"no events in the {days} days after the cutoff to build a reference")
+    served = rows[:max_calibration_rows]  # contiguous, in event order
+    served_frame = features.iloc[served][spec.feature_names].reset_index(drop=True)
+    served_scores = positive_scores(pipeline, served_frame)
     if rows.size > max_rows:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
     frame = features.iloc[rows][spec.feature_names].reset_index(drop=True)
@@ -228,6 +233,16 @@ def serving_reference_profile(
     profile = build_reference_profile(
         frame, scores, spec.numeric_features, spec.categorical_features
     )
+    # How much one served event is worth, per feature (docs/drift-detection.md, "Serially
+    # dependent features"): measured on the same period, in the order the worker sees it.
+    profile["serving_calibration"] = calibrate_reference(
+        profile,
+        spec.numeric_features,
+        spec.categorical_features,
+        served_frame,
+        served_scores,
+        ordered["customer_id"].iloc[served].astype(str).to_numpy(dtype=object),
+    ).to_dict()
     profile["basis"] = (
         f"point-in-time features of on-time events in the {days} days after the last cutoff"
     )

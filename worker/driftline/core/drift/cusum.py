@@ -421,6 +421,29 @@ class BernoulliCusum:
         self.n_alarms += result.n_alarms
         return result
 
+    def update_counts(
+        self, ones: np.ndarray, zeros: np.ndarray, weight: np.ndarray | float = 1.0
+    ) -> CusumResult:
+        """Advance by one block per stream: ``ones`` 1s and ``zeros`` 0s, as one increment.
+
+        The block's log-likelihood ratio ``ones * log(p1/p0) + zeros * log((1-p1)/(1-p0))``
+        is added at once, scaled per stream by ``weight`` (``1 / phi``: see
+        :mod:`driftline.core.drift.serial`).  Judging only at block ends never alarms more
+        often than the per-event recursion over the same rows (the per-event path is at
+        least as high at every block end), so per-event thresholds stay valid, if cautious.
+        """
+        weight = np.broadcast_to(np.asarray(weight, dtype=np.float64), (len(self),))
+        if not np.all(weight > 0):
+            raise ValueError("weight must be positive")
+        ones = np.asarray(ones, dtype=np.float64).reshape(len(self))
+        zeros = np.asarray(zeros, dtype=np.float64).reshape(len(self))
+        increment = weight * (ones * self.step_one + zeros * self.step_zero)
+        (self.state,), result = _scan(
+            (increment[None, :],), (self.state,), self.h, self.restart_on_alarm
+        )
+        self.n_alarms += result.n_alarms
+        return result
+
     def reset(self, mask: np.ndarray | None = None) -> None:
         selected = slice(None) if mask is None else np.asarray(mask, dtype=bool)
         self.state[selected] = 0.0

@@ -106,10 +106,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from driftline.core.drift.blocks import Block, OpenBlock
 from driftline.core.drift.calibration import (
     FalseAlarmBudget,
     bernoulli_cusum_threshold,
-    discrete_cusum_threshold,
+    cusum_threshold,
 )
 from driftline.core.drift.cusum import (
     BernoulliCusum,
@@ -126,18 +127,25 @@ from driftline.core.drift.divergence import (
     pad_shares,
     psi,
 )
+from driftline.core.drift.serial import HORIZONS, SerialCalibration
 from driftline.core.drift.window_tests import CategoricalWindowTest
 from driftline.model.profile import OTHER, assign_bins
 
 OK, WARN, DRIFT = 0, 1, 2
 #: Pseudo-feature name of the model score in statistics, alarms and states.
 SCORE = "__score__"
-STATE_VERSION = 3
-#: Checkpoint versions :meth:`DriftMonitor.from_state_dict` reads (2: with ADWIN, ignored).
-READABLE_VERSIONS = (2, 3)
+STATE_VERSION = 4
+#: Checkpoint versions :meth:`DriftMonitor.from_state_dict` reads.  Versions 2 and 3 judged
+#: every event with per-event thresholds: their sums mean something else, so they are not
+#: read (the worker then starts the monitor clean, saying so).
+READABLE_VERSIONS = (4,)
 #: CUSUM reference value in rank-score standard deviations: half the shift it is tuned for
 #: (1 sigma).  Smaller shifts are still found, later (see ``driftline bench drift``).
 CUSUM_K = 0.5
+#: Reference sampling error tolerated by the block CUSUMs, in standard errors: the offset
+#: of a block reading caused by the reference's finite sample has a standard deviation of
+#: ``sqrt(block_events / n_rows)``; ``k`` grows by this many of them.
+ALLOWANCE_Z = 2.0
 #: Rank score given to values in a bin the reference never saw, when the reference is
 #: constant (one bin holds everything): outside the reference, on the side it lies.
 OUTLIER_SCORE = 3.0
@@ -286,11 +294,10 @@ def reference_hash(profile: Mapping[str, Any]) -> str:
 
 
 # Thresholds depend only on (ARL0, rates): cache them so that a restart, a second monitor on
-# the same model (tests, several partitions) or a reset does not pay the chi2 Markov-chain
-# solve (~1 s) again.
-@lru_cache(maxsize=4096)
-def _rank_h(values: tuple[float, ...], probs: tuple[float, ...], arl0: float) -> float:
-    return discrete_cusum_threshold(np.array(values), np.array(probs), arl0, k=CUSUM_K)
+# the same model (tests, several partitions) or a reset does not pay the lattice solve again.
+@lru_cache(maxsize=256)
+def _block_h(arl0_blocks: float) -> float:
+    return cusum_threshold(max(arl0_blocks, 2.0), k=CUSUM_K, two_sided=True)
 
 
 @lru_cache(maxsize=1024)
@@ -344,6 +351,7 @@ class DriftMonitor:
         allowed_lateness_seconds: float = 0.0,
         window_test_resamples: int = 20000,
         thresholds: Mapping[str, Any] | None = None,
+        skip_thresholds: bool = False,
     ) -> None:
         if window_events < 1 or category_window < 1 or clear_windows < 1:
             raise ValueError("window sizes and clear_windows must be positive")
@@ -368,6 +376,9 @@ class DriftMonitor:
         self.decision_threshold = float(decision_threshold)
         self.allowed_lateness_seconds = float(allowed_lateness_seconds)
         self.window_test_resamples = int(window_test_resamples)
+        #: Build only the reading maps (``readings``), with placeholder thresholds: for
+        #: measuring a reference (:func:`driftline.core.drift.serial.calibrate_reference`).
+        self._skip_thresholds = bool(skip_thresholds)
         self._setup(reference_profile, thresholds)
 
     # ------------------------------------------------------------------ construction
@@ -400,6 +411,10 @@ class DriftMonitor:
         )
         self.arl0 = fab.arl0
         self.window_alpha = fab.window_alpha(window_size=self.category_window)
+        #: How much one served event is worth, per stream, measured on the reference
+        #: stream as served (module docstring, "Serially dependent features").
+        self.calibration = SerialCalibration.from_profile(profile)
+        self.block_events = self.calibration.block_events
 
         # Rank scores of numeric features and of the score (last column), per reference bin.
         streams = [*self.numeric, SCORE]
@@ -420,12 +435,23 @@ class DriftMonitor:
         given = dict(thresholds or {})
         h_mean = given.get("mean")
         h_var = given.get("variance")
+        # One standardized reading per block: ARL0 counted in blocks, normal increments.
+        h_block = 1.0 if self._skip_thresholds else _block_h(self.arl0 / self.block_events)
         if h_mean is None:
-            h_mean = [_rank_h(t.z_key(), t.probs_key(), self.arl0) for t in tables]
+            h_mean = [h_block] * len(tables)
         if h_var is None:
-            h_var = [_rank_h(t.v_key(), t.probs_key(), self.arl0) for t in tables]
-        self.mean_bank = CusumBank(streams, CUSUM_K, h=np.asarray(h_mean, dtype=np.float64))
-        self.variance_bank = CusumBank(streams, CUSUM_K, h=np.asarray(h_var, dtype=np.float64))
+            h_var = [h_block] * len(tables)
+        calibration_names = [*self.numeric, "score"]
+        self._phi_mean = np.array([self.calibration.phi(n, "mean") for n in calibration_names])
+        self._phi_var = np.array([self.calibration.phi(n, "variance") for n in calibration_names])
+        # The reference is a sample: its bin shares are off the truth by sampling error, and
+        # a block sum turns a tiny per-event offset into a sizeable reading.  Readings within
+        # ALLOWANCE_Z standard errors of that offset are tolerated (module docstring).
+        n_rows = float(profile.get("n_rows") or 0)
+        self.allowance = ALLOWANCE_Z * math.sqrt(self.block_events / n_rows) if n_rows > 0 else 0.0
+        k = CUSUM_K + self.allowance
+        self.mean_bank = CusumBank(streams, k, h=np.asarray(h_mean, dtype=np.float64))
+        self.variance_bank = CusumBank(streams, k, h=np.asarray(h_var, dtype=np.float64))
 
         # Bernoulli streams: numeric missing, categorical missing, categorical unseen.
         self._vocab = {
@@ -452,13 +478,19 @@ class DriftMonitor:
         self._bern_active = rates_array <= MAX_P0
         p0 = np.maximum(wilson_upper(np.minimum(rates_array, MAX_P0), n_ref), 1e-4)
         p1 = default_shift(p0)
-        if "bernoulli" in given:
+        names = [f"{f}:{d}" for f, d in self._bern_streams]
+        if self._skip_thresholds:
+            h_bern = np.ones(len(names))
+        elif given.get("bernoulli") is not None:
             h_bern = np.asarray(given["bernoulli"], dtype=np.float64)
         else:
             h_bern = np.array(
                 [_bernoulli_h(self.arl0, float(a), float(b)) for a, b in zip(p0, p1, strict=True)]
             )
-        names = [f"{f}:{d}" for f, d in self._bern_streams]
+        self._phi_rate = np.array([self.calibration.phi(f, d) for f, d in self._bern_streams])
+        self._open = OpenBlock(len(tables), len(self._bern_streams))
+        #: Customer keys of the latest completed blocks (``_clustering_ratio``).
+        self._recent_keys: list[np.ndarray] = []
         self.bernoulli = (
             BernoulliCusum(names, p0, p1, h=h_bern) if names else None
         )  # no stream without features
@@ -474,7 +506,11 @@ class DriftMonitor:
                 self.window_alpha,
                 self.window_test_resamples,
             )
-            known = cat_thresholds.get(c) or _WINDOW_THRESHOLDS.get(key)
+            known = (
+                (math.inf, math.inf)
+                if self._skip_thresholds
+                else cat_thresholds.get(c) or _WINDOW_THRESHOLDS.get(key)
+            )
             test = CategoricalWindowTest(
                 self._vocab[c],
                 self.category_window,
@@ -482,7 +518,8 @@ class DriftMonitor:
                 n_resamples=self.window_test_resamples,
                 thresholds=None if known is None else (float(known[0]), float(known[1])),
             )
-            _WINDOW_THRESHOLDS[key] = (test.threshold, test.chi2_threshold)
+            if not self._skip_thresholds:
+                _WINDOW_THRESHOLDS[key] = (test.threshold, test.chi2_threshold)
             self.category_tests[c] = test
         #: (feature, detector) pairs with nothing to test (module docstring, "Features
         #: missing throughout"): never alarm, left out of statistics and thresholds.
@@ -584,24 +621,23 @@ class DriftMonitor:
         if len(scores) != n or len(times) != n:
             raise ValueError(f"{n} feature rows, {len(scores)} scores, {len(times)} times")
 
-        numeric = _numeric_matrix(features, self.numeric)
-        bern, cat_bins = self._indicators(features, numeric)
-        numeric_bins = np.column_stack(
-            [self._bin_numeric(numeric), self._bin_values(scores, self._edges[-1])[:, None]]
-        )
-        streams = np.arange(numeric_bins.shape[1])[None, :]
-        z = self._z_table[streams, numeric_bins]  # bin -1 (missing) -> the NaN column
-        v = self._v_table[streams, numeric_bins]
+        z, v, bern, cat_bins, numeric_bins = self.readings(features, scores)
         bins = np.column_stack([numeric_bins[:, :-1], cat_bins, numeric_bins[:, -1:]])
 
         alarms: list[Alarm] = []
         windows_closed = 0
         start = 0
         for stop in self._segment_ends(n):
-            alarms += self._run_segment(z, v, bern, cat_bins, times, keys, start, stop)
+            segment_keys = None if keys is None else keys[start:stop]
+            self._open.add(
+                z[start:stop], v[start:stop], bern[start:stop], segment_keys, times[start:stop]
+            )
+            alarms += self._run_category_tests(cat_bins, times, segment_keys, start, stop)
             self.events_seen += stop - start
             start = stop
-            if self.events_seen % self.window_events == 0 and stop > 0:
+            if stop > 0 and self.events_seen % self.block_events == 0:
+                alarms += self._close_block(self._open.complete())
+            if stop > 0 and self.events_seen % self.window_events == 0:
                 self._close_event_window()
                 windows_closed += 1
 
@@ -646,6 +682,28 @@ class DriftMonitor:
             windows_closed=windows_closed,
         )
 
+    def readings(
+        self, features: pd.DataFrame, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What the detectors see of rows: rank scores ``z`` and spread scores ``v`` (n,
+        numeric + score; NaN = missing), rate indicators (n, rate streams; NaN = not
+        applicable), categorical and numeric bins (-1 = missing)."""
+        numeric = _numeric_matrix(features, self.numeric)
+        bern, cat_bins = self._indicators(features, numeric)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        numeric_bins = np.column_stack(
+            [self._bin_numeric(numeric), self._bin_values(scores, self._edges[-1])[:, None]]
+        )
+        streams = np.arange(numeric_bins.shape[1])[None, :]
+        z = self._z_table[streams, numeric_bins]  # bin -1 (missing) -> the NaN column
+        v = self._v_table[streams, numeric_bins]
+        return z, v, bern, cat_bins, numeric_bins
+
+    @property
+    def rate_streams(self) -> list[tuple[str, str]]:
+        """(feature, detector) of each rate stream, in the column order of ``readings``."""
+        return list(self._bern_streams)
+
     def drifted_share(self, drifted: Sequence[str]) -> float:
         """Importance-weighted share of features in DRIFT: a drifted feature the model barely
         uses should not trigger a retrain the way a top feature does.  Without importances
@@ -661,10 +719,12 @@ class DriftMonitor:
     # ------------------------------------------------------------------ batch helpers
 
     def _segment_ends(self, n: int) -> list[int]:
-        """Row offsets where the batch is cut: every event-window boundary, then ``n``."""
-        first = self.window_events - self.events_seen % self.window_events
-        ends = list(range(first, n, self.window_events))
-        return [*ends, n] if not ends or ends[-1] != n else ends
+        """Row offsets where the batch is cut: every block and event-window end, then ``n``."""
+        ends: set[int] = {n}
+        for size in (self.window_events, self.block_events):
+            first = size - self.events_seen % size
+            ends.update(range(first, n, size))
+        return sorted(e for e in ends if e > 0) or [n]
 
     def _indicators(
         self, features: pd.DataFrame, numeric: np.ndarray
@@ -705,59 +765,86 @@ class DriftMonitor:
         out[observed] = assign_bins(values[observed], edges)
         return out
 
-    def _run_segment(
-        self,
-        z: np.ndarray,
-        v: np.ndarray,
-        bern: np.ndarray,
-        cat_bins: np.ndarray,
-        times: np.ndarray,
-        keys: np.ndarray | None,
-        start: int,
-        stop: int,
-    ) -> list[Alarm]:
-        """Advance the detectors over rows ``[start, stop)`` (never across a window end)."""
+    def _close_block(self, block: Block) -> list[Alarm]:
+        """Judge a completed block: one standardized reading per stream (mean, spread) and
+        one log-likelihood increment per rate stream (module docstring)."""
+        ratio = self._clustering_ratio(block)
+        observed = block.observed.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            u_mean = np.where(
+                observed > 0, block.z_sum / np.sqrt(observed * self._phi_mean * ratio), np.nan
+            )
+            u_var = np.where(
+                observed > 0, block.v_sum / np.sqrt(observed * self._phi_var * ratio), np.nan
+            )
+        index, time_ms = self.events_seen - 1, block.last_time_ms
         alarms: list[Alarm] = []
-        base = self.events_seen - start  # global ordinal of row 0 of the batch
 
         def collect(result: CusumResult, streams: Sequence[tuple[str, str]], h: np.ndarray) -> None:
             for j in np.flatnonzero(result.n_alarms > 0):
                 feature, detector = streams[j]
-                row = start + int(result.first_alarm[j])
                 alarms.append(
                     Alarm(
                         feature,
                         detector,
                         float(max(result.peak[j], h[j])),
                         float(h[j]),
-                        base + row,
-                        int(times[row]),
+                        index,
+                        time_ms,
                     )
                 )
 
         columns = [*self.numeric, SCORE]
-        # Clustered rows (module docstring, "Clustered events"): one customer's repeated
-        # events count as fewer independent observations.
-        segment_keys = None if keys is None else keys[start:stop]
-        deff = kish_design_effect(segment_keys)
         collect(
-            self.mean_bank.update(z[start:stop], 1.0 / deff),
+            self.mean_bank.update(u_mean[None, :]),
             [(c, "mean") for c in columns],
             self.mean_bank.h,
         )
         collect(
-            self.variance_bank.update(v[start:stop], 1.0 / deff),
+            self.variance_bank.update(u_var[None, :]),
             [(c, "variance") for c in columns],
             self.variance_bank.h,
         )
         if self.bernoulli is not None:
-            # Missing fields and unseen plans repeat over one customer's events: weigh the
-            # segment's evidence by its effective number of customers (1 / deff).
             collect(
-                self.bernoulli.update(bern[start:stop], 1.0 / deff),
+                self.bernoulli.update_counts(
+                    block.ones, block.zeros, 1.0 / (self._phi_rate * ratio)
+                ),
                 self._bern_streams,
                 self.bernoulli.h,
             )
+        self._latch(alarms)
+        return alarms
+
+    def _clustering_ratio(self, block: Block) -> float:
+        """How much more clustered by customer the latest blocks are than the reference's
+        (a partition's backlog read in a row): the largest ratio of design effects over
+        the spans of :data:`~driftline.core.drift.serial.HORIZONS` blocks, at least 1."""
+        if not block.keyed:
+            self._recent_keys.clear()
+            return 1.0
+        self._recent_keys.append(block.keys)
+        del self._recent_keys[: -max(HORIZONS)]
+        ratio = 1.0
+        for horizon in HORIZONS:
+            if horizon > len(self._recent_keys):
+                break
+            keys = np.concatenate(self._recent_keys[-horizon:])
+            live = kish_design_effect(keys)
+            ratio = max(ratio, live / self.calibration.reference_design_effect(horizon))
+        return ratio
+
+    def _run_category_tests(
+        self,
+        cat_bins: np.ndarray,
+        times: np.ndarray,
+        segment_keys: np.ndarray | None,
+        start: int,
+        stop: int,
+    ) -> list[Alarm]:
+        """Advance the categorical window tests over rows ``[start, stop)``."""
+        alarms: list[Alarm] = []
+        base = self.events_seen - start  # global ordinal of row 0 of the batch
         for j, (name, test) in enumerate(self.category_tests.items()):
             codes = cat_bins[start:stop, j]  # vocabulary index, -1 when missing
             # Observed values still needed to complete the open window (``_filled`` is the
@@ -779,11 +866,14 @@ class DriftMonitor:
                             int(times[row]),
                         )
                     )
+        self._latch(alarms)
+        return alarms
+
+    def _latch(self, alarms: Sequence[Alarm]) -> None:
         for alarm in alarms:
             self.states[alarm.feature] = DRIFT
             self.clean_windows[alarm.feature] = 0
             self._alarmed_in_window[alarm.feature] = True
-        return alarms
 
     def _close_event_window(self) -> None:
         """End of an event window: count it clean or not for every latched feature."""
@@ -887,6 +977,8 @@ class DriftMonitor:
             "variance_bank": self.variance_bank.state_dict(),
             "bernoulli": None if self.bernoulli is None else self.bernoulli.state_dict(),
             "category_tests": {c: t.state_dict() for c, t in self.category_tests.items()},
+            "open_block": self._open.state_dict(),
+            "recent_keys": [k.tolist() for k in self._recent_keys],
             "event_window": _event_window_state(self.event_window),
             "time_window": _time_window_state(self.time_window),
             "events_seen": self.events_seen,
@@ -903,8 +995,7 @@ class DriftMonitor:
     def from_state_dict(cls, state: Mapping[str, Any]) -> DriftMonitor:
         if state.get("type") != "DriftMonitor" or state.get("version") not in READABLE_VERSIONS:
             raise ValueError(f"not a DriftMonitor v{STATE_VERSION} state")
-        # Version 2's pickled ADWIN and its delta are ignored, never unpickled.
-        config = {k: v for k, v in state["config"].items() if k != "adwin_delta"}
+        config = dict(state["config"])
         monitor = cls(
             state["reference"],
             state["numeric"],
@@ -923,6 +1014,8 @@ class DriftMonitor:
         monitor.category_tests = {
             c: CategoricalWindowTest.from_state_dict(s) for c, s in state["category_tests"].items()
         }
+        monitor._open.load_state_dict(state["open_block"])
+        monitor._recent_keys = [np.asarray(k, dtype=object) for k in state["recent_keys"]]
         _load_event_window(monitor.event_window, state["event_window"])
         _load_time_window(monitor.time_window, state["time_window"])
         monitor.events_seen = int(state["events_seen"])
