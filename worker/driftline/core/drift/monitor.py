@@ -488,6 +488,16 @@ class DriftMonitor:
                 [_bernoulli_h(self.arl0, float(a), float(b)) for a, b in zip(p0, p1, strict=True)]
             )
         self._phi_rate = np.array([self.calibration.phi(f, d) for f, d in self._bern_streams])
+        c = self.calibration
+        self._rho_mean = np.array(
+            [[c.rho(n, "mean", h) for n in calibration_names] for h in HORIZONS]
+        )
+        self._rho_var = np.array(
+            [[c.rho(n, "variance", h) for n in calibration_names] for h in HORIZONS]
+        )
+        self._rho_rate = np.array(
+            [[c.rho(f, d, h) for f, d in self._bern_streams] for h in HORIZONS]
+        ).reshape(len(HORIZONS), len(self._bern_streams))
         self._open = OpenBlock(len(tables), len(self._bern_streams))
         #: Customer keys of the latest completed blocks (``_clustering_ratio``).
         self._recent_keys: list[np.ndarray] = []
@@ -768,15 +778,16 @@ class DriftMonitor:
     def _close_block(self, block: Block) -> list[Alarm]:
         """Judge a completed block: one standardized reading per stream (mean, spread) and
         one log-likelihood increment per rate stream (module docstring)."""
-        ratio = self._clustering_ratio(block)
+        # Inflation now: the reference's, or that of the customers' repetition in the
+        # latest blocks, 1 + rho (deff - 1), whichever is larger (module docstring).
+        excess = np.maximum(self._live_design_effects(block) - 1.0, 0.0)[:, None]
+        phi_mean = np.maximum(self._phi_mean, (1.0 + self._rho_mean * excess).max(axis=0))
+        phi_var = np.maximum(self._phi_var, (1.0 + self._rho_var * excess).max(axis=0))
+        phi_rate = np.maximum(self._phi_rate, (1.0 + self._rho_rate * excess).max(axis=0))
         observed = block.observed.astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
-            u_mean = np.where(
-                observed > 0, block.z_sum / np.sqrt(observed * self._phi_mean * ratio), np.nan
-            )
-            u_var = np.where(
-                observed > 0, block.v_sum / np.sqrt(observed * self._phi_var * ratio), np.nan
-            )
+            u_mean = np.where(observed > 0, block.z_sum / np.sqrt(observed * phi_mean), np.nan)
+            u_var = np.where(observed > 0, block.v_sum / np.sqrt(observed * phi_var), np.nan)
         index, time_ms = self.events_seen - 1, block.last_time_ms
         alarms: list[Alarm] = []
 
@@ -807,32 +818,28 @@ class DriftMonitor:
         )
         if self.bernoulli is not None:
             collect(
-                self.bernoulli.update_counts(
-                    block.ones, block.zeros, 1.0 / (self._phi_rate * ratio)
-                ),
+                self.bernoulli.update_counts(block.ones, block.zeros, 1.0 / phi_rate),
                 self._bern_streams,
                 self.bernoulli.h,
             )
         self._latch(alarms)
         return alarms
 
-    def _clustering_ratio(self, block: Block) -> float:
-        """How much more clustered by customer the latest blocks are than the reference's
-        (a partition's backlog read in a row): the largest ratio of design effects over
-        the spans of :data:`~driftline.core.drift.serial.HORIZONS` blocks, at least 1."""
+    def _live_design_effects(self, block: Block) -> np.ndarray:
+        """Kish design effect of the latest 1, 2, 4, 8 blocks (``HORIZONS``; 1 where fewer
+        blocks were seen or keys are unknown): how clustered by customer the stream is now.
+        A worker catching up on a backlog reads one partition's events in a row, far more
+        clustered than anything the reference showed."""
+        effects = np.ones(len(HORIZONS))
         if not block.keyed:
             self._recent_keys.clear()
-            return 1.0
+            return effects
         self._recent_keys.append(block.keys)
         del self._recent_keys[: -max(HORIZONS)]
-        ratio = 1.0
-        for horizon in HORIZONS:
-            if horizon > len(self._recent_keys):
-                break
-            keys = np.concatenate(self._recent_keys[-horizon:])
-            live = kish_design_effect(keys)
-            ratio = max(ratio, live / self.calibration.reference_design_effect(horizon))
-        return ratio
+        for i, horizon in enumerate(HORIZONS):
+            if horizon <= len(self._recent_keys):
+                effects[i] = kish_design_effect(np.concatenate(self._recent_keys[-horizon:]))
+        return effects
 
     def _run_category_tests(
         self,

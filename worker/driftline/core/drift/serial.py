@@ -116,6 +116,47 @@ def rate_inflation(indicators: np.ndarray, block: int) -> np.ndarray:
     return phi
 
 
+def intraclass_correlation(
+    readings: np.ndarray, keys: np.ndarray | None, span: int, *, centre: bool = False
+) -> np.ndarray:
+    """Correlation of two readings of one customer within ``span`` consecutive events, per
+    column of ``readings`` (N, S; NaN = no reading), in [0, 1].
+
+    With ``S_i``, ``Q_i``, ``m_i`` the sum, sum of squares and count of customer ``i``'s
+    readings inside one span: ``rho = sum(S_i**2 - Q_i) / (sigma**2 * sum(m_i (m_i - 1)))``,
+    the average product of two distinct readings of one customer over their variance.  It is
+    what the design effect formula needs: the variance of a sum of readings is ``n sigma**2
+    (1 + rho (sum(m_i**2) / n - 1))``.  ``centre`` subtracts each column's mean first (0/1
+    indicators); rank scores already have mean 0 in control.  Without keys: 1 (the worst
+    case, every customer's readings alike)."""
+    readings = np.atleast_2d(np.asarray(readings, dtype=np.float64))
+    n, streams = readings.shape
+    if keys is None or n < 2:
+        return np.ones(streams)
+    import pandas as pd
+
+    observed = ~np.isnan(readings)
+    if centre:
+        with np.errstate(invalid="ignore"):
+            readings = readings - np.nanmean(readings, axis=0)[None, :]
+    values = np.where(observed, readings, 0.0)
+    codes, _ = pd.factorize(np.asarray(keys, dtype=object))
+    group = (np.arange(n) // span) * (int(codes.max()) + 2) + codes + 1
+    cells, inverse = np.unique(group, return_inverse=True)
+    sums = np.zeros((cells.size, streams))
+    squares = np.zeros((cells.size, streams))
+    counts = np.zeros((cells.size, streams))
+    np.add.at(sums, inverse, values)
+    np.add.at(squares, inverse, values * values)
+    np.add.at(counts, inverse, observed.astype(np.float64))
+    pairs = (counts * (counts - 1)).sum(axis=0)
+    sigma2 = squares.sum(axis=0) / np.maximum(counts.sum(axis=0), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (sums * sums - squares).sum(axis=0) / (sigma2 * pairs)
+    # No pair of readings of one customer (or no variance): nothing measured, assume 1.
+    return np.clip(np.where((pairs > 0) & (sigma2 > 0), rho, 1.0), 0.0, 1.0)
+
+
 def mean_design_effect(keys: np.ndarray | None, block: int) -> float:
     """Mean Kish design effect ``sum(m_i**2) / n`` of consecutive ``block``-event blocks."""
     if keys is None or len(keys) < block:
@@ -144,12 +185,19 @@ class SerialCalibration:
     block_events: int
     design_effect: Mapping[int, float] = field(default_factory=dict)
     inflation: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    correlation: Mapping[str, Mapping[str, Mapping[int, float]]] = field(default_factory=dict)
     n_events: int = 0
     measured: bool = False
 
     def reference_design_effect(self, horizon: int) -> float:
         """Mean design effect of the reference over ``horizon`` blocks (1: not measured)."""
         return max(1.0, float(self.design_effect.get(horizon, 1.0)))
+
+    def rho(self, feature: str, detector: str, horizon: int) -> float:
+        """Within-customer correlation of the readings over ``horizon`` blocks (1 when not
+        measured: the worst case)."""
+        value = self.correlation.get(feature, {}).get(detector, {}).get(horizon)
+        return 1.0 if value is None or not math.isfinite(value) else min(1.0, max(0.0, value))
 
     def phi(self, feature: str, detector: str) -> float:
         value = self.inflation.get(feature, {}).get(detector)
@@ -165,6 +213,10 @@ class SerialCalibration:
             "design_effect": {str(h): d for h, d in self.design_effect.items()},
             "n_events": self.n_events,
             "inflation": {f: dict(d) for f, d in self.inflation.items()},
+            "correlation": {
+                f: {d: {str(h): r for h, r in by.items()} for d, by in detectors.items()}
+                for f, detectors in self.correlation.items()
+            },
         }
 
     @classmethod
@@ -182,6 +234,13 @@ class SerialCalibration:
             inflation={
                 str(f): {str(d): float(x) for d, x in detectors.items()}
                 for f, detectors in dict(entry.get("inflation") or {}).items()
+            },
+            correlation={
+                str(f): {
+                    str(d): {int(h): float(r) for h, r in dict(by).items()}
+                    for d, by in dict(detectors).items()
+                }
+                for f, detectors in dict(entry.get("correlation") or {}).items()
             },
             n_events=int(entry.get("n_events") or 0),
             measured=True,
@@ -218,8 +277,25 @@ def calibrate(
             rate_streams, rate_inflation(rates, block_events), strict=True
         ):
             inflation.setdefault(name, {})[detector] = round(float(phi), 6)
+    correlation: dict[str, dict[str, dict[int, float]]] = {}
+    for horizon in HORIZONS:
+        span = block_events * horizon
+        for detector, readings in (("mean", z), ("variance", v)):
+            for name, rho in zip(
+                score_streams, intraclass_correlation(readings, keys, span), strict=True
+            ):
+                correlation.setdefault(name, {}).setdefault(detector, {})[horizon] = round(
+                    float(rho), 6
+                )
+        if rate_streams:
+            rhos = intraclass_correlation(rates, keys, span, centre=True)
+            for (name, detector), rho in zip(rate_streams, rhos, strict=True):
+                correlation.setdefault(name, {}).setdefault(detector, {})[horizon] = round(
+                    float(rho), 6
+                )
     return SerialCalibration(
         block_events=int(block_events),
+        correlation=correlation,
         design_effect={h: round(mean_design_effect(keys, block_events * h), 6) for h in HORIZONS},
         inflation=inflation,
         n_events=len(z),
