@@ -447,9 +447,11 @@ class DriftMonitor:
         # The reference is a sample: its bin shares are off the truth by sampling error, and
         # a block sum turns a tiny per-event offset into a sizeable reading.  Readings within
         # ALLOWANCE_Z standard errors of that offset are tolerated (module docstring).
-        n_rows = float(profile.get("n_rows") or 0)
-        self.allowance = ALLOWANCE_Z * math.sqrt(self.block_events / n_rows) if n_rows > 0 else 0.0
-        k = CUSUM_K + self.allowance
+        self._n_eff_mean, self._n_eff_var = (
+            self._effective_reference_size(profile, calibration_names, detector)
+            for detector in ("mean", "variance")
+        )
+        k = CUSUM_K
         self.mean_bank = CusumBank(streams, k, h=np.asarray(h_mean, dtype=np.float64))
         self.variance_bank = CusumBank(streams, k, h=np.asarray(h_var, dtype=np.float64))
 
@@ -788,6 +790,13 @@ class DriftMonitor:
         with np.errstate(invalid="ignore", divide="ignore"):
             u_mean = np.where(observed > 0, block.z_sum / np.sqrt(observed * phi_mean), np.nan)
             u_var = np.where(observed > 0, block.v_sum / np.sqrt(observed * phi_var), np.nan)
+        # The reference is a sample: its shares are off the truth by sampling error, which
+        # shifts every block reading alike by up to ``sqrt(n / (phi n_eff))`` standard
+        # errors.  That much is tolerated (``k`` grows by ALLOWANCE_Z of them).
+        self.mean_bank.k = CUSUM_K + ALLOWANCE_Z * np.sqrt(observed / (phi_mean * self._n_eff_mean))
+        self.variance_bank.k = CUSUM_K + ALLOWANCE_Z * np.sqrt(
+            observed / (phi_var * self._n_eff_var)
+        )
         index, time_ms = self.events_seen - 1, block.last_time_ms
         alarms: list[Alarm] = []
 
@@ -824,6 +833,30 @@ class DriftMonitor:
             )
         self._latch(alarms)
         return alarms
+
+    def _effective_reference_size(
+        self, profile: Mapping[str, Any], names: Sequence[str], detector: str
+    ) -> np.ndarray:
+        """Independent observations behind each stream's reference shares.
+
+        The profile's ``n_rows`` were sampled from the reference period's served events,
+        a fraction ``f`` of them.  Rows of one customer repeat its value as far as the
+        stream's within-customer correlation ``rho`` goes, so they count as ``n_rows /
+        (1 + rho f (deff - 1))`` independent ones (Kish), ``deff`` the design effect of the
+        whole period: about the number of customers for a profile field, ``n_rows`` for a
+        value drawn afresh on every event.  Without a measured calibration: ``n_rows``."""
+        n_rows = float(profile.get("n_rows") or 0)
+        sizes = np.full(len(names), max(n_rows, 1.0))
+        score_rows = (profile.get("score") or {}).get("n_rows")
+        if score_rows:  # the score's reference may come from fewer rows (held-out customers)
+            sizes[-1] = max(float(score_rows), 1.0)
+        c = self.calibration
+        if not c.measured or n_rows <= 0 or c.n_events <= 0:
+            return sizes
+        share = min(1.0, n_rows / c.n_events)
+        excess = c.whole_design_effect - 1.0
+        rho = np.array([c.rho(n, detector, max(HORIZONS)) for n in names])
+        return sizes / (1.0 + rho * share * excess)
 
     def _live_design_effects(self, block: Block) -> np.ndarray:
         """Kish design effect of the latest 1, 2, 4, 8 blocks (``HORIZONS``; 1 where fewer

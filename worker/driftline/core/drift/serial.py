@@ -187,6 +187,9 @@ class SerialCalibration:
     inflation: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     correlation: Mapping[str, Mapping[str, Mapping[int, float]]] = field(default_factory=dict)
     n_events: int = 0
+    #: ``sum(m_i**2) / n`` over the whole calibrated stretch: how many events a customer
+    #: has in it, weighted (``1 +`` the excess is the worst-case inflation of its mean).
+    whole_design_effect: float = 1.0
     measured: bool = False
 
     def reference_design_effect(self, horizon: int) -> float:
@@ -212,6 +215,7 @@ class SerialCalibration:
             "block_events": self.block_events,
             "design_effect": {str(h): d for h, d in self.design_effect.items()},
             "n_events": self.n_events,
+            "whole_design_effect": self.whole_design_effect,
             "inflation": {f: dict(d) for f, d in self.inflation.items()},
             "correlation": {
                 f: {d: {str(h): r for h, r in by.items()} for d, by in detectors.items()}
@@ -243,6 +247,7 @@ class SerialCalibration:
                 for f, detectors in dict(entry.get("correlation") or {}).items()
             },
             n_events=int(entry.get("n_events") or 0),
+            whole_design_effect=max(1.0, float(entry.get("whole_design_effect") or 1.0)),
             measured=True,
         )
 
@@ -299,6 +304,7 @@ def calibrate(
         design_effect={h: round(mean_design_effect(keys, block_events * h), 6) for h in HORIZONS},
         inflation=inflation,
         n_events=len(z),
+        whole_design_effect=round(mean_design_effect(keys, len(z)), 6) if len(z) else 1.0,
         measured=True,
     )
 

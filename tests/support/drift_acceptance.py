@@ -1,0 +1,204 @@
+"""Stationary acceptance of the drift monitor on served features of whole event streams.
+
+A model is trained on the first part of a stream exactly as ``driftline train`` does
+(its reference profile and serving calibration included), then the rest of the same
+stream, which nothing changed, is served: point-in-time features through the online
+state engine (``history_features``), the model's scores, and the monitor over micro-batches
+with customer keys, as the worker runs it.  What the monitor says about it is a false alarm.
+
+Two generators: the product's simulator (``driftline.simulate``), and
+``tests/support/independent_events.py``, written apart from it (other segments, rates,
+categories, weekly seasonality, bursty and silent customers) and never used to tune the
+monitor.  ``python -m tests.support.drift_acceptance`` runs the long version and prints
+figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from driftline.commands.train import train_on_events
+from driftline.core.drift.monitor import DriftMonitor, MonitorBudget
+from driftline.core.drift.trigger import RetrainPolicy, RetrainTrigger
+from driftline.core.offline import history_features
+from driftline.core.spec import DAY_MS, load_default_spec
+from driftline.model.training import positive_scores
+
+from .independent_events import PLANS, REGIONS, IndependentEvents
+
+BATCH = 2000
+
+
+#: Mean customer lifetime of the independent generator's renewing population (days).
+LIFETIME_DAYS = 90.0
+#: Most renewals one customer slot may see over a run.
+MAX_RENEWALS = 16
+
+
+def independent_frame(seed: int, customers: int, days: float) -> pd.DataFrame:
+    """Events of the independent generator as an event table (``generate_history``'s
+    columns), over about ``days`` days.
+
+    The population renews itself: each customer slot is taken over by a new customer (new
+    id, signup, age, income, plan, region; the same kind of activity) after an exponential
+    lifetime, and the first customers' ages are drawn from the same law.  A fixed cohort
+    would age (tenure grows by the length of the run), which is a real drift; a renewing
+    population is stationary in every feature, so whatever the monitor says is a false
+    alarm.
+    """
+    spacing_ms = 86_400_000 / (customers * 1.2)  # ~1.2 events per customer per day
+    generator = IndependentEvents(seed, customers=customers, spacing_ms=spacing_ms)
+    n = int(days * DAY_MS / spacing_ms)
+    customer, times, types = generator.times_and_types(n)
+    rng = np.random.default_rng(seed + 1)
+    life_ms = LIFETIME_DAYS * DAY_MS
+    start = generator.start_ms
+    # Renewal times per slot: the first at the stationary residual life, then lifetimes.
+    renewals = start + np.cumsum(rng.exponential(life_ms, (customers, MAX_RENEWALS)), axis=1)
+    generation = (renewals[customer] <= times[:, None]).sum(axis=1)
+    signups = np.column_stack(
+        [start - rng.exponential(life_ms, customers), renewals]
+    ).astype(np.int64)
+    shape = (customers, MAX_RENEWALS + 1)
+    age = rng.integers(16, 95, shape).astype(float)
+    income = np.round(rng.lognormal(10.6, 0.6, shape), 2)
+    plan = rng.integers(0, len(PLANS), shape)
+    region = rng.integers(0, len(REGIONS), shape)
+    who = (customer, generation)
+    buying = np.isin(types, ("purchase", "refund"))
+    amount = np.where(buying, np.round(rng.gamma(2.0, 30.0, n), 2), np.nan)
+    present = rng.random((n, 4))
+    tenure = (times - signups[who]) / (30.44 * DAY_MS)
+    ids = np.char.add(
+        np.char.add(np.array(generator.ids)[customer], "-"), generation.astype(str)
+    )
+    return pd.DataFrame(
+        {
+            "event_id": [f"x{seed}-{i}" for i in range(n)],
+            "customer_id": ids.astype(object),
+            "event_time": times.astype(np.int64),
+            "event_type": types.astype(str),
+            "amount": amount,
+            "quantity": np.where(buying, rng.integers(1, 6, n), np.nan).astype(float),
+            "age": np.where(present[:, 0] < 0.5, age[who], np.nan),
+            "income": np.where(present[:, 1] < 0.4, income[who], np.nan),
+            "tenure_months": np.where(present[:, 2] < 0.5, np.round(tenure, 3), np.nan),
+            "plan_type": np.where(
+                present[:, 3] < 0.6, np.array(PLANS, dtype=object)[plan[who]], None
+            ),
+            "region": np.array(REGIONS, dtype=object)[region[who]],
+        }
+    )
+
+
+def simulated_frame(seed: int, customers: int, days: float) -> pd.DataFrame:
+    from driftline.simulate import Population
+
+    return Population(n_customers=customers, seed=seed).generate_history(days=days)
+
+
+@dataclass
+class Verdict:
+    """What the monitor said about a stationary stretch."""
+
+    generator: str
+    events: int
+    days: float
+    alarms: list[tuple[str, str, int]] = field(default_factory=list)
+    requests: int = 0
+    drift_events: int = 0  # events served while any feature was in DRIFT
+    seconds: float = 0.0
+
+    @property
+    def alarmed_features(self) -> set[str]:
+        return {feature for feature, _, _ in self.alarms}
+
+    def line(self) -> str:
+        return (
+            f"{self.generator}: {self.events:,} stationary events over {self.days:.0f} days: "
+            f"{len(self.alarms)} alarms ({', '.join(sorted(self.alarmed_features)) or 'none'}), "
+            f"{self.requests} retrain requests, {self.drift_events:,} events served in DRIFT "
+            f"({self.seconds:.0f} s)"
+        )
+
+
+def serve_stationary(
+    events: pd.DataFrame,
+    generator: str,
+    *,
+    train_days: float,
+    horizon_days: int = 60,
+    budget_days: float = 30.0,
+) -> Verdict:
+    """Train on ``events`` before ``train_days``, then serve everything after the model's
+    reference period through the monitor (see the module docstring)."""
+    started = time.monotonic()
+    spec = load_default_spec()
+    events = events.sort_values("event_time", kind="stable").reset_index(drop=True)
+    t0 = int(events["event_time"].iloc[0])
+    train_end = t0 + int(train_days * DAY_MS)
+    history = events[events["event_time"] < train_end]
+    result = train_on_events(
+        history, spec, horizon_days=horizon_days, n_estimators=60, progress=False
+    )
+    profile = result.reference_profile
+    features, late = history_features(events, spec)
+    times = events["event_time"].to_numpy(dtype=np.int64)
+    live = np.flatnonzero((times > profile["window_ms"][1]) & ~late)
+    frame = features.iloc[live][spec.feature_names].reset_index(drop=True)
+    scores = positive_scores(result.pipeline, frame)
+    keys = events["customer_id"].iloc[live].astype(str).to_numpy(dtype=object)
+    monitor = DriftMonitor(
+        profile,
+        spec.numeric_features,
+        spec.categorical_features,
+        MonitorBudget(events_per_day=float(profile["events_per_day"]), period_days=budget_days),
+    )
+    trigger = RetrainTrigger(RetrainPolicy(), "churn", "acceptance", "acceptance")
+    verdict = Verdict(generator, int(live.size), (times[live[-1]] - times[live[0]]) / DAY_MS)
+    for start in range(0, live.size, BATCH):
+        stop = min(live.size, start + BATCH)
+        update = monitor.update(
+            frame.iloc[start:stop].reset_index(drop=True),
+            scores[start:stop],
+            times[live[start:stop]],
+            keys[start:stop],
+        )
+        verdict.alarms += [(a.feature, a.detector, a.event_index) for a in update.alarms]
+        if update.drifted or update.prediction.state == 2:
+            verdict.drift_events += stop - start
+        now_s = float(times[live[stop - 1]]) / 1000.0
+        if trigger.observe(update, now_s=now_s) is not None:
+            verdict.requests += 1
+    verdict.seconds = time.monotonic() - started
+    return verdict
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--days", type=float, default=400)
+    parser.add_argument("--train-days", type=float, default=200)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--generator", choices=("independent", "simulator", "both"), default="both")
+    args = parser.parse_args(argv)
+    kinds = ["independent", "simulator"] if args.generator == "both" else [args.generator]
+    for kind in kinds:
+        for seed in args.seeds:
+            make = independent_frame if kind == "independent" else simulated_frame
+            events = make(seed, args.customers, args.days)
+            verdict = serve_stationary(events, f"{kind} seed {seed}", train_days=args.train_days)
+            print(verdict.line(), flush=True)
+            for alarm in verdict.alarms[:20]:
+                print("   ", alarm)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
