@@ -1,5 +1,10 @@
 """RetrainTrigger: one request per incident after persistence, cooldown / weekly cap / in-flight
-gates, the request contract, checkpoints, and the same incident_id from two workers."""
+gates, the request contract, checkpoints, and the same incident_id from two workers.
+
+Persistence, cooldown and weekly cap run on the event times the updates carry; only the
+in-flight timeout runs on the wall clock.  ``feed`` delivers updates as a live stream would
+(each at the wall-clock time of its latest event); the event-time tests at the end deliver
+the same updates at other wall-clock times and expect the same requests."""
 
 from __future__ import annotations
 
@@ -62,7 +67,8 @@ def make_trigger(worker: str = "w1", **policy: float) -> RetrainTrigger:
 def feed(
     trigger: RetrainTrigger, drifted: list[str], start: float, seconds: float, step: float = 10.0
 ) -> list[RetrainRequest]:
-    """Observe one update every ``step`` seconds; return the requests fired."""
+    """Observe one update every ``step`` seconds of event time, each arriving at the wall
+    clock of its latest event (a live stream); return the requests fired."""
     fired = []
     for now in np.arange(start, start + seconds, step):
         request = trigger.observe(fake_update(drifted, float(now)), float(now))
@@ -203,7 +209,7 @@ def test_two_workers_same_incident_same_id(calibrated: dict) -> None:
             for name in ("x0", "x1", "x2"):  # 3 of 7 features: share 0.43 >= 0.3
                 frame[name] = frame[name] + np.where(after, 1.0, 0.0)
             update = monitor.update(frame, scores, times)
-            request = trigger.observe(update, now_s=update.event_time_max_ms / 1000)
+            request = trigger.observe(update)  # persistence in the batches' event time
             if request is not None:
                 fired.append(request)
         assert len(fired) == 1, worker  # once per incident, not per batch
@@ -223,7 +229,7 @@ def test_stationary_monitor_never_triggers(calibrated: dict) -> None:
         times = round(T0 * 1000) + b * 10_000 + np.arange(2000) * 5
         frame, scores = sample(rng, 2000)
         update = monitor.update(frame, scores, times)
-        assert trigger.observe(update, now_s=update.event_time_max_ms / 1000) is None
+        assert trigger.observe(update) is None
 
 
 def test_new_reference_ends_the_incident() -> None:
@@ -232,7 +238,8 @@ def test_new_reference_ends_the_incident() -> None:
     update = fake_update(["a", "b"], T0 + 500)
     moved = DriftUpdate(**{**update.__dict__, "reference_hash": "new"})
     assert trigger.observe(moved, T0 + 500) is None
-    assert trigger.incident_start_s == T0 + 500  # the clock restarted with the new model
+    # The persistence restarted with the new model, at the event clock.
+    assert trigger.incident_since_ms == round((T0 + 500) * 1000)
 
 
 # ------------------------------------------------------------------ external alerts
@@ -271,7 +278,7 @@ def test_alert_without_drift_here_sends_nothing_and_leaves_the_trigger_alone() -
     trigger = make_trigger()
     feed(trigger, ["a"], T0, 100)  # a drifted feature, below the share: no incident
     assert trigger.on_alert(T0 + 100) == (None, "no_incident")
-    assert not trigger.incident_fired and trigger.fired_at == []
+    assert not trigger.incident_fired and trigger.fired_ms == []
     assert len(feed(trigger, ["a", "b"], T0 + 100, 700)) == 1  # its own incident fires
 
 
@@ -281,24 +288,3 @@ def test_alert_before_any_monitored_batch_and_after_a_model_swap_has_no_data() -
     feed(trigger, ["a", "b"], T0, 100)
     trigger.set_model("churn", "8")
     assert trigger.on_alert(T0 + 100) == (None, "no_data")
-
-
-def test_tick_fires_a_persisting_incident_when_no_batch_arrives() -> None:
-    """The stream stops while drifting: time alone completes the persistence."""
-    clock = [1000.0]
-    trigger = RetrainTrigger(
-        RetrainPolicy(persistence_s=60.0), "churn", "7", "w1", clock=lambda: clock[0]
-    )
-    assert trigger.tick() is None  # nothing seen yet
-    assert trigger.observe(fake_update([], clock[0], score_state=DRIFT)) is None
-    clock[0] += 30.0
-    assert trigger.tick() is None  # persistence not met yet
-    clock[0] += 31.0
-    request = trigger.tick()
-    assert request is not None and request.reason == "prediction_drift"
-    clock[0] += 10.0
-    assert trigger.tick() is None  # once per incident
-    # No drift in the last update: time passing fires nothing.
-    quiet = RetrainTrigger(RetrainPolicy(persistence_s=1.0), "churn", "7", "w2", clock=lambda: 0)
-    quiet.observe(fake_update([], 0.0))
-    assert quiet.tick(100.0) is None

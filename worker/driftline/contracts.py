@@ -311,9 +311,17 @@ RETRAIN_REQUEST = Contract(
             "Event time (epoch ms, UTC) of the incident's start (its first drifting batch "
             "on this worker). Retrain on data from here on."
         ),
-        "window_end_ms": "Event time (epoch ms, UTC) of the latest event seen when it fired.",
+        "window_end_ms": (
+            "Event time (epoch ms, UTC) of the latest event seen when it fired: the "
+            "request's event time. Persistence, cooldown and weekly cap are measured in "
+            "event time, so a replay fires as the live stream did; the cooldown and weekly "
+            "cap compare these."
+        ),
         "worker_id": "The worker instance that sent it.",
-        "created_at": "When it was sent, worker wall clock, epoch seconds (with fraction).",
+        "created_at": (
+            "When it was sent, worker wall clock, epoch seconds (with fraction); only the "
+            "wait for an answer (in-flight timeout) is measured on it."
+        ),
     },
     nested={
         "drifted_features": {

@@ -177,7 +177,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retrain-persistence",
         type=float,
         default=600.0,
-        help="seconds drift must persist before a retrain request (default: %(default)s)",
+        help="seconds of event time drift must persist before a retrain request; the "
+        "cooldown and weekly cap are in event time too (default: %(default)s)",
     )
     parser.add_argument(
         "--model-runtime",

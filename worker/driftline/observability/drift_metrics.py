@@ -176,7 +176,9 @@ class DriftMetrics:
             "retrain_last_trigger_timestamp_seconds", "When the last retrain request was sent.", mv
         )
         self.cooldown = gauge(
-            "retrain_cooldown_remaining_seconds", "Seconds before another request may be sent.", mv
+            "retrain_cooldown_remaining_seconds",
+            "Event-time seconds of the stream before another request may be sent.",
+            mv,
         )
         self.required = gauge(
             "retrain_required", "1 while a retrain request is in flight for this model.", mv
@@ -276,10 +278,7 @@ class DriftMetrics:
             self.triggers.labels(model, version, request.reason).inc()
             self.last_trigger.labels(model, version).set(request.created_at)
         self.required.labels(model, version).set(1 if trigger.in_flight else 0)
-        remaining = 0.0
-        if trigger.fired_at:
-            remaining = trigger.policy.cooldown_s - (trigger.clock() - trigger.fired_at[-1])
-        self.cooldown.labels(model, version).set(max(remaining, 0.0))
+        self.cooldown.labels(model, version).set(trigger.cooldown_remaining_s())
 
 
 def _hash_value(reference_hash: str) -> float:

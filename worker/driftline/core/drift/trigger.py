@@ -8,10 +8,26 @@ trigger adds the operational policy on top:
 * **persistence** — the condition must hold continuously for ``persistence_s`` (a blip that
   clears quickly is not worth a retrain); the stretch during which it holds is an *incident*,
   and an incident fires at most once, however many batches it spans;
-* **cooldown**, **weekly cap** and **in flight** — after a request, no other one for
+* **cooldown**, **weekly cap** and **in flight** — after a request, no other one within
   ``cooldown_s``, at most ``max_per_week`` in any 7 days, and none while the previous one is
   unacknowledged (until :meth:`RetrainTrigger.acknowledge` or ``in_flight_timeout_s``).  An
   incident blocked by these gates fires later if it is still going on when they open.
+
+Clocks.  Persistence, cooldown and weekly cap are judged in **event time**, so that a replay
+at full speed, the same events at real-time speed and the live stream they came from give
+the same requests.  The trigger's event clock is the largest event time of any update seen
+(``event_time_max_ms``; monotone: a late batch never moves it back, and it does not move
+while no events arrive).  An incident's persistence runs from the event clock when its
+condition was first seen (the end of its first drifting batch: a batch is judged as a
+whole, so that is when the drift is known) to the event clock now; a request's event time
+is the event clock when it fired (its ``window_end_ms``), and the cooldown and weekly cap
+compare those.  Only the **in-flight timeout** is wall clock: it waits for the retrain
+service to answer, which happens in the service's time, not the stream's (a replay that
+covers a week of events in a minute has not given the service a week), and it must expire
+even when the stream stops.  ``created_at`` stays the wall-clock time the message was made.
+Consequences: nothing fires while the stream is idle (:meth:`RetrainTrigger.tick` only
+expires the in-flight request), and an incident that spans less than ``persistence_s`` of
+event time never fires however long the wall-clock gap between its batches.
 
 Several workers watch partitions of the same stream and may each see the incident; the
 request carries a deterministic ``incident_id`` (sha256 of model name, model version,
@@ -27,6 +43,7 @@ starting a second one: the incident fires at most once, whoever asks first.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -40,8 +57,10 @@ import msgspec
 
 from driftline.core.drift.monitor import DRIFT, SCORE, DriftUpdate
 
-WEEK_S = 7 * 86400.0
-STATE_VERSION = 1
+WEEK_MS = 7 * 86_400_000
+#: 2: persistence, cooldown and weekly cap in event time (``event_clock_ms``,
+#: ``incident_since_ms``, ``fired_ms``); 1 had them in wall-clock seconds.
+STATE_VERSION = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,10 +95,12 @@ class DriftedFeature(msgspec.Struct, frozen=True):
 class RetrainRequest(msgspec.Struct, frozen=True):
     """Message of the retrain-requests topic (contract: field names and types are stable).
 
-    Times: ``window_start_ms``/``window_end_ms`` are event times (epoch ms) of the incident
-    from its first drifting batch to the firing batch; ``created_at`` is the worker's wall
-    clock (epoch seconds) when it fired.  ``reason`` is ``alert`` when an external alert
-    made it fire (:meth:`RetrainTrigger.on_alert`).
+    Times: ``window_start_ms`` is the event time (epoch ms) of the incident's first drifting
+    batch; ``window_end_ms`` the worker's event clock (latest event time seen) when it
+    fired, which is the request's event time: cooldowns and weekly caps, here and after a
+    restart (:meth:`RetrainTrigger.recall`), compare it.  ``created_at`` is the worker's wall
+    clock (epoch seconds) when it fired; only the in-flight timeout uses it.  ``reason`` is
+    ``alert`` when an external alert made it fire (:meth:`RetrainTrigger.on_alert`).
     """
 
     request_id: str
@@ -124,7 +145,12 @@ def incident_id(
 
 
 class RetrainTrigger:
-    """Applies a :class:`RetrainPolicy` to monitor updates; at most one request per incident."""
+    """Applies a :class:`RetrainPolicy` to monitor updates; at most one request per incident.
+
+    ``clock`` is the wall clock (epoch seconds), used only for the in-flight timeout and
+    ``created_at``; the ``wall_s`` arguments override it (tests, a caller that read it
+    already).  Everything else runs on the event clock the updates bring (module docstring).
+    """
 
     def __init__(
         self,
@@ -140,14 +166,19 @@ class RetrainTrigger:
         self.worker_id = worker_id
         self.clock = clock
         self._reset_incident()
+        #: Largest event time seen (epoch ms); None before any event.  Never moves back.
+        self.event_clock_ms: int | None = None
         self.in_flight_id: str | None = None
-        self.in_flight_since: float | None = None
-        self.fired_at: list[float] = []  # wall-clock seconds of past requests (last week)
+        self.in_flight_since: float | None = None  # wall clock (epoch s) it was sent
+        #: Event times (epoch ms, sorted) of past requests still able to close a gate.
+        self.fired_ms: list[int] = []
         self.blocked: str | None = None  # why the last eligible incident did not fire
         self.last_update: DriftUpdate | None = None  # what an external alert is told about
 
     def _reset_incident(self) -> None:
-        self.incident_start_s: float | None = None
+        #: Event clock when the incident's condition was first seen: persistence runs from it.
+        self.incident_since_ms: int | None = None
+        #: Event time of the incident's first drifting event: the request's window start.
         self.incident_start_ms: int | None = None
         self.incident_fired = False
         self.incident_reference: str | None = None
@@ -160,14 +191,14 @@ class RetrainTrigger:
 
     @property
     def in_flight(self) -> bool:
-        """A request was sent and is neither acknowledged nor timed out."""
+        """A request was sent and is neither acknowledged nor timed out (wall clock)."""
         return self._in_flight(self.clock())
 
-    def _in_flight(self, now_s: float) -> bool:
+    def _in_flight(self, wall_s: float) -> bool:
         if self.in_flight_id is None:
             return False
         assert self.in_flight_since is not None
-        if now_s - self.in_flight_since >= self.policy.in_flight_timeout_s:
+        if wall_s - self.in_flight_since >= self.policy.in_flight_timeout_s:
             self.in_flight_id = self.in_flight_since = None
             return False
         return True
@@ -187,9 +218,22 @@ class RetrainTrigger:
             return "feature_drift"
         return None
 
-    def observe(self, update: DriftUpdate, now_s: float | None = None) -> RetrainRequest | None:
-        """Feed one monitor update; return a request when the policy fires, else None."""
-        now = self.clock() if now_s is None else float(now_s)
+    def _advance(self, update: DriftUpdate) -> None:
+        """Move the event clock to the update's latest event (never back)."""
+        latest = update.event_time_max_ms
+        if latest is not None and (self.event_clock_ms is None or latest > self.event_clock_ms):
+            self.event_clock_ms = int(latest)
+            horizon = self.event_clock_ms - WEEK_MS  # the clock never goes back below it
+            if self.fired_ms and self.fired_ms[0] <= horizon:
+                self.fired_ms = [t for t in self.fired_ms if t > horizon]
+
+    def observe(self, update: DriftUpdate, wall_s: float | None = None) -> RetrainRequest | None:
+        """Feed one monitor update; return a request when the policy fires, else None.
+
+        Whether it fires depends only on the sequence of updates (their event times) and,
+        through the in-flight gate, on whether the last request was answered in time.
+        """
+        self._advance(update)
         self.last_update = update
         reason = self.condition(update)
         if reason is None or update.reference_hash != self.incident_reference:
@@ -198,79 +242,112 @@ class RetrainTrigger:
         if reason is None:
             self.blocked = None
             return None
-        if self.incident_start_s is None:
-            self.incident_start_s = now
+        now_ms = self.event_clock_ms
+        if now_ms is None:  # drift but no event time yet: no clock to measure it against
+            return None
+        if self.incident_since_ms is None:
+            self.incident_since_ms = now_ms
             self.incident_reference = update.reference_hash
             start_ms = update.event_time_min_ms
-            self.incident_start_ms = round(now * 1000) if start_ms is None else int(start_ms)
-        if self.incident_fired or now - self.incident_start_s < self.policy.persistence_s:
+            self.incident_start_ms = now_ms if start_ms is None else int(start_ms)
+        held_s = (now_ms - self.incident_since_ms) / 1000.0
+        if self.incident_fired or held_s < self.policy.persistence_s:
             return None
-        self.blocked = self._gate(now)
+        wall = self.clock() if wall_s is None else float(wall_s)
+        self.blocked = self._gate(now_ms, wall)
         if self.blocked is not None:
             return None
-        request = self._request(update, reason, now)
-        self._fired(request, now)
+        request = self._request(update, reason, now_ms, wall)
+        self._fired(request, wall)
         return request
 
-    def tick(self, now_s: float | None = None) -> RetrainRequest | None:
-        """Re-judge the latest update at ``now``: an incident that persists while no batch
-        arrives (the stream paused or ended) still fires once its persistence elapsed.
+    def tick(self, wall_s: float | None = None) -> bool:
+        """Between polls with no records: expire an unanswered request, fire nothing.
 
-        Time passing is evidence only of persistence: nothing new was monitored, so the
-        update is the last one seen and the gates apply as in :meth:`observe`.
+        Persistence, cooldown and weekly cap run on event time, which does not advance
+        while no events arrive, so idling can complete none of them: an incident still
+        going on when the stream stops fires on the next batch that shows it has lasted
+        long enough, as it would in a replay of the same events.  Only the in-flight
+        timeout is wall clock; it is checked here so that ``retrain_required`` drops
+        while idle.  True when the in-flight request timed out just now.
         """
-        if self.last_update is None or self.incident_start_s is None or self.incident_fired:
-            return None
-        return self.observe(self.last_update, now_s)
+        if self.in_flight_id is None:
+            return False
+        return not self._in_flight(self.clock() if wall_s is None else float(wall_s))
 
-    def on_alert(self, now_s: float | None = None) -> tuple[RetrainRequest | None, str]:
+    def on_alert(self, wall_s: float | None = None) -> tuple[RetrainRequest | None, str]:
         """An external alert says this model needs a retrain: ``(request or None, why)``.
 
         Idempotent with :meth:`observe`, because both fire the same incident: one that
         already fired answers ``already_fired``, and the gates (``in_flight``,
-        ``cooldown``, ``weekly_cap``) hold an alert back as they hold the trigger back.
-        An incident going on here whose persistence has not run out yet fires now, with
-        the ``incident_id`` :meth:`observe` would give it and reason ``alert``, and is
-        marked fired so the trigger does not send a second one.  ``no_incident`` when
-        nothing drifts here: the alert is about other partitions, whose worker sent the
-        request (RetrainRequired fires on sent requests), and one from here, describing no
-        drift under another id, would only be a second request for the same incident.
-        ``no_data`` while nothing was monitored yet.
+        ``cooldown``, ``weekly_cap``, judged at the current event clock) hold an alert
+        back as they hold the trigger back.  An incident going on here whose persistence
+        has not run out yet fires now, with the ``incident_id`` :meth:`observe` would give
+        it and reason ``alert``, and is marked fired so the trigger does not send a second
+        one.  ``no_incident`` when nothing drifts here: the alert is about other
+        partitions, whose worker sent the request (RetrainRequired fires on sent
+        requests), and one from here, describing no drift under another id, would only be
+        a second request for the same incident.  ``no_data`` while nothing was monitored
+        yet.
         """
-        now = self.clock() if now_s is None else float(now_s)
+        wall = self.clock() if wall_s is None else float(wall_s)
         update = self.last_update
         if update is None:
             return None, "no_data"
         if self.incident_fired:
             return None, "already_fired"
         kind = self.condition(update)
-        if kind is None or self.incident_start_s is None:
+        now_ms = self.event_clock_ms
+        if kind is None or self.incident_since_ms is None or now_ms is None:
             return None, "no_incident"
-        blocked = self._gate(now)
+        blocked = self._gate(now_ms, wall)
         if blocked is not None:
             return None, blocked
-        request = self._request(update, kind, now)
-        self._fired(request, now)
+        request = self._request(update, kind, now_ms, wall)
+        self._fired(request, wall)
         return msgspec.structs.replace(request, reason="alert"), "fired"
 
-    def _fired(self, request: RetrainRequest, now: float) -> None:
+    def _fired(self, request: RetrainRequest, wall: float) -> None:
         """Book a sent request: its incident is done, the gates close behind it."""
         self.incident_fired = True
-        self.in_flight_id, self.in_flight_since = request.request_id, now
-        self.fired_at.append(now)
+        self.in_flight_id, self.in_flight_since = request.request_id, wall
+        bisect.insort(self.fired_ms, request.window_end_ms)
 
-    def _gate(self, now: float) -> str | None:
-        """Name of the gate that holds the request back, or None."""
-        if self._in_flight(now):
+    def _gate(self, now_ms: int, wall: float) -> str | None:
+        """Name of the gate that holds a request at event time ``now_ms`` back, or None.
+
+        Requests recalled from the topic may lie ahead of this worker's event clock (a
+        partition that is ahead, offsets committed before the request's batch), so the
+        gates are distances in event time, either way: no two requests closer than the
+        cooldown, and at most ``max_per_week`` in any 7-day stretch (any
+        ``max_per_week + 1`` consecutive requests span at least a week).  With every
+        request in the past this is the usual "since the last one" and "in the last week".
+        """
+        if self._in_flight(wall):
             return "in_flight"
-        self.fired_at = [t for t in self.fired_at if now - t < WEEK_S]
-        if self.fired_at and now - self.fired_at[-1] < self.policy.cooldown_s:
+        cooldown_ms = self.policy.cooldown_s * 1000.0
+        if any(abs(now_ms - t) < cooldown_ms for t in self.fired_ms):
             return "cooldown"
-        if len(self.fired_at) >= self.policy.max_per_week:
-            return "weekly_cap"
+        times = sorted([*self.fired_ms, now_ms])
+        k = self.policy.max_per_week
+        at = times.index(now_ms)
+        for first in range(max(0, at - k), min(at, len(times) - 1 - k) + 1):
+            if times[first + k] - times[first] < WEEK_MS:
+                return "weekly_cap"
         return None
 
-    def _request(self, update: DriftUpdate, reason: str, now: float) -> RetrainRequest:
+    def cooldown_remaining_s(self) -> float:
+        """Event-time seconds until the cooldown lets a request through (0 when open)."""
+        now_ms = self.event_clock_ms
+        if now_ms is None:
+            return 0.0
+        cooldown_ms = self.policy.cooldown_s * 1000.0
+        closing = [t for t in self.fired_ms if abs(now_ms - t) < cooldown_ms]
+        return max((t + cooldown_ms - now_ms for t in closing), default=0.0) / 1000.0
+
+    def _request(
+        self, update: DriftUpdate, reason: str, now_ms: int, wall: float
+    ) -> RetrainRequest:
         features = [SCORE] if reason == "prediction_drift" else list(update.drifted)
         entries = []
         for feature in features:
@@ -289,7 +366,6 @@ class RetrainTrigger:
                 detector = max(stats, key=lambda d: stats[d] / max(limits[d], 1e-300))
                 entries.append((feature, detector, stats[detector], limits[detector]))
         assert self.incident_start_ms is not None
-        end_ms = update.event_time_max_ms
         return RetrainRequest(
             request_id=uuid.uuid4().hex,
             incident_id=incident_id(
@@ -310,36 +386,39 @@ class RetrainTrigger:
             ],
             drifted_share=float(update.drifted_share),
             window_start_ms=self.incident_start_ms,
-            window_end_ms=round(now * 1000) if end_ms is None else int(end_ms),
+            window_end_ms=now_ms,
             worker_id=self.worker_id,
-            created_at=now,
+            created_at=wall,
         )
 
-    def recall(self, requests: Iterable[RetrainRequest], now_s: float | None = None) -> int:
+    def recall(self, requests: Iterable[RetrainRequest], wall_s: float | None = None) -> int:
         """Rebuild the gates from requests already on the retrain-requests topic.
 
         The topic is the record of what every worker has asked for, so a restarted (or
-        newly started) worker reads it instead of keeping a checkpoint of its own: requests
-        for this model in the last week count against the weekly cap, the latest one starts
-        the cooldown and, if it is younger than the in-flight timeout, is the request in
-        flight.  A drift that persists across the restart is then seen again, but held by
-        those gates: the restart neither loses the incident's request nor sends a second
-        one.  Returns how many requests were taken into account.
+        newly started) worker reads it instead of keeping a checkpoint of its own: the
+        event times (``window_end_ms``) of this model's requests feed the cooldown and
+        weekly cap, judged against the event clock as the stream goes on (those more than
+        a week behind the clock, when it is known, are dropped), and the latest request
+        by wall clock (``created_at``), if younger than the in-flight timeout, is the
+        request in flight.  Every version of the request has both fields, so requests
+        written before the gates ran on event time are read the same way (their
+        ``window_end_ms`` was the firing batch's latest event time, the same as the event
+        clock for an in-order stream).  A drift that persists across the restart is then
+        seen again, but held by those gates: the restart neither loses the incident's
+        request nor sends a second one.  Returns how many requests were taken into
+        account.
         """
-        now = self.clock() if now_s is None else float(now_s)
-        mine = sorted(
-            (
-                r
-                for r in requests
-                if r.model_name == self.model_name and now - r.created_at < WEEK_S
-            ),
-            key=lambda r: r.created_at,
-        )
-        known = set(self.fired_at)
-        self.fired_at = sorted(known | {float(r.created_at) for r in mine})
+        wall = self.clock() if wall_s is None else float(wall_s)
+        horizon = None if self.event_clock_ms is None else self.event_clock_ms - WEEK_MS
+        mine = [
+            r
+            for r in requests
+            if r.model_name == self.model_name and (horizon is None or r.window_end_ms > horizon)
+        ]
+        self.fired_ms = sorted(set(self.fired_ms) | {int(r.window_end_ms) for r in mine})
         if mine:
-            latest = mine[-1]
-            if now - latest.created_at < self.policy.in_flight_timeout_s and (
+            latest = max(mine, key=lambda r: r.created_at)
+            if wall - latest.created_at < self.policy.in_flight_timeout_s and (
                 self.in_flight_since is None or latest.created_at > self.in_flight_since
             ):
                 self.in_flight_id, self.in_flight_since = latest.request_id, latest.created_at
@@ -347,7 +426,8 @@ class RetrainTrigger:
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able checkpoint: an incident that already fired must not fire again after a
-        restart, and the cooldown / weekly cap / in-flight request survive it."""
+        restart, and the event clock, the cooldown / weekly cap and the in-flight request
+        survive it."""
         return {
             "type": "RetrainTrigger",
             "version": STATE_VERSION,
@@ -355,21 +435,33 @@ class RetrainTrigger:
             "model_name": self.model_name,
             "model_version": self.model_version,
             "worker_id": self.worker_id,
-            "incident_start_s": self.incident_start_s,
+            "event_clock_ms": self.event_clock_ms,
+            "incident_since_ms": self.incident_since_ms,
             "incident_start_ms": self.incident_start_ms,
             "incident_fired": self.incident_fired,
             "incident_reference": self.incident_reference,
             "in_flight_id": self.in_flight_id,
             "in_flight_since": self.in_flight_since,
-            "fired_at": list(self.fired_at),
+            "fired_ms": list(self.fired_ms),
         }
 
     @classmethod
     def from_state_dict(
         cls, state: Mapping[str, Any], clock: Callable[[], float] = time.time
     ) -> RetrainTrigger:
-        if state.get("type") != "RetrainTrigger" or state.get("version") != STATE_VERSION:
-            raise ValueError("not a RetrainTrigger v1 state")
+        """Restore a checkpoint of this version or of version 1 (wall-clock gates).
+
+        Version 1 kept the incident's persistence start and the past requests in wall-clock
+        seconds, which cannot be turned into event times.  Its incident continues from its
+        first drifting event (``incident_start_ms``, an event time: the persistence can
+        only look longer than it was on the wall clock by the batch's span), whether it
+        fired and the in-flight request (wall clock, as now) are kept; its past request
+        times are dropped: the worker recalls them from the retrain-requests topic, with
+        their event times, right after restoring (see :meth:`recall`).
+        """
+        version = state.get("version")
+        if state.get("type") != "RetrainTrigger" or version not in (1, STATE_VERSION):
+            raise ValueError(f"not a RetrainTrigger v1 or v{STATE_VERSION} state")
         trigger = cls(
             RetrainPolicy(**state["policy"]),
             state["model_name"],
@@ -377,13 +469,21 @@ class RetrainTrigger:
             state["worker_id"],
             clock,
         )
-        trigger.incident_start_s = state["incident_start_s"]
-        trigger.incident_start_ms = state["incident_start_ms"]
+        start_ms = state["incident_start_ms"]
+        trigger.incident_start_ms = None if start_ms is None else int(start_ms)
         trigger.incident_fired = bool(state["incident_fired"])
         trigger.incident_reference = state["incident_reference"]
         trigger.in_flight_id = state["in_flight_id"]
         trigger.in_flight_since = state["in_flight_since"]
-        trigger.fired_at = [float(t) for t in state["fired_at"]]
+        if version == 1:
+            trigger.incident_since_ms = (
+                trigger.incident_start_ms if state["incident_start_s"] is not None else None
+            )
+            return trigger
+        clock_ms, since_ms = state["event_clock_ms"], state["incident_since_ms"]
+        trigger.event_clock_ms = None if clock_ms is None else int(clock_ms)
+        trigger.incident_since_ms = None if since_ms is None else int(since_ms)
+        trigger.fired_ms = sorted(int(t) for t in state["fired_ms"])
         return trigger
 
 

@@ -522,25 +522,17 @@ class KafkaScoringWorker:
             # The previous model keeps serving: health stays ready, the alert fires on this.
             self.metrics.inc_model_load_failures(result.reason)
 
-    def _tick_trigger(self, producer: Producer) -> None:
-        """No batch this poll: a drift incident still running fires when its persistence
-        has elapsed, instead of waiting for the next event."""
+    def _tick_trigger(self) -> None:
+        """No batch this poll: the trigger runs on event time, so idling fires nothing
+        (a replay that ended drifting stays quiet); an unanswered request may time out on
+        the wall clock, which the retrain-required gauge must show."""
         processor = self.processor
-        if processor is None or processor.trigger is None:
+        if processor is None or processor.trigger is None or not processor.trigger.tick():
             return
-        request = processor.trigger.tick()
-        if request is None:
-            return
-        log.warning(
-            "retrain requested (%s, incident %s, while idle): %s",
-            request.reason,
-            request.incident_id,
-            [f.feature for f in request.drifted_features],
-        )
-        self._send_retrain_request(producer, request)
+        log.warning("retrain request unanswered within the in-flight timeout: gate open")
         if self.drift_metrics is not None:
             scorer, trigger = processor.scorer, processor.trigger
-            self.drift_metrics.publish_trigger(scorer.name, scorer.version, trigger, request)
+            self.drift_metrics.publish_trigger(scorer.name, scorer.version, trigger, None)
 
     def _take_alerts(self, producer: Producer) -> None:
         """Between batches: alerts queued by POST /alerts meet the retrain trigger here,
@@ -1142,7 +1134,7 @@ class KafkaScoringWorker:
         else:
             self._finish_pending(consumer, producer)
             self._collect_delivered(consumer, block=False)
-            self._tick_trigger(producer)
+            self._tick_trigger()
             if time.monotonic() - self._last_contact > s.broker_probe_interval_s:
                 self._probe_broker(consumer)
                 self._last_contact = time.monotonic()
