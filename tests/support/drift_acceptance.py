@@ -62,9 +62,9 @@ def independent_frame(seed: int, customers: int, days: float) -> pd.DataFrame:
     # Renewal times per slot: the first at the stationary residual life, then lifetimes.
     renewals = start + np.cumsum(rng.exponential(life_ms, (customers, MAX_RENEWALS)), axis=1)
     generation = (renewals[customer] <= times[:, None]).sum(axis=1)
-    signups = np.column_stack(
-        [start - rng.exponential(life_ms, customers), renewals]
-    ).astype(np.int64)
+    signups = np.column_stack([start - rng.exponential(life_ms, customers), renewals]).astype(
+        np.int64
+    )
     shape = (customers, MAX_RENEWALS + 1)
     age = rng.integers(16, 95, shape).astype(float)
     income = np.round(rng.lognormal(10.6, 0.6, shape), 2)
@@ -75,9 +75,7 @@ def independent_frame(seed: int, customers: int, days: float) -> pd.DataFrame:
     amount = np.where(buying, np.round(rng.gamma(2.0, 30.0, n), 2), np.nan)
     present = rng.random((n, 4))
     tenure = (times - signups[who]) / (30.44 * DAY_MS)
-    ids = np.char.add(
-        np.char.add(np.array(generator.ids)[customer], "-"), generation.astype(str)
-    )
+    ids = np.char.add(np.char.add(np.array(generator.ids)[customer], "-"), generation.astype(str))
     return pd.DataFrame(
         {
             "event_id": [f"x{seed}-{i}" for i in range(n)],
@@ -200,5 +198,162 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- detection delays
+
+
+#: Changes injected into the independent generator's live events, and the feature that
+#: must be named first.  Each returns the modified live events.
+def _shift_age(sd: float):
+    def change(live: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+        live["age"] = live["age"] + sd * 22.8  # the generator's age sd (uniform 16-94)
+        return live
+
+    return change
+
+
+def _purchase_rate(live: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    drop = (live["event_type"] == "purchase").to_numpy() & (rng.random(len(live)) < 0.2)
+    return live[~drop]
+
+
+def _spend_scale(live: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    live["amount"] = live["amount"] * 1.5
+    return live
+
+
+def _new_category(live: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    new = live["plan_type"].notna().to_numpy() & (rng.random(len(live)) < 0.2)
+    live.loc[new, "plan_type"] = "platinum"
+    return live
+
+
+def _missing_amounts(live: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """A producer that stops sending ``amount`` on 30 % of purchases.  (A missing profile
+    field in events changes no served feature: the customer's last known value stays.)"""
+    live.loc[rng.random(len(live)) < 0.3, "amount"] = np.nan
+    return live
+
+
+SCENARIOS = {
+    "age +0.25 sd": (_shift_age(0.25), {"age"}),
+    "age +0.5 sd": (_shift_age(0.5), {"age"}),
+    "age +1 sd": (_shift_age(1.0), {"age"}),
+    "purchase rate -20 %": (
+        _purchase_rate,
+        {
+            "purchases_7d",
+            "purchases_30d",
+            "purchases_90d",
+            "items_30d",
+            "spend_30d",
+            "spend_90d",
+            "days_since_last_purchase",
+            "spend_90d_per_month",
+            "__score__",
+        },
+    ),
+    "spend x1.5": (
+        _spend_scale,
+        {
+            "spend_30d",
+            "spend_90d",
+            "avg_order_value_90d",
+            "max_order_value_90d",
+            "last_order_value",
+            "spend_90d_per_month",
+        },
+    ),
+    "new plan (20 %)": (_new_category, {"plan_type"}),
+    "amount missing on 30 %": (
+        _missing_amounts,
+        {
+            "spend_30d",
+            "spend_90d",
+            "avg_order_value_90d",
+            "max_order_value_90d",
+            "last_order_value",
+            "spend_90d_per_month",
+        },
+    ),
+}
+
+
+def detection_delays(seed: int, customers: int, days: float, train_days: float) -> list[str]:
+    """Events from the change to the first alarm, per scenario, for one seed: the change
+    starts 20 days into the served stream."""
+    spec = load_default_spec()
+    events = independent_frame(seed, customers, days)
+    events = events.sort_values("event_time", kind="stable").reset_index(drop=True)
+    t0 = int(events["event_time"].iloc[0])
+    result = train_on_events(
+        events[events["event_time"] < t0 + int(train_days * DAY_MS)],
+        spec,
+        horizon_days=60,
+        n_estimators=60,
+        progress=False,
+    )
+    profile = result.reference_profile
+    change_ms = int(profile["window_ms"][1]) + 20 * DAY_MS
+    lines = []
+    for name, (change, expected) in SCENARIOS.items():
+        rng = np.random.default_rng(seed)
+        before = events[events["event_time"] < change_ms]
+        after = change(events[events["event_time"] >= change_ms].copy(), rng)
+        changed = pd.concat([before, after], ignore_index=True)
+        features, late = history_features(changed, spec)
+        times = changed["event_time"].to_numpy(dtype=np.int64)
+        live = np.flatnonzero((times > profile["window_ms"][1]) & ~late)
+        frame = features.iloc[live][spec.feature_names].reset_index(drop=True)
+        scores = positive_scores(result.pipeline, frame)
+        keys = changed["customer_id"].iloc[live].astype(str).to_numpy(dtype=object)
+        monitor = DriftMonitor(
+            profile,
+            spec.numeric_features,
+            spec.categorical_features,
+            MonitorBudget(events_per_day=float(profile["events_per_day"])),
+        )
+        start = int(np.searchsorted(times[live], change_ms))
+        found = None
+        early = 0
+        for lo in range(0, live.size, BATCH):
+            hi = min(live.size, lo + BATCH)
+            update = monitor.update(
+                frame.iloc[lo:hi].reset_index(drop=True),
+                scores[lo:hi],
+                times[live[lo:hi]],
+                keys[lo:hi],
+            )
+            for alarm in update.alarms:
+                if alarm.event_index < start:
+                    early += 1
+                elif found is None:
+                    found = alarm
+            if found is not None:
+                break
+        if found is None:
+            lines.append(f"{name}\tseed {seed}\tnot detected\t\t")
+        else:
+            right = found.feature in expected
+            lines.append(
+                f"{name}\tseed {seed}\t{found.event_index - start}\t"
+                f"{found.feature}/{found.detector}\t{'right' if right else 'WRONG'}\t"
+                f"{early} alarms before"
+            )
+    return lines
+
+
+def delays_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="detection delays on the independent generator")
+    parser.add_argument("--customers", type=int, default=3000)
+    parser.add_argument("--days", type=float, default=450)
+    parser.add_argument("--train-days", type=float, default=330)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 11)))
+    args = parser.parse_args(argv)
+    for seed in args.seeds:
+        for line in detection_delays(seed, args.customers, args.days, args.train_days):
+            print(line, flush=True)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(delays_main(sys.argv[2:]) if sys.argv[1:2] == ["delays"] else main())

@@ -10,6 +10,7 @@ identical alarms, states after every event count both runs share, and checkpoint
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import Any
@@ -53,7 +54,7 @@ def _stream(seed: int, n: int, shift_at: int | None) -> tuple[pd.DataFrame, np.n
 
 @pytest.fixture(scope="module")
 def checkpoint() -> dict[str, Any]:
-    frame, scores, keys = _stream(1, 6000, None)
+    frame, scores, _keys = _stream(1, 6000, None)
     profile = build_reference_profile(frame, scores, NUMERIC, CATEGORICAL)
     profile["serving_calibration"] = {
         "block_events": 100,
@@ -87,7 +88,7 @@ def _run(checkpoint: dict[str, Any], live: Any, cuts: list[int]) -> tuple[Any, .
     alarms = []
     states: dict[int, dict[str, int]] = {}
     bounds = [0, *cuts, N_EVENTS]
-    for start, stop in zip(bounds, bounds[1:], strict=False):
+    for start, stop in itertools.pairwise(bounds):
         update = monitor.update(
             frame.iloc[start:stop].reset_index(drop=True),
             scores[start:stop],

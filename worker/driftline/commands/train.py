@@ -173,7 +173,9 @@ def train_on_events(
         events,
         spec,
         result.pipeline,
-        start_ms=max(cutoffs),
+        # The latest days of the history: closest to what will be served (features age
+        # with the population); never before the last cutoff (rows the model was fit on).
+        start_ms=max(max(cutoffs), int(times.max()) - min(horizon_days, 30) * DAY_MS),
         days=min(horizon_days, 30),
         score_customers=unseen or None,
     )
@@ -219,7 +221,7 @@ def serving_reference_profile(
     seed: int = 0,
     score_customers: set[str] | None = None,
 ) -> dict[str, Any]:
-    """The drift monitor's reference: what the worker sees in the days after the cutoff.
+    """The drift monitor's reference: what the worker sees in the days after ``start_ms``.
 
     The worker scores every event with the customer's features as of that event, so its
     input distribution is per event (active customers weigh more), not the per customer

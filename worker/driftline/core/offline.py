@@ -32,7 +32,8 @@ from driftline.core.spec import (
     TenureFeature,
 )
 from driftline.core.state import FeatureState
-from driftline.core.watermark import PartitionWatermark
+from driftline.core.watermark import QUORUM, PartitionWatermark
+from driftline.core.watermark import WINDOW as WATERMARK_WINDOW
 
 
 # --------------------------------------------------------------------------- reference
@@ -51,7 +52,10 @@ def reference_features(events: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     the original index of the non-late rows.
     """
     partitions = events["partition"] if "partition" in events else pd.Series(0, index=events.index)
-    max_seen: dict[object, int | None] = defaultdict(lambda: None)
+    # The watermark's front (``core.watermark``): the QUORUM-th greatest of the partition's
+    # last WINDOW times, never moving back.
+    front: dict[object, int | None] = defaultdict(lambda: None)
+    recent: dict[object, list[int]] = defaultdict(list)
     history: dict[str, list[_Past]] = defaultdict(list)
     rows: list[dict[str, object]] = []
     kept: list[object] = []
@@ -59,10 +63,13 @@ def reference_features(events: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     for label, record in events.iterrows():
         t = int(record["event_time"])
         part = partitions[label]
-        seen = max_seen[part]
+        seen = front[part]
+        recent[part] = [*recent[part], t][-WATERMARK_WINDOW:]
+        if len(recent[part]) >= QUORUM:
+            confirmed = sorted(recent[part])[-QUORUM]
+            front[part] = confirmed if seen is None else max(seen, confirmed)
         if seen is not None and t < seen - spec.allowed_lateness_ms:
             continue  # late: dead-lettered, no features
-        max_seen[part] = t if seen is None else max(seen, t)
         customer = str(record["customer_id"])
         past = history[customer]
         if past and t > max(p.time for p in past) + spec.eviction_after_ms:

@@ -137,8 +137,9 @@ def intraclass_correlation(
 
     observed = ~np.isnan(readings)
     if centre:
-        with np.errstate(invalid="ignore"):
-            readings = readings - np.nanmean(readings, axis=0)[None, :]
+        totals = observed.sum(axis=0)
+        means = np.where(observed, readings, 0.0).sum(axis=0) / np.maximum(totals, 1)
+        readings = readings - means[None, :]
     values = np.where(observed, readings, 0.0)
     codes, _ = pd.factorize(np.asarray(keys, dtype=object))
     group = (np.arange(n) // span) * (int(codes.max()) + 2) + codes + 1
