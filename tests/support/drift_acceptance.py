@@ -171,8 +171,7 @@ def serve_stationary(
         verdict.alarms += [(a.feature, a.detector, a.event_index) for a in update.alarms]
         if update.drifted or update.prediction.state == 2:
             verdict.drift_events += stop - start
-        now_s = float(times[live[stop - 1]]) / 1000.0
-        if trigger.observe(update, now_s=now_s) is not None:
+        if trigger.observe(update) is not None:
             verdict.requests += 1
     verdict.seconds = time.monotonic() - started
     return verdict

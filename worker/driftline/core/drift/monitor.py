@@ -97,7 +97,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import repeat
 from typing import Any, Protocol
@@ -277,6 +277,11 @@ class DriftUpdate:
     prediction: PredictionDrift
     late_events: int = 0  # events dropped by the time window so far
     windows_closed: int = 0  # event windows completed in this batch
+    #: Event time of the alarm that latched each feature now in DRIFT (score included):
+    #: when its drift began, whatever the batching (the retrain trigger's incident start).
+    drift_since_ms: dict[str, int] = field(default_factory=dict)
+    #: Weight of each input feature in ``drifted_share`` (they sum to 1).
+    share_weights: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-able; NaN stays a float NaN, which ``json`` writes as NaN)."""
@@ -577,6 +582,7 @@ class DriftMonitor:
         self.events_seen = 0
         self.states = dict.fromkeys(tracked, OK)
         self.clean_windows = dict.fromkeys(tracked, 0)
+        self.drift_since_ms: dict[str, int] = {}
         self._alarmed_in_window = dict.fromkeys(tracked, False)
         self._last_g = dict.fromkeys(self.categorical, 0.0)
         nan = dict.fromkeys(self._columns, math.nan)
@@ -692,6 +698,8 @@ class DriftMonitor:
             prediction=prediction,
             late_events=int(self.time_window.n_late),
             windows_closed=windows_closed,
+            drift_since_ms=dict(self.drift_since_ms),
+            share_weights=self.share_weights(),
         )
 
     def readings(
@@ -716,17 +724,22 @@ class DriftMonitor:
         """(feature, detector) of each rate stream, in the column order of ``readings``."""
         return list(self._bern_streams)
 
-    def drifted_share(self, drifted: Sequence[str]) -> float:
-        """Importance-weighted share of features in DRIFT: a drifted feature the model barely
-        uses should not trigger a retrain the way a top feature does.  Without importances
-        (or if they sum to 0 over the monitored features) every feature weighs the same."""
+    def share_weights(self) -> dict[str, float]:
+        """Weight of each input feature in :meth:`drifted_share`, summing to 1: its
+        importance share, or equal weights without importances (or if they sum to 0)."""
         weights = {f: 1.0 for f in self.features}
         if self.importances is not None:
             given = {f: max(0.0, float(self.importances.get(f, 0.0))) for f in self.features}
             if sum(given.values()) > 0:
                 weights = given
         total = sum(weights.values())
-        return float(sum(weights[f] for f in drifted) / total) if total > 0 else 0.0
+        return {f: w / total for f, w in weights.items()} if total > 0 else {}
+
+    def drifted_share(self, drifted: Sequence[str]) -> float:
+        """Importance-weighted share of features in DRIFT: a drifted feature the model barely
+        uses should not trigger a retrain the way a top feature does."""
+        weights = self.share_weights()
+        return float(sum(weights.get(f, 0.0) for f in drifted))
 
     # ------------------------------------------------------------------ batch helpers
 
@@ -911,6 +924,8 @@ class DriftMonitor:
 
     def _latch(self, alarms: Sequence[Alarm]) -> None:
         for alarm in alarms:
+            if self.states[alarm.feature] != DRIFT:
+                self.drift_since_ms[alarm.feature] = alarm.event_time_ms
             self.states[alarm.feature] = DRIFT
             self.clean_windows[alarm.feature] = 0
             self._alarmed_in_window[alarm.feature] = True
@@ -928,6 +943,7 @@ class DriftMonitor:
                     self.clean_windows[feature] += 1
                     if self.clean_windows[feature] >= self.clear_windows:
                         self.states[feature] = OK
+                        self.drift_since_ms.pop(feature, None)
                         self.clean_windows[feature] = 0
                 else:
                     self.clean_windows[feature] = 0
@@ -1024,6 +1040,7 @@ class DriftMonitor:
             "events_seen": self.events_seen,
             "states": dict(self.states),
             "clean_windows": dict(self.clean_windows),
+            "drift_since_ms": dict(self.drift_since_ms),
             "alarmed_in_window": dict(self._alarmed_in_window),
             "last_g": dict(self._last_g),
             "latest": {
@@ -1061,6 +1078,7 @@ class DriftMonitor:
         monitor.events_seen = int(state["events_seen"])
         monitor.states = {k: int(v) for k, v in state["states"].items()}
         monitor.clean_windows = {k: int(v) for k, v in state["clean_windows"].items()}
+        monitor.drift_since_ms = {k: int(v) for k, v in state["drift_since_ms"].items()}
         monitor._alarmed_in_window = {k: bool(v) for k, v in state["alarmed_in_window"].items()}
         monitor._last_g = {k: float(v) for k, v in state["last_g"].items()}
         monitor._latest = {

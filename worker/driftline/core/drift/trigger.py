@@ -218,6 +218,24 @@ class RetrainTrigger:
             return "feature_drift"
         return None
 
+    def condition_began_ms(self, update: DriftUpdate, reason: str) -> int | None:
+        """Event time at which ``reason`` started to hold, from the alarms that latched the
+        drifted features (``DriftUpdate.drift_since_ms``): the score's for a prediction
+        drift; for a feature drift, that of the feature whose latch brought the weighted
+        share of drifted features up to the policy's share.  None if not known."""
+        since = update.drift_since_ms
+        if reason == "prediction_drift":
+            return since.get(SCORE)
+        order = sorted((since[f], f) for f in update.drifted if f in since)
+        if not order or not update.share_weights:
+            return None
+        share = 0.0
+        for time_ms, feature in order:
+            share += update.share_weights.get(feature, 0.0)
+            if share >= self.policy.drifted_share - 1e-12:
+                return int(time_ms)
+        return None
+
     def _advance(self, update: DriftUpdate) -> None:
         """Move the event clock to the update's latest event (never back)."""
         latest = update.event_time_max_ms
@@ -246,9 +264,12 @@ class RetrainTrigger:
         if now_ms is None:  # drift but no event time yet: no clock to measure it against
             return None
         if self.incident_since_ms is None:
-            self.incident_since_ms = now_ms
+            # From when the condition began, by the monitor's alarms: the same for any
+            # batching of the same events (the batch's own clock otherwise).
+            began = self.condition_began_ms(update, reason)
+            self.incident_since_ms = now_ms if began is None else min(began, now_ms)
             self.incident_reference = update.reference_hash
-            start_ms = update.event_time_min_ms
+            start_ms = began if began is not None else update.event_time_min_ms
             self.incident_start_ms = now_ms if start_ms is None else int(start_ms)
         held_s = (now_ms - self.incident_since_ms) / 1000.0
         if self.incident_fired or held_s < self.policy.persistence_s:
