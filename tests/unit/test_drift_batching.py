@@ -26,7 +26,7 @@ from driftline.core.drift.monitor import DriftMonitor, MonitorBudget
 from driftline.core.drift.trigger import RetrainPolicy, RetrainTrigger
 from driftline.model.profile import build_reference_profile
 
-N_EVENTS = 2400
+N_EVENTS = 3200
 NUMERIC = ["level", "count", "spend"]
 CATEGORICAL = ["plan"]
 PLANS = np.array(["basic", "plus", "pro"], dtype=object)
@@ -79,7 +79,8 @@ def checkpoint() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def live() -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
-    frame, scores, keys = _stream(2, N_EVENTS, shift_at=1000)
+    # The shift comes after the monitor's first look at the reference (2000 events).
+    frame, scores, keys = _stream(2, N_EVENTS, shift_at=2200)
     times = 1_700_000_000_000 + np.arange(N_EVENTS, dtype=np.int64) * 700
     return frame, scores, keys, times
 
@@ -140,7 +141,7 @@ def test_the_reference_run_has_alarms_to_compare(one_batch: tuple[Any, ...]) -> 
     assert len(requests) == 1, requests  # one incident (the drift lasts), one request
     detectors = {(a["feature"], a["detector"]) for a in alarms}
     assert ("spend", "mean") in detectors and ("plan", "unseen") in detectors, detectors
-    assert all(a["event_index"] >= 1000 for a in alarms), "no alarm before the shift"
+    assert all(a["event_index"] >= 2200 for a in alarms), "no alarm before the shift"
 
 
 def _compare(one_batch: tuple[Any, ...], other: tuple[Any, ...]) -> None:

@@ -11,6 +11,7 @@ here carries both, the score histogram included.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,7 @@ from driftline.core.drift.trigger import RetrainRequest, RetrainTrigger
 from driftline.observability.metrics import BulkHistogram
 
 _NS = "driftline"
+log = logging.getLogger(__name__)
 #: 0.05 wide over [0, 1]: fine enough for a heatmap and for quantiles of a churn score.
 SCORE_BUCKETS = tuple(round(x, 2) for x in np.linspace(0.05, 1.0, 20))
 #: Hex digits of the reference hash exported as a number: 48 bits, exact in a float64.
@@ -183,6 +185,15 @@ class DriftMetrics:
         self.required = gauge(
             "retrain_required", "1 while a retrain request is in flight for this model.", mv
         )
+        self.reference_mismatch = gauge(
+            "reference_mismatch",
+            "1 when most features of the model's first monitored events were off its "
+            "reference at once (the reference does not describe the stream: no retrain is "
+            "requested), 0 when they fit, NaN before the check.",
+            mv,
+        )
+        #: Model versions whose reference verdict was logged.
+        self._verdict_logged: set[tuple[str, str]] = set()
         self.checkpoints_ignored = Counter(
             "drift_checkpoints_ignored_total",
             "Drift checkpoint records ignored at start-up (undecodable, other format, or not "
@@ -229,6 +240,8 @@ class DriftMetrics:
             self.triggers.labels(model, version, reason)
         self.unmonitored.labels(model, version, BEFORE_REFERENCE)
         self.required.labels(model, version).set(0)
+        self.reference_mismatch.labels(model, version).set(math.nan)
+        self._verdict_logged.discard((model, str(version)))
         self.scores.labels(model, version)
 
     def publish(self, update: DriftUpdate, model: str, version: str, scores: np.ndarray) -> None:
@@ -265,6 +278,33 @@ class DriftMetrics:
         self.drifted_share.labels(model, version).set(_finite(update.drifted_share))
         self.reference_hash.labels(model, version).set(_hash_value(update.reference_hash))
         self.scores.labels(model, version).observe_many(scores)
+        if update.reference_mismatch is not None:
+            self.reference_mismatch.labels(model, version).set(int(update.reference_mismatch))
+            self._log_verdict(update, model, str(version))
+
+    def _log_verdict(self, update: DriftUpdate, model: str, version: str) -> None:
+        """One line per model version when the reference check has decided."""
+        if (model, version) in self._verdict_logged:
+            return
+        self._verdict_logged.add((model, version))
+        off = ", ".join(f"{f} (PSI {v:.2f})" for f, v in sorted(update.reference_off.items()))
+        if update.reference_mismatch:
+            log.warning(
+                "drift: the reference of %s %s does not describe the stream: most features of "
+                "its first monitored events are off it at once (%s). Drift states are shown "
+                "but no retrain is requested; train on data like the stream served "
+                "(driftline_reference_mismatch=1)",
+                model,
+                version,
+                off,
+            )
+        else:
+            log.info(
+                "drift: the reference of %s %s fits the stream's first events (off: %s)",
+                model,
+                version,
+                off or "none",
+            )
 
     def count_unmonitored(self, model: str, version: str, n_events: int) -> None:
         """``n_events`` scored but not monitored: they precede the reference period."""

@@ -127,6 +127,7 @@ from driftline.core.drift.divergence import (
     pad_shares,
     psi,
 )
+from driftline.core.drift.reference_check import ReferenceCheck
 from driftline.core.drift.serial import HORIZONS, SerialCalibration
 from driftline.core.drift.window_tests import CategoricalWindowTest
 from driftline.model.profile import OTHER, assign_bins
@@ -282,6 +283,10 @@ class DriftUpdate:
     drift_since_ms: dict[str, int] = field(default_factory=dict)
     #: Weight of each input feature in ``drifted_share`` (they sum to 1).
     share_weights: dict[str, float] = field(default_factory=dict)
+    #: The first events' verdict (``reference_check``): None until made, then True when
+    #: most features are off the reference at once; ``reference_off``: PSI of those off.
+    reference_mismatch: bool | None = False
+    reference_off: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-able; NaN stays a float NaN, which ``json`` writes as NaN)."""
@@ -573,6 +578,15 @@ class DriftMonitor:
         categorical_shares = [list(self._vocab[c].values()) for c in self.categorical]
         ref_shares = ref_shares[:-1] + categorical_shares + ref_shares[-1:]
         self._ref_shares, self._ref_mask = pad_shares(ref_shares)
+        self.reference_check = ReferenceCheck(
+            self._columns,
+            self._ref_shares,
+            self._ref_mask,
+            [
+                name != SCORE and sum(s) > 0
+                for name, s in zip(self._columns, ref_shares, strict=True)
+            ],
+        )
         n_bins = [len(s) for s in ref_shares]
         self.event_window = EventWindow(self.window_events, n_bins)
         self.time_window = TimeWindow(self.window_seconds, n_bins, self.allowed_lateness_seconds)
@@ -641,6 +655,7 @@ class DriftMonitor:
 
         z, v, bern, cat_bins, numeric_bins = self.readings(features, scores)
         bins = np.column_stack([numeric_bins[:, :-1], cat_bins, numeric_bins[:, -1:]])
+        self.reference_check.update(bins)
 
         alarms: list[Alarm] = []
         windows_closed = 0
@@ -700,6 +715,8 @@ class DriftMonitor:
             windows_closed=windows_closed,
             drift_since_ms=dict(self.drift_since_ms),
             share_weights=self.share_weights(),
+            reference_mismatch=self.reference_check.mismatch,
+            reference_off=dict(self.reference_check.off),
         )
 
     def readings(
@@ -1034,6 +1051,7 @@ class DriftMonitor:
             "bernoulli": None if self.bernoulli is None else self.bernoulli.state_dict(),
             "category_tests": {c: t.state_dict() for c, t in self.category_tests.items()},
             "open_block": self._open.state_dict(),
+            "reference_check": self.reference_check.state_dict(),
             "recent_keys": [k.tolist() for k in self._recent_keys],
             "event_window": _event_window_state(self.event_window),
             "time_window": _time_window_state(self.time_window),
@@ -1072,6 +1090,7 @@ class DriftMonitor:
             c: CategoricalWindowTest.from_state_dict(s) for c, s in state["category_tests"].items()
         }
         monitor._open.load_state_dict(state["open_block"])
+        monitor.reference_check.load_state_dict(state["reference_check"])
         monitor._recent_keys = [np.asarray(k, dtype=object) for k in state["recent_keys"]]
         _load_event_window(monitor.event_window, state["event_window"])
         _load_time_window(monitor.time_window, state["time_window"])

@@ -211,7 +211,13 @@ class RetrainTrigger:
         return True
 
     def condition(self, update: DriftUpdate) -> str | None:
-        """Reason if the update shows retrain-worthy drift, else None."""
+        """Reason if the update shows retrain-worthy drift, else None.
+
+        Never while the monitor says the reference does not describe the stream
+        (``reference_mismatch``): a retrain would learn the mismatch, not fix it; nor
+        before it has said whether it does (its first few thousand events)."""
+        if update.reference_mismatch is not False:
+            return None
         if update.prediction.state == DRIFT:
             return "prediction_drift"
         if update.drifted and update.drifted_share >= self.policy.drifted_share:
