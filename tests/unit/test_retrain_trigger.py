@@ -21,6 +21,7 @@ from driftline.core.drift.monitor import (
     DRIFT,
     OK,
     SCORE,
+    Alarm,
     DriftMonitor,
     DriftUpdate,
     MonitorBudget,
@@ -33,8 +34,12 @@ FEATURES = ["a", "b", "c", "d"]
 T0 = 1_700_000_400.0  # a multiple of the 600 s persistence bucket
 
 
-def fake_update(drifted: list[str], now_s: float, score_state: int = OK) -> DriftUpdate:
-    """A monitor update with the given features in DRIFT (equal importances)."""
+def fake_update(
+    drifted: list[str], now_s: float, score_state: int = OK, alarming: bool = True
+) -> DriftUpdate:
+    """A monitor update with the given features in DRIFT (equal importances); with
+    ``alarming``, each of them (and the score in DRIFT) alarms in it again, as a shift that
+    lasts does (a detector restarts after each alarm)."""
     states = {f: (DRIFT if f in drifted else OK) for f in FEATURES}
     states[SCORE] = score_state
     names = [*FEATURES, SCORE]
@@ -53,7 +58,11 @@ def fake_update(drifted: list[str], now_s: float, score_state: int = OK) -> Drif
         js_time=dict.fromkeys(names, math.nan),
         missing_ratio=dict.fromkeys(FEATURES, 0.0),
         unseen_ratio={},
-        alarms=[],
+        alarms=[
+            Alarm(f, "mean", 20.0, 17.0, 0, round(now_s * 1000))
+            for f in names
+            if alarming and states[f] == DRIFT
+        ],
         drifted=[f for f in FEATURES if f in drifted],
         drifted_share=len([f for f in FEATURES if f in drifted]) / len(FEATURES),
         prediction=PredictionDrift(0.3, 0.1, score_state),
@@ -288,3 +297,24 @@ def test_alert_before_any_monitored_batch_and_after_a_model_swap_has_no_data() -
     feed(trigger, ["a", "b"], T0, 100)
     trigger.set_model("churn", "8")
     assert trigger.on_alert(T0 + 100) == (None, "no_data")
+
+
+def test_one_alarm_alone_is_not_confirmed_and_sends_nothing() -> None:
+    """A false alarm latches DRIFT until the feature clears, however long that takes in
+    event time; without a second alarm of the incident's features it never fires."""
+    trigger = make_trigger(confirmations=2)
+    assert trigger.observe(fake_update(["a", "b"], T0), T0) is None  # the alarms
+    quiet = [
+        trigger.observe(fake_update(["a", "b"], T0 + t, alarming=False), T0 + t)
+        for t in range(10, 7200, 10)
+    ]
+    assert quiet == [None] * len(quiet)
+    # A second alarm of a drifted feature confirms it: the incident fires.
+    assert trigger.observe(fake_update(["a", "b"], T0 + 7200), T0 + 7200) is not None
+
+
+def test_confirmations_of_one_fires_on_the_first_alarm_after_persistence() -> None:
+    trigger = make_trigger(confirmations=1, persistence_s=60.0)
+    assert trigger.observe(fake_update(["a", "b"], T0), T0) is None
+    later = trigger.observe(fake_update(["a", "b"], T0 + 60, alarming=False), T0 + 60)
+    assert later is not None

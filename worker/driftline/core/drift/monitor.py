@@ -9,9 +9,9 @@ Detectors, per feature (names used in :attr:`DriftUpdate.statistics` and alarms)
 =============== ===================== ================================================
 feature kind    detector              what it watches
 =============== ===================== ================================================
-numeric         ``mean``              CUSUM on ``z = (x - mean) / std`` (k = 0.5: 1 sigma)
-numeric         ``variance``          CUSUM on ``(z**2 - 1) / sqrt(2)`` (chi2 calibration)
-numeric         ``missing``           Bernoulli CUSUM on the missing indicator
+numeric         ``mean``              CUSUM on one reading per block: sum of rank scores
+numeric         ``variance``          the same on spread scores
+numeric         ``missing``           Bernoulli CUSUM on the block's missing count
 categorical     ``category_mix``      G test per window of observed values
 categorical     ``unseen``            Bernoulli CUSUM on "value outside the vocabulary"
 categorical     ``missing``           Bernoulli CUSUM on the missing indicator
@@ -24,24 +24,16 @@ CUSUMs see the mid-rank normal score of each value's frozen reference bin, stand
 under the reference (:class:`RankScores`), not ``(x - mean) / std``: per-event features are
 skewed counts and sums whose tails broke the normal-theory thresholds.
 
-Clustered events
-----------------
-Thresholds assume independent rows; events are not.  A customer's events repeat nearly the
-same features, and a worker catching up on a partition reads thousands of events of the
-same few hundred customers in a row.  With the rows' customer keys, each segment's CUSUM
-increments (``+-z - k`` and the Bernoulli log-likelihood ratios alike) are multiplied by
-``1 / deff``, where ``deff = sum(m_i**2) / n`` is Kish's design effect of the segment
-(``m_i`` events of customer ``i``): the segment then counts as ``n / deff`` independent
-rows, with their in-control mean and variance, when a customer's rows are fully
-correlated (an upper bound otherwise).  Dividing ``z`` alone by ``sqrt(deff)`` was tried
-first and is wrong: ``k`` keeps its full weight, and past ``deff ~ (max|z| / k)**2 ~ 12``
-no shift could ever alarm; categorical
-window tests divide G by the window's ``deff``.  Averaging each customer's rows instead
-was tried and is wrong: it weighs customers equally while the reference weighs events,
-so activity-linked features (``events_24h``) shifted by construction.  With many customers
-and few events each, ``deff`` is 1 and nothing changes.  Measured on a stationary
-simulated stream of 400 customers read partition by partition: before, alarms on most
-features; after, none.
+Blocks and the serving calibration
+----------------------------------
+Served features are serially dependent and clustered by customer, so the mean, spread and
+rate detectors judge fixed blocks of ``block_events`` events cut on the event index (never
+on batches: the same events give the same verdicts however batched).  A block's reading
+per stream is ``sum(z) / sqrt(n * phi_eff)``: ``phi`` measured on the reference period as
+served (:mod:`driftline.core.drift.serial`), or ``1 + rho (deff - 1)`` of the latest 1-8
+blocks' customers when larger (a partition's backlog read in a row).  ``k`` grows by
+:data:`ALLOWANCE_Z` standard errors of the reference's own sampling error.  Categorical
+window tests divide G by the window's design effect.  docs/drift-detection.md derives it.
 
 False-alarm budget (union bound)
 --------------------------------

@@ -72,6 +72,11 @@ class RetrainPolicy:
     cooldown_s: float = 86400.0
     max_per_week: int = 3
     in_flight_timeout_s: float = 6 * 3600.0
+    #: Moments at which the incident's features (the score, for a prediction drift) alarm,
+    #: needed before it fires: a detector restarts after each alarm, so a real shift alarms
+    #: again within a few blocks, while a false alarm, rare by the budget, is almost never
+    #: followed by another one before the feature clears.
+    confirmations: int = 2
 
     def __post_init__(self) -> None:
         if not 0.0 < self.drifted_share <= 1.0:
@@ -80,6 +85,8 @@ class RetrainPolicy:
             raise ValueError("durations must be non-negative")
         if self.max_per_week < 1:
             raise ValueError("max_per_week must be at least 1")
+        if self.confirmations < 1:
+            raise ValueError("confirmations must be at least 1")
 
 
 class DriftedFeature(msgspec.Struct, frozen=True):
@@ -182,6 +189,9 @@ class RetrainTrigger:
         self.incident_start_ms: int | None = None
         self.incident_fired = False
         self.incident_reference: str | None = None
+        #: Distinct event times at which the incident's features alarmed since it began
+        #: (``policy.confirmations``; kept up to that many).
+        self.incident_alarm_times: list[int] = []
 
     def set_model(self, model_name: str, model_version: str) -> None:
         """A new model version is live: an incident of the old one is over (gates stay)."""
@@ -223,6 +233,24 @@ class RetrainTrigger:
         if update.drifted and update.drifted_share >= self.policy.drifted_share:
             return "feature_drift"
         return None
+
+    def _count_confirmations(self, update: DriftUpdate, reason: str) -> None:
+        """Note the event times of alarms in ``update`` that confirm the incident: of the
+        score for a prediction drift, of a drifted feature for a feature drift, not older
+        than its start.  Alarms at one moment count once: correlated features (30- and
+        90-day spend) may cross together, by chance too."""
+        since = self.incident_since_ms if self.incident_since_ms is not None else 0
+        relevant = {SCORE} if reason == "prediction_drift" else set(update.drifted)
+        for alarm in update.alarms:
+            if len(self.incident_alarm_times) >= self.policy.confirmations:
+                return
+            moment = int(alarm.event_time_ms)
+            if (
+                alarm.feature in relevant
+                and moment >= since
+                and moment not in self.incident_alarm_times
+            ):
+                self.incident_alarm_times.append(moment)
 
     def condition_began_ms(self, update: DriftUpdate, reason: str) -> int | None:
         """Event time at which ``reason`` started to hold, from the alarms that latched the
@@ -277,8 +305,13 @@ class RetrainTrigger:
             self.incident_reference = update.reference_hash
             start_ms = began if began is not None else update.event_time_min_ms
             self.incident_start_ms = now_ms if start_ms is None else int(start_ms)
+        self._count_confirmations(update, reason)
         held_s = (now_ms - self.incident_since_ms) / 1000.0
-        if self.incident_fired or held_s < self.policy.persistence_s:
+        if (
+            self.incident_fired
+            or held_s < self.policy.persistence_s
+            or len(self.incident_alarm_times) < self.policy.confirmations
+        ):
             return None
         wall = self.clock() if wall_s is None else float(wall_s)
         self.blocked = self._gate(now_ms, wall)
@@ -466,6 +499,7 @@ class RetrainTrigger:
             "incident_since_ms": self.incident_since_ms,
             "incident_start_ms": self.incident_start_ms,
             "incident_fired": self.incident_fired,
+            "incident_alarm_times": list(self.incident_alarm_times),
             "incident_reference": self.incident_reference,
             "in_flight_id": self.in_flight_id,
             "in_flight_since": self.in_flight_since,
@@ -499,6 +533,7 @@ class RetrainTrigger:
         start_ms = state["incident_start_ms"]
         trigger.incident_start_ms = None if start_ms is None else int(start_ms)
         trigger.incident_fired = bool(state["incident_fired"])
+        trigger.incident_alarm_times = [int(t) for t in state.get("incident_alarm_times", [])]
         trigger.incident_reference = state["incident_reference"]
         trigger.in_flight_id = state["in_flight_id"]
         trigger.in_flight_since = state["in_flight_since"]
