@@ -354,5 +354,81 @@ def delays_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cdnow_replay(path: str, train_months: int = 6) -> str:
+    """CDNOW's purchase log: a model trained on its first ``train_months`` months, then the
+    rest of the log served through the monitor.  Its customers all joined in early 1997 and
+    their activity decays: a real drift, which the monitor should report."""
+    from driftline.commands.train import read_event_file
+
+    spec = load_default_spec()
+    events, shift_ms = read_event_file(path, "cdnow")
+    events = events.sort_values("event_time", kind="stable").reset_index(drop=True)
+    t0 = int(events["event_time"].iloc[0])
+    train_end = t0 + int(train_months * 30.4 * DAY_MS)
+    result = train_on_events(
+        events[events["event_time"] < train_end],
+        spec,
+        horizon_days=60,
+        n_estimators=60,
+        calendar_shift_ms=shift_ms,
+        progress=False,
+    )
+    profile = result.reference_profile
+    features, late = history_features(events, spec)
+    times = events["event_time"].to_numpy(dtype=np.int64)
+    live = np.flatnonzero((times > profile["window_ms"][1]) & ~late)
+    frame = features.iloc[live][spec.feature_names].reset_index(drop=True)
+    scores = positive_scores(result.pipeline, frame)
+    keys = events["customer_id"].iloc[live].astype(str).to_numpy(dtype=object)
+    monitor = DriftMonitor(
+        profile,
+        spec.numeric_features,
+        spec.categorical_features,
+        MonitorBudget(events_per_day=float(profile["events_per_day"])),
+    )
+    trigger = RetrainTrigger(RetrainPolicy(), "cdnow", "1", "acceptance")
+    first: dict[str, int] = {}
+    requests = []
+    update = None
+    for lo in range(0, live.size, BATCH):
+        hi = min(live.size, lo + BATCH)
+        update = monitor.update(
+            frame.iloc[lo:hi].reset_index(drop=True), scores[lo:hi], times[live[lo:hi]], keys[lo:hi]
+        )
+        for alarm in update.alarms:
+            first.setdefault(alarm.feature, alarm.event_index)
+        if (request := trigger.observe(update)) is not None:
+            requests.append(request)
+    assert update is not None
+
+    def day(ms: int) -> str:
+        return str(pd.Timestamp(ms - shift_ms, unit="ms").date())
+
+    lines = [
+        f"CDNOW: trained on {day(t0)} .. {day(train_end)}, reference "
+        f"{day(profile['window_ms'][0])} .. {day(profile['window_ms'][1])}; served {live.size:,} "
+        f"events {day(int(times[live[0]]))} .. {day(int(times[live[-1]]))}",
+        f"  reference check: {'MISMATCH' if update.reference_mismatch else 'fits'} "
+        f"(off: {', '.join(f'{f} {v:.2f}' for f, v in update.reference_off.items()) or 'none'})",
+        f"  mean score: reference {profile['score']['mean']:.3f}, served {scores.mean():.3f}",
+        f"  in DRIFT at the end: {', '.join(update.drifted) or 'none'}; score state "
+        f"{update.prediction.state}",
+        "  first alarm per feature (events after the reference): "
+        + ", ".join(f"{f} {i:,}" for f, i in sorted(first.items(), key=lambda x: x[1])),
+        f"  retrain requests: {len(requests)}"
+        + (f" (first: {requests[0].reason}, {day(requests[0].window_end_ms)})" if requests else ""),
+    ]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    sys.exit(delays_main(sys.argv[2:]) if sys.argv[1:2] == ["delays"] else main())
+    if sys.argv[1:2] == ["delays"]:
+        sys.exit(delays_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["cdnow"]:
+        print(
+            cdnow_replay(
+                sys.argv[2] if len(sys.argv) > 2 else "../shared/data/cdnow/cdnow_master.csv"
+            )
+        )
+        sys.exit(0)
+    sys.exit(main())

@@ -8,6 +8,10 @@ trigger adds the operational policy on top:
 * **persistence** — the condition must hold continuously for ``persistence_s`` (a blip that
   clears quickly is not worth a retrain); the stretch during which it holds is an *incident*,
   and an incident fires at most once, however many batches it spans;
+* **confirmation** — the incident's features (the score, for a prediction drift) must have
+  alarmed at ``confirmations`` (2) distinct moments: a detector restarts after each alarm,
+  so a real shift alarms again within a few blocks, while a false alarm, rare by the
+  budget, is almost never followed by another before the feature clears;
 * **cooldown**, **weekly cap** and **in flight** — after a request, no other one within
   ``cooldown_s``, at most ``max_per_week`` in any 7 days, and none while the previous one is
   unacknowledged (until :meth:`RetrainTrigger.acknowledge` or ``in_flight_timeout_s``).  An
