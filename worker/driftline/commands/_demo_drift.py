@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -80,6 +81,20 @@ def describe_request(request: Mapping[str, Any]) -> str:
     )
 
 
+def _end_offset(consumer: Any, topic: str, partition: int, attempts: int = 20) -> int:
+    """The partition's end offset now; a topic just created may have no leader for a
+    moment (asked again), and after that ``OFFSET_END`` (resolved at the first fetch)."""
+    from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
+
+    for _ in range(attempts):
+        try:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+            return int(high) if high >= 0 else OFFSET_END
+        except KafkaException:
+            time.sleep(0.5)
+    return OFFSET_END
+
+
 class RetrainWatcher:
     """Reads the retrain-requests topic from its end at start and reports each request.
 
@@ -102,23 +117,22 @@ class RetrainWatcher:
         self._consumer: Any = None
 
     def start(self) -> None:
-        from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+        from confluent_kafka import Consumer, TopicPartition
 
+        topic = self.topic
         consumer = Consumer(
             {
                 **self._config,
-                "group.id": "driftline-demo-retrain-watcher",
+                "group.id": f"driftline-demo-watcher-{topic}",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
             }
         )
         metadata = consumer.list_topics(self.topic, timeout=10)
         partitions = sorted(metadata.topics[self.topic].partitions)
-        starts = []
-        for p in partitions:
-            _low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
-            starts.append(TopicPartition(self.topic, p, high if high >= 0 else OFFSET_END))
-        consumer.assign(starts)
+        consumer.assign(
+            [TopicPartition(topic, p, _end_offset(consumer, topic, p)) for p in partitions]
+        )
         self._consumer = consumer
         self._thread.start()
 

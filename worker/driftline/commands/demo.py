@@ -37,13 +37,14 @@ from typing import Any
 import pandas as pd
 from prometheus_client.parser import text_string_to_metric_families
 
+from driftline import config
 from driftline.broker import BROKER_KINDS, BrokerError, BrokerProcess, free_port, make_broker
 from driftline.commands._demo_drift import RetrainWatcher, describe_request, drift_view
 from driftline.commands._errors import CommandError
 from driftline.commands._kafka import add_kafka_client, connect
 from driftline.commands.train import _day as train_day
 from driftline.commands.train import register, train_on_events
-from driftline.config import TopicNames
+from driftline.config import CONSUMER_GROUP, TopicNames
 from driftline.core.spec import load_default_spec
 from driftline.demo_world import (
     SCENARIOS,
@@ -63,6 +64,14 @@ HELP = __doc__ or ""
 #: Churn horizon of the demo's model (days without a purchase that count as churned).
 HORIZON_DAYS = 60
 RETRAIN_TOPIC = "retrain-requests"
+#: Events per day the worker's false-alarm budget (one false alarm per 30 days) counts in.
+#: It defaults to the reference's events per simulated day (~1,250 for 1,000 customers),
+#: which the demo, ~10^5 times faster than its simulated calendar, streams in under a
+#: second: that budget would be one false alarm every ~20 s of demo.  An operator's day is
+#: a wall-clock day, so the demo counts in its own rate, capped at 10^7 per day (one false
+#: alarm per ~40 hours of demo at 2,000 events/s; larger budgets overflow the monitor's
+#: threshold search for some references).
+DEMO_EVENTS_PER_DAY = 1e7
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted(SCENARIOS),
         default=None,
         help="change the live world at --at: "
-        + "; ".join(f"{name}: {what}" for name, what in SCENARIOS.items()),
+        + "; ".join(f"{name}: {what}" for name, what in SCENARIOS.items()).replace("%", "%%"),
     )
     parser.add_argument(
         "--at",
@@ -123,6 +132,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a drift must persist before the worker requests a retrain; the "
         "worker's own default (600) is for production, this is a demo "
         "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--topic-prefix",
+        default="",
+        help="prefix of the demo's topic and group names, for a cluster shared with other "
+        "users (default: none)",
     )
     parser.add_argument(
         "--broker-kind",
@@ -206,16 +221,22 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"broker: {bootstrap} ({broker.kind}, {where}; log {broker.log_path})", flush=True
             )
-        names = TopicNames()
+        prefix = args.topic_prefix
+        names = TopicNames(
+            input=prefix + config.INPUT_TOPIC,
+            output=prefix + config.OUTPUT_TOPIC,
+            dead_letter=prefix + config.DEAD_LETTER_TOPIC,
+        )
+        retrain_topic = prefix + RETRAIN_TOPIC
         kafka_config = args.kafka_config if args.bootstrap_servers else None
         # --kafka-config was loaded for every client of this process by connect().
         client = kafka_client_config({"bootstrap.servers": bootstrap})
         ensure_topics(
-            bootstrap, [*default_topics(args.partitions, names), TopicSpec(RETRAIN_TOPIC, 1)]
+            bootstrap, [*default_topics(args.partitions, names), TopicSpec(retrain_topic, 1)]
         )
         watcher = None
         if args.drift:
-            watcher = RetrainWatcher(client, RETRAIN_TOPIC, _print_request)
+            watcher = RetrainWatcher(client, retrain_topic, _print_request)
             watcher.start()
             stack.callback(watcher.stop)
         worker = _start_worker(
@@ -226,6 +247,10 @@ def run(args: argparse.Namespace) -> int:
             kafka_config,
             drift=args.drift,
             retrain_persistence_s=args.retrain_persistence,
+            names=names,
+            group_id=prefix + CONSUMER_GROUP,
+            retrain_topic=retrain_topic,
+            events_per_day=DEMO_EVENTS_PER_DAY,
         )
         producer = threading.Thread(
             target=_produce_live,
@@ -328,10 +353,16 @@ def _start_worker(
     *,
     drift: bool = True,
     retrain_persistence_s: float = 30.0,
+    names: TopicNames | None = None,
+    group_id: str = CONSUMER_GROUP,
+    retrain_topic: str = RETRAIN_TOPIC,
+    events_per_day: float | None = None,
 ) -> subprocess.Popen[bytes]:
     """The worker process.  Demo-specific flags: drift on; a short retrain persistence;
+    the false-alarm budget counted in the demo's events per (wall-clock) day;
     a replay jump as coarse as the history's pre-log account events (one per 60 days), so
     the warm-up replay of them is not refused as future-dated."""
+    names = names or TopicNames()
     log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - owned by the child's lifetime
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -350,6 +381,16 @@ def _start_worker(
             str(port),
             "--max-replay-jump",
             "61d",
+            "--input-topic",
+            names.input,
+            "--output-topic",
+            names.output,
+            "--dead-letter-topic",
+            names.dead_letter,
+            "--group-id",
+            group_id,
+            "--retrain-topic",
+            retrain_topic,
             *(["--drift", "--retrain-persistence", str(retrain_persistence_s)] if drift else []),
             *(["--kafka-config", kafka_config] if kafka_config else []),
         ],
