@@ -71,7 +71,7 @@ RETRAIN_TOPIC = "retrain-requests"
 #: a wall-clock day, so the demo counts in its own rate, capped at 10^7 per day (one false
 #: alarm per ~40 hours of demo at 2,000 events/s; larger budgets overflow the monitor's
 #: threshold search for some references).
-DEMO_EVENTS_PER_DAY = 1e7
+MAX_DEMO_EVENTS_PER_DAY = 1e7
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
             names=names,
             group_id=prefix + CONSUMER_GROUP,
             retrain_topic=retrain_topic,
-            events_per_day=DEMO_EVENTS_PER_DAY,
+            events_per_day=min(args.rate * 86_400, MAX_DEMO_EVENTS_PER_DAY),
         )
         producer = threading.Thread(
             target=_produce_live,
