@@ -94,7 +94,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--partitions", type=int, default=4, help="input partitions (default: %(default)s)"
     )
     parser.add_argument(
-        "--duration", type=float, default=None, help="stop after N seconds (default: Ctrl-C)"
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after N seconds of live stream (default: Ctrl-C)",
     )
     parser.add_argument(
         "--retrain", action="store_true", help="train a new model even if one exists"
@@ -266,8 +269,8 @@ def run(args: argparse.Namespace) -> int:
             _warm_up(bootstrap, names.input, history, metrics_port, worker, stop)
             if not stop.is_set():
                 print(
-                    f"live: the same {facts['customers']} customers from {_day(world.end_ms)}"
-                    f" on, {args.rate:g} events/s (history: "
+                    f"live: the same {args.customers} customers (slots) from "
+                    f"{_day(world.end_ms)} on, {args.rate:g} events/s (history: "
                     f"{facts['events_per_day_last_30d']:.0f} events/day)"
                     + (
                         f"; injecting {injection.scenario} at {injection.at_s:g}s"
