@@ -132,8 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retrain-persistence",
         type=float,
         default=30.0,
-        help="seconds a drift must persist before the worker requests a retrain; the "
-        "worker's own default (600) is for production, this is a demo "
+        help="seconds of the demo (wall clock) a drift must persist before the worker "
+        "requests a retrain; the worker judges persistence in event time, so the demo "
+        "passes it the simulated time its stream covers in that many seconds "
         "(default: %(default)s)",
     )
     parser.add_argument(
@@ -249,7 +250,8 @@ def run(args: argparse.Namespace) -> int:
             workdir,
             kafka_config,
             drift=args.drift,
-            retrain_persistence_s=args.retrain_persistence,
+            retrain_persistence_s=args.retrain_persistence
+            * _event_seconds_per_second(args.rate, facts["events_per_day_last_30d"]),
             names=names,
             group_id=prefix + CONSUMER_GROUP,
             retrain_topic=retrain_topic,
@@ -296,6 +298,12 @@ def run(args: argparse.Namespace) -> int:
         if watcher is not None:
             print(f"retrain requests: {len(watcher.requests)}", flush=True)
     return 0 if code == 0 else 1
+
+
+def _event_seconds_per_second(rate: float, events_per_day: float) -> float:
+    """Simulated seconds the live stream covers per second of demo: its rate over the
+    world's events per (simulated) day."""
+    return rate / max(events_per_day, 1.0) * 86_400
 
 
 def _day(ms: int) -> str:
