@@ -93,17 +93,34 @@ class SteadyPopulation(Population):
         self._next_id = n_customers
         #: Customers replaced so far (joined after the start).
         self.joined_count = 0
+        self._stationary_stock()
         self._draw_churn(np.arange(n_customers), np.full(n_customers, float(start_ms)))
-        # Tenure at the start as in a population long in this steady state: with a constant
-        # hazard the time since joining is exponential with the mean wait (the parent's
-        # gamma tenure, drawn before, stays the latent loyalty term of the propensity).
-        # Capped at 20 years and at the customer's 18th birthday (a point mass at one cap
-        # would age visibly; these caps are spread over the ages).
-        cap = np.clip((self._age0 - 18.0) * 12.0, 0.0, MAX_TENURE_MONTHS)
-        tenure = self._rng.exponential(self._mean_wait_days(np.arange(n_customers))) / MONTH_DAYS
-        self._tenure0 = np.minimum(tenure, cap).round(1)
 
     # -- churn and turnover -----------------------------------------------------------
+
+    def _stationary_stock(self) -> None:
+        """Make the first customers look like a population long in this steady state.
+
+        Customers join with the parent's profile mix, but those who churn less stay
+        longer, so the customers present at any time are weighted by their expected stay:
+        the first customers are resampled with that weight (else the mix would drift
+        toward it, slowly: older, richer, loyal customers accumulating).  Their time since
+        joining is exponential with the mean wait (a constant hazard); their age is the
+        age they joined at plus that tenure.  The parent's gamma tenure stays the latent
+        loyalty term of the propensity, as for newcomers.
+        """
+        n, rng = self.n_customers, self._rng
+        stay = self._mean_wait_days(np.arange(n)) + self.mechanism.gone_after_days
+        pick = rng.choice(n, size=n, p=stay / stay.sum())
+        for name in ("_plan", "_region", "_age0", "_income", "_activity", "_taste"):
+            setattr(self, name, getattr(self, name)[pick].copy())
+        self.propensity = self.propensity[pick].copy()
+        # A time since joining capped at 20 years and at the customer's 18th birthday.
+        tenure_days = rng.exponential(self._mean_wait_days(np.arange(n)))
+        joined_at = self._age0  # the parent's age draw is the age at joining
+        tenure_days = np.minimum(tenure_days, MAX_TENURE_MONTHS * MONTH_DAYS)
+        self._tenure0 = (tenure_days / MONTH_DAYS).round(1)
+        self._age0 = np.minimum(joined_at + tenure_days / 365.25, 95.0).round()
 
     def _mean_wait_days(self, who: np.ndarray) -> np.ndarray:
         p = np.clip(self.propensity[who], 1e-6, 1 - 1e-6)
