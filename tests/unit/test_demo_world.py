@@ -166,7 +166,7 @@ def test_a_closed_population_or_a_cold_state_would_not_match(
     ("scenario", "feature"),
     [
         ("age", "age"),
-        ("spend", "avg_order_value_90d"),
+        ("spend", "last_order_value"),
         ("new-region", "region"),
         ("rate-drop", "purchases_30d"),
     ],
