@@ -26,13 +26,14 @@ DRIFT = re.compile(
     r"\| drift (OK|WARN|DRIFT)(?:: ([^|]*?))?(?: \| score (OK|WARN|DRIFT))?"
     r"( \[\S+ injected\])?\s*$"
 )
-SPEND_FEATURES = {
-    "avg_order_value_90d",
-    "max_order_value_90d",
-    "last_order_value",
-    "spend_30d",
-    "spend_90d",
-    "spend_90d_per_month",
+#: What buying a quarter as often moves (the ``rate-drop`` scenario): also the score, so
+#: the retrain request does not depend on the importance-weighted share of features.
+PURCHASE_FEATURES = {
+    "purchases_7d",
+    "purchases_30d",
+    "purchases_90d",
+    "days_since_last_purchase",
+    "items_30d",
 }
 
 
@@ -82,7 +83,7 @@ def status_lines(output: str) -> list[tuple[str, list[str], str | None, bool]]:
     return found
 
 
-def test_an_injected_spend_change_is_caught_on_its_features_and_asks_for_a_retrain(
+def test_an_injected_rate_drop_is_caught_on_its_features_and_asks_for_a_retrain(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
     output = run_demo(
@@ -93,7 +94,7 @@ def test_an_injected_spend_change_is_caught_on_its_features_and_asks_for_a_retra
         "--duration",
         "60",
         "--inject",
-        "spend",
+        "rate-drop",
         "--at",
         "10s",
         "--retrain-persistence",
@@ -102,7 +103,9 @@ def test_an_injected_spend_change_is_caught_on_its_features_and_asks_for_a_retra
     lines = status_lines(output)
     after = [line for line in lines if line[3]]
     assert after, output[-3000:]
-    caught = [top for state, top, _, _ in after if state == "DRIFT" and SPEND_FEATURES & set(top)]
+    caught = [
+        top for state, top, _, _ in after if state == "DRIFT" and PURCHASE_FEATURES & set(top)
+    ]
     assert caught, "\n".join(map(str, lines[-10:]))
     requests = [line for line in output.splitlines() if line.startswith("retrain request ")]
     assert requests, output[-3000:]
@@ -110,9 +113,9 @@ def test_an_injected_spend_change_is_caught_on_its_features_and_asks_for_a_retra
 
 
 @pytest.mark.xfail(
-    reason="the drift monitor's calibration (core/drift/monitor.py, being rewritten) still "
-    "false-alarms on a stationary stream of this size; the stream itself matches the "
-    "reference (tests/unit/test_demo_world.py)",
+    reason="the drift monitor (core/drift/monitor.py, being recalibrated) still raises an "
+    "occasional DRIFT on a stationary demo stream (one episode in some 75-90 s runs); the "
+    "stream itself matches the reference (tests/unit/test_demo_world.py)",
     strict=False,
 )
 def test_a_stationary_demo_shows_no_drift(tmp_path: Path, kafka_bootstrap: str) -> None:
