@@ -1,19 +1,28 @@
-"""Run the whole product on this machine: broker, model, worker, live events.
+"""Run the whole product on this machine: broker, model, worker, live events, drift.
 
 Starts a local broker (Tansu, in memory, by default; `--broker-kind kafka` runs Apache
 Kafka, which needs Java 17+), or uses an existing cluster (`--bootstrap-servers`),
-creates the topics, trains a churn model
-on a simulated customer history (unless one is registered already), starts a scoring
-worker as its own process, then streams live simulated events into it, with a small
-share of broken ones to show the dead-letter path.  A status line shows events in,
-predictions out, dead letters, latency and the model version, read from the worker's own
-/metrics endpoint.  Ctrl-C (or --duration) stops everything cleanly.
+creates the topics, trains a churn model on a simulated customer history (unless the one
+registered was trained on this very history), starts a scoring worker as its own process
+with drift monitoring on, warms its state up on the history (replayed into the input
+topic), then streams the same world going on live, with a small share of broken events to
+show the dead-letter path.  A status line shows events in, predictions out, dead letters,
+latency, the model version and the drift state (OK/WARN/DRIFT and the features drifting),
+read from the worker's own /metrics endpoint; retrain requests the worker publishes are
+printed as they arrive.  `--inject SCENARIO --at 90s` changes the live world at that
+moment (see `--inject`).  Ctrl-C (or --duration) stops everything cleanly.
+
+The live stream continues the training history (demo_world.py): the same customers in
+the state the history left them in, the same rates, the event clock going on from where
+the history ended, which is some time before today (the stream runs faster than real
+time and waits for the present if it catches up).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -23,21 +32,46 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 from prometheus_client.parser import text_string_to_metric_families
 
+from driftline import config
 from driftline.broker import BROKER_KINDS, BrokerError, BrokerProcess, free_port, make_broker
+from driftline.commands._demo_drift import RetrainWatcher, describe_request, drift_view
 from driftline.commands._errors import CommandError
 from driftline.commands._kafka import add_kafka_client, connect
+from driftline.commands.train import _day as train_day
 from driftline.commands.train import register, train_on_events
-from driftline.config import TopicNames
+from driftline.config import CONSUMER_GROUP, TopicNames
 from driftline.core.spec import load_default_spec
-from driftline.engine.kafka.admin import default_topics, ensure_topics
+from driftline.demo_world import (
+    SCENARIOS,
+    DemoWorld,
+    Injection,
+    headroom_days,
+    history_end_ms,
+    summary,
+)
+from driftline.engine.kafka.admin import TopicSpec, default_topics, ensure_topics
+from driftline.engine.kafka.client_config import kafka_client_config
 from driftline.model.registry import ModelRegistry
-from driftline.simulate import Population, produce_records
+from driftline.simulate import frame_to_events, produce, produce_records
 from driftline.testing.corpus import bad_payloads
 
 HELP = __doc__ or ""
+#: Churn horizon of the demo's model (days without a purchase that count as churned).
+HORIZON_DAYS = 60
+RETRAIN_TOPIC = "retrain-requests"
+#: Events per day the worker's false-alarm budget (one false alarm per 30 days) counts in.
+#: It defaults to the reference's events per simulated day (~1,250 for 1,000 customers),
+#: which the demo, ~10^5 times faster than its simulated calendar, streams in under a
+#: second: that budget would be one false alarm every ~20 s of demo.  An operator's day is
+#: a wall-clock day, so the demo counts in its own rate, capped at 10^7 per day (one false
+#: alarm per ~40 hours of demo at 2,000 events/s; larger budgets overflow the monitor's
+#: threshold search for some references).
+MAX_DEMO_EVENTS_PER_DAY = 1e7
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +94,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--partitions", type=int, default=4, help="input partitions (default: %(default)s)"
     )
     parser.add_argument(
-        "--duration", type=float, default=None, help="stop after N seconds (default: Ctrl-C)"
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after N seconds of live stream (default: Ctrl-C)",
     )
     parser.add_argument(
         "--retrain", action="store_true", help="train a new model even if one exists"
@@ -70,6 +107,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seed", type=int, default=42, help="simulation seed (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--drift",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="drift monitoring and retrain requests in the worker (default: on)",
+    )
+    parser.add_argument(
+        "--inject",
+        choices=sorted(SCENARIOS),
+        default=None,
+        help="change the live world at --at: "
+        + "; ".join(f"{name}: {what}" for name, what in SCENARIOS.items()).replace("%", "%%"),
+    )
+    parser.add_argument(
+        "--at",
+        type=_seconds,
+        default=90.0,
+        help="with --inject: seconds of live stream before the change, e.g. 90s or 2m "
+        "(default: 90s)",
+    )
+    parser.add_argument(
+        "--retrain-persistence",
+        type=float,
+        default=30.0,
+        help="seconds of the demo (wall clock) a drift must persist before the worker "
+        "requests a retrain; the worker judges persistence in event time, so the demo "
+        "passes it the simulated time its stream covers in that many seconds "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--topic-prefix",
+        default="",
+        help="prefix of the demo's topic and group names, for a cluster shared with other "
+        "users (default: none)",
     )
     parser.add_argument(
         "--broker-kind",
@@ -86,6 +158,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_kafka_client(parser)  # for the cluster of --bootstrap-servers (SASL, TLS ...)
 
 
+def _seconds(text: str) -> float:
+    """``90``, ``90s``, ``2m``: seconds."""
+    text = text.strip().lower()
+    scale = 60.0 if text.endswith("m") else 1.0
+    try:
+        value = float(text.rstrip("sm")) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 2m)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("--at must be >= 0")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     if args.bootstrap_servers:
         connect(args)  # its --kafka-config; one line at once if the cluster does not answer
@@ -99,17 +184,29 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: _on_signal(signum, interrupted, stop))
 
-    population = Population(n_customers=args.customers, seed=args.seed)
-    print(f"simulating {args.customers} customers: 365 days of history ...", flush=True)
-    history = population.generate_history(days=365, progress=True)
+    injection = Injection(args.inject, args.at) if args.inject else None
+    headroom = headroom_days(args.customers, args.rate, args.duration)
+    world = DemoWorld(args.customers, args.seed, history_end_ms(headroom))
+    print(
+        f"simulating {args.customers} customers: {world.history_days} days of history "
+        f"to {_day(world.end_ms)} ...",
+        flush=True,
+    )
+    history = world.history(progress=True)
+    facts = summary(world, history)
     registry = ModelRegistry(registry_dir)
-    if args.retrain or registry.latest("churn") is None:
-        result = train_on_events(history, spec, horizon_days=60, n_estimators=100, progress=True)
+    latest = registry.latest("churn")
+    if args.retrain or latest is None or not _trained_on(registry, latest, history):
+        if latest is not None and not args.retrain:
+            print(f"churn {latest} was trained on another history: training anew", flush=True)
+        result = train_on_events(
+            history, spec, horizon_days=HORIZON_DAYS, n_estimators=100, progress=True
+        )
         print(result.report, flush=True)
         version = register(result, registry, "churn", spec)
         print(f"registered churn {version.version} in {registry_dir}", flush=True)
     else:
-        print(f"using registered model churn {registry.latest('churn')} ({registry_dir})")
+        print(f"using registered model churn {latest} ({registry_dir})")
 
     metrics_port = args.metrics_port or free_port()
     with contextlib.ExitStack() as stack:
@@ -128,13 +225,41 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"broker: {bootstrap} ({broker.kind}, {where}; log {broker.log_path})", flush=True
             )
-        names = TopicNames()
-        ensure_topics(bootstrap, default_topics(args.partitions, names))
+        prefix = args.topic_prefix
+        names = TopicNames(
+            input=prefix + config.INPUT_TOPIC,
+            output=prefix + config.OUTPUT_TOPIC,
+            dead_letter=prefix + config.DEAD_LETTER_TOPIC,
+        )
+        retrain_topic = prefix + RETRAIN_TOPIC
         kafka_config = args.kafka_config if args.bootstrap_servers else None
-        worker = _start_worker(bootstrap, registry_dir, metrics_port, workdir, kafka_config)
+        # --kafka-config was loaded for every client of this process by connect().
+        client = kafka_client_config({"bootstrap.servers": bootstrap})
+        ensure_topics(
+            bootstrap, [*default_topics(args.partitions, names), TopicSpec(retrain_topic, 1)]
+        )
+        watcher = None
+        if args.drift:
+            watcher = RetrainWatcher(client, retrain_topic, _print_request)
+            watcher.start()
+            stack.callback(watcher.stop)
+        worker = _start_worker(
+            bootstrap,
+            registry_dir,
+            metrics_port,
+            workdir,
+            kafka_config,
+            drift=args.drift,
+            retrain_persistence_s=args.retrain_persistence
+            * _event_seconds_per_second(args.rate, facts["events_per_day_last_30d"]),
+            names=names,
+            group_id=prefix + CONSUMER_GROUP,
+            retrain_topic=retrain_topic,
+            events_per_day=min(args.rate * 86_400, MAX_DEMO_EVENTS_PER_DAY),
+        )
         producer = threading.Thread(
             target=_produce_live,
-            args=(bootstrap, names.input, population, args.rate, args.bad_share, stop),
+            args=(bootstrap, names.input, world, args.rate, args.bad_share, stop, injection),
             daemon=True,
         )
         try:
@@ -143,25 +268,112 @@ def run(args: argparse.Namespace) -> int:
                 f"worker ready: http://127.0.0.1:{metrics_port}/metrics  (Ctrl-C to stop)",
                 flush=True,
             )
-            producer.start()
+            _warm_up(bootstrap, names.input, history, metrics_port, worker, stop)
+            if not stop.is_set():
+                print(
+                    f"live: the same {args.customers} customers (slots) from "
+                    f"{_day(world.end_ms)} on, {args.rate:g} events/s (history: "
+                    f"{facts['events_per_day_last_30d']:.0f} events/day)"
+                    + (
+                        f"; injecting {injection.scenario} at {injection.at_s:g}s"
+                        if injection
+                        else ""
+                    ),
+                    flush=True,
+                )
+                producer.start()
             deadline = time.monotonic() + args.duration if args.duration else None
+            last: dict[str, float] = {}
             while not stop.is_set() and worker.poll() is None:
                 if deadline and time.monotonic() > deadline:
                     break
                 stop.wait(1.0)
-                _print_status(metrics_port)
+                _print_status(metrics_port, injection, last)
             print(flush=True)
         finally:
             stop.set()
             producer.join(30) if producer.is_alive() else None
             code = _stop_worker(worker, grace_s=30.0 if interrupted.is_set() else 0.0)
         print(f"worker exited with {code}; broker stopped", flush=True)
+        if watcher is not None:
+            print(f"retrain requests: {len(watcher.requests)}", flush=True)
     return 0 if code == 0 else 1
 
 
+def _event_seconds_per_second(rate: float, events_per_day: float) -> float:
+    """Simulated seconds the live stream covers per second of demo: its rate over the
+    world's events per (simulated) day."""
+    return rate / max(events_per_day, 1.0) * 86_400
+
+
+def _day(ms: int) -> str:
+    return pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d")
+
+
+def _trained_on(registry: ModelRegistry, version: str, history: pd.DataFrame) -> bool:
+    """Whether the registered model's dataset is this history (same size and span):
+    the demo's history ends a set time before today, so yesterday's model is another's."""
+    try:
+        metadata = json.loads((registry.path("churn", version) / "metadata.json").read_text())
+        dataset = metadata["extra"]["dataset"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+    times = history["event_time"]
+    span = [train_day(int(times.min())), train_day(int(times.max()))]
+    return bool(dataset.get("n_events") == len(history) and dataset.get("history") == span)
+
+
+def _warm_up(
+    bootstrap: str,
+    topic: str,
+    history: pd.DataFrame,
+    port: int,
+    worker: subprocess.Popen[bytes],
+    stop: threading.Event,
+) -> None:
+    """Replay the history into the input topic and wait until the worker has read it all,
+    so its state (windows, first-seen times) is where the history ended."""
+    ordered = history.sort_values("event_time", kind="stable")
+    print(f"warming the worker's state up on the history: {len(ordered)} events ...", flush=True)
+    started = time.monotonic()
+    sent = produce(bootstrap, topic, frame_to_events(ordered), stop=stop)
+    while not stop.is_set() and worker.poll() is None:
+        try:
+            consumed = _scrape(port).get("driftline_events_consumed_total", 0.0)
+        except OSError:
+            consumed = 0.0
+        sys.stdout.write(f"\rwarm-up: worker read {consumed:>9.0f} of {sent} history events")
+        sys.stdout.flush()
+        if consumed >= sent:
+            break
+        stop.wait(0.5)
+    print(f"\nwarm-up done in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def _print_request(request: dict[str, Any]) -> None:
+    sys.stdout.write("\n" + describe_request(request) + "\n")
+    sys.stdout.flush()
+
+
 def _start_worker(
-    bootstrap: str, registry: Path, port: int, workdir: Path, kafka_config: str | None = None
+    bootstrap: str,
+    registry: Path,
+    port: int,
+    workdir: Path,
+    kafka_config: str | None = None,
+    *,
+    drift: bool = True,
+    retrain_persistence_s: float = 30.0,
+    names: TopicNames | None = None,
+    group_id: str = CONSUMER_GROUP,
+    retrain_topic: str = RETRAIN_TOPIC,
+    events_per_day: float | None = None,
 ) -> subprocess.Popen[bytes]:
+    """The worker process.  Demo-specific flags: drift on; a short retrain persistence;
+    the false-alarm budget counted in the demo's events per (wall-clock) day;
+    a replay jump as coarse as the history's pre-log account events (one per 60 days), so
+    the warm-up replay of them is not refused as future-dated."""
+    names = names or TopicNames()
     log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - owned by the child's lifetime
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -178,6 +390,19 @@ def _start_worker(
             "127.0.0.1",
             "--metrics-port",
             str(port),
+            "--max-replay-jump",
+            "61d",
+            "--input-topic",
+            names.input,
+            "--output-topic",
+            names.output,
+            "--dead-letter-topic",
+            names.dead_letter,
+            "--group-id",
+            group_id,
+            "--retrain-topic",
+            retrain_topic,
+            *(["--drift", "--retrain-persistence", str(retrain_persistence_s)] if drift else []),
             *(["--kafka-config", kafka_config] if kafka_config else []),
         ],
         stdout=log,
@@ -240,10 +465,11 @@ def _wait_ready(
 def _produce_live(
     bootstrap: str,
     topic: str,
-    population: Population,
+    world: DemoWorld,
     rate: float,
     bad_share: float,
     stop: threading.Event,
+    injection: Injection | None = None,
 ) -> None:
     import msgspec
 
@@ -252,21 +478,28 @@ def _produce_live(
     def records() -> Iterator[tuple[bytes | None, bytes, int | None]]:
         bad = iter(bad_payloads(100_000, seed=1))
         every = int(1 / bad_share) if bad_share > 0 else 0
-        for n, event in enumerate(population.stream_events()):
-            # Event times stay simulated (the stream runs faster than real time), so the
-            # features are those the model was trained on; latency is measured from the
-            # record's timestamp, set by this producer.
-            yield event["customer_id"].encode(), encode(event), None
-            if every and n % every == every - 1:
-                value, _reason = next(bad)
-                yield b"broken", value or b"", None
+        n = 0
+        for frame in world.live_frames(injection=injection, stop=stop):
+            # Event times are simulated (the stream runs faster than real time, from where
+            # the history ended), so the features are those the model was trained on;
+            # latency is measured from the record's timestamp, set by this producer.
+            for event in frame_to_events(frame):
+                yield event["customer_id"].encode(), encode(event), None
+                n += 1
+                if every and n % every == 0:
+                    value, _reason = next(bad)
+                    yield b"broken", value or b"", None
 
     produce_records(bootstrap, topic, records(), rate=rate, stop=stop, desc="demo")
 
 
-def _scrape(port: int) -> dict[str, float]:
+def _metrics_text(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-        text = response.read().decode()
+        return response.read().decode()
+
+
+def _scrape(port: int, text: str | None = None) -> dict[str, float]:
+    text = _metrics_text(port) if text is None else text
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -285,10 +518,17 @@ def _scrape(port: int) -> dict[str, float]:
     return values
 
 
-def _quantile(values: dict[str, float], q: float) -> float:
-    prefix = "driftline_event_to_prediction_seconds_bucket:"
+_BUCKET = "driftline_event_to_prediction_seconds_bucket:"
+
+
+def _quantile(values: dict[str, float], q: float, since: dict[str, float] | None = None) -> float:
+    """Latency quantile (bucket bound) of the histogram, or of what it gained ``since``
+    an earlier scrape: the last seconds, not the warm-up's backlog."""
+    since = since or {}
     buckets = sorted(
-        (float(k[len(prefix) :]), v) for k, v in values.items() if k.startswith(prefix)
+        (float(k[len(_BUCKET) :]), v - since.get(k, 0.0))
+        for k, v in values.items()
+        if k.startswith(_BUCKET)
     )
     total = buckets[-1][1] if buckets else 0
     if not total:
@@ -299,19 +539,31 @@ def _quantile(values: dict[str, float], q: float) -> float:
     return float("inf")
 
 
-def _print_status(port: int) -> None:
+def _print_status(
+    port: int, injection: Injection | None = None, last: dict[str, float] | None = None
+) -> None:
+    """One status line; ``last`` holds the previous scrape (updated here), so latency is
+    that of the events scored since."""
     try:
-        v = _scrape(port)
+        text = _metrics_text(port)
     except OSError:
         return
+    v = _scrape(port, text)
+    drift = drift_view(text).line()
+    if injection is not None and injection.applied_at_ms is not None:
+        drift += f" [{injection.scenario} injected]"
     model = next((k for k in v if k.startswith("model=")), "model=?")
-    p50, p99 = _quantile(v, 0.5) * 1e3, _quantile(v, 0.99) * 1e3
+    since = dict(last) if last is not None else None
+    if last is not None:
+        last.clear()
+        last.update(v)
+    p50, p99 = _quantile(v, 0.5, since) * 1e3, _quantile(v, 0.99, since) * 1e3
     line = (
         f"\revents in {v.get('driftline_events_consumed_total', 0):>9.0f} | "
         f"predictions {v.get('driftline_predictions_produced_total', 0):>9.0f} | "
         f"dead letters {v.get('driftline_dead_letters_total', 0):>6.0f} | "
         f"latency p50 <= {p50:.0f} ms, p99 <= {p99:.0f} ms | "
-        f"customers {v.get('driftline_customers_in_state', 0):>6.0f} | {model}   "
+        f"customers {v.get('driftline_customers_in_state', 0):>6.0f} | {model} | {drift}   "
     )
     sys.stdout.write(line)
     sys.stdout.flush()
