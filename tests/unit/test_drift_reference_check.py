@@ -98,3 +98,34 @@ def test_the_verdict_is_exported_and_logged_once(
     assert gauge._value.get() == 1
     lines = [r.getMessage() for r in caplog.records if "does not describe" in r.getMessage()]
     assert len(lines) == 1 and "PSI" in lines[0]
+
+
+def test_a_monitor_starts_on_any_budget() -> None:
+    """Seen with the demo: a large budget (here 2 * 10^8 events a day) made the rate
+    threshold's lattice give up (``arl0 too large``) for a field missing 90 % of the time,
+    and a worker with drift on would not start."""
+    rng = np.random.default_rng(4)
+    frame = rows(rng, 20_000, 0.0, ["basic", "plus", "pro"])
+    frame["d"] = np.where(rng.random(20_000) < 0.9, np.nan, frame["d"])
+    profile = build_reference_profile(frame, rng.beta(2, 5, 20_000), NUMERIC, CATEGORICAL)
+    for per_day in (2e8, 9.8e8, 1e9, 2e9, 5e9):
+        monitor = DriftMonitor(
+            profile,
+            NUMERIC,
+            CATEGORICAL,
+            MonitorBudget(events_per_day=per_day),
+            window_test_resamples=2000,
+        )
+        assert monitor.bernoulli is not None
+        assert np.all(np.isfinite(monitor.bernoulli.h)) and np.all(monitor.bernoulli.h > 0)
+
+
+def test_the_rate_threshold_past_the_lattice_is_the_likelihood_ratio_bound() -> None:
+    """ARL0 5 * 10^11 at p0 = 0.904: the lattice search gives up; ``log(arl0)`` is used
+    (a likelihood-ratio CUSUM's in-control ARL is at least ``exp(h)``)."""
+    from driftline.core.drift.cusum import default_shift
+    from driftline.core.drift.monitor import _bernoulli_h
+
+    p0 = 0.9040812809984159
+    p1 = float(default_shift(np.array([p0]))[0])
+    assert _bernoulli_h(5e11, p0, p1) == pytest.approx(np.log(5e11))

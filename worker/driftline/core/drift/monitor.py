@@ -304,7 +304,13 @@ def _block_h(arl0_blocks: float) -> float:
 
 @lru_cache(maxsize=1024)
 def _bernoulli_h(arl0: float, p0: float, p1: float) -> float:
-    return bernoulli_cusum_threshold(arl0, p0, p1)
+    """The lattice threshold; past what the lattice can resolve (a budget of 10^8 events a
+    day and more), ``log(arl0)``: a log-likelihood-ratio CUSUM's in-control ARL is at least
+    ``exp(h)``, so that bound is conservative, never short of the budget."""
+    try:
+        return bernoulli_cusum_threshold(arl0, p0, p1)
+    except ValueError:
+        return math.log(arl0)
 
 
 #: Critical values of categorical window tests by (vocabulary, window, alpha, resamples).
