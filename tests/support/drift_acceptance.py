@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from driftline.commands.train import train_on_events
-from driftline.core.drift.monitor import DriftMonitor, MonitorBudget
+from driftline.core.drift.monitor import DriftMonitor, DriftUpdate, MonitorBudget
 from driftline.core.drift.trigger import RetrainPolicy, RetrainTrigger
 from driftline.core.offline import history_features
 from driftline.core.spec import DAY_MS, load_default_spec
@@ -126,6 +127,40 @@ class Verdict:
         )
 
 
+def _served(
+    events: pd.DataFrame, pipeline: object, after_ms: int
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """What the worker serves of ``events`` (sorted) after ``after_ms``: point-in-time
+    features (late events dropped), scores, customer keys and event times."""
+    spec = load_default_spec()
+    features, late = history_features(events, spec)
+    times = events["event_time"].to_numpy(dtype=np.int64)
+    live = np.flatnonzero((times > after_ms) & ~late)
+    frame = features.iloc[live][spec.feature_names].reset_index(drop=True)
+    scores = positive_scores(pipeline, frame)
+    keys = events["customer_id"].iloc[live].astype(str).to_numpy(dtype=object)
+    return frame, scores, keys, times[live]
+
+
+def _monitor(profile: dict, budget_days: float = 30.0) -> DriftMonitor:
+    spec = load_default_spec()
+    return DriftMonitor(
+        profile,
+        spec.numeric_features,
+        spec.categorical_features,
+        MonitorBudget(events_per_day=float(profile["events_per_day"]), period_days=budget_days),
+    )
+
+
+def _batches(monitor: DriftMonitor, served: tuple) -> Iterator[tuple[int, DriftUpdate]]:
+    """Feed ``served`` in batches of BATCH; yield (end row, update)."""
+    frame, scores, keys, times = served
+    for lo in range(0, len(frame), BATCH):
+        hi = min(len(frame), lo + BATCH)
+        rows = frame.iloc[lo:hi].reset_index(drop=True)
+        yield hi, monitor.update(rows, scores[lo:hi], times[lo:hi], keys[lo:hi])
+
+
 def serve_stationary(
     events: pd.DataFrame,
     generator: str,
@@ -146,31 +181,17 @@ def serve_stationary(
         history, spec, horizon_days=horizon_days, n_estimators=60, progress=False
     )
     profile = result.reference_profile
-    features, late = history_features(events, spec)
-    times = events["event_time"].to_numpy(dtype=np.int64)
-    live = np.flatnonzero((times > profile["window_ms"][1]) & ~late)
-    frame = features.iloc[live][spec.feature_names].reset_index(drop=True)
-    scores = positive_scores(result.pipeline, frame)
-    keys = events["customer_id"].iloc[live].astype(str).to_numpy(dtype=object)
-    monitor = DriftMonitor(
-        profile,
-        spec.numeric_features,
-        spec.categorical_features,
-        MonitorBudget(events_per_day=float(profile["events_per_day"]), period_days=budget_days),
-    )
+    served = _served(events, result.pipeline, int(profile["window_ms"][1]))
+    times = served[3]
+    monitor = _monitor(profile, budget_days)
     trigger = RetrainTrigger(RetrainPolicy(), "churn", "acceptance", "acceptance")
-    verdict = Verdict(generator, int(live.size), (times[live[-1]] - times[live[0]]) / DAY_MS)
-    for start in range(0, live.size, BATCH):
-        stop = min(live.size, start + BATCH)
-        update = monitor.update(
-            frame.iloc[start:stop].reset_index(drop=True),
-            scores[start:stop],
-            times[live[start:stop]],
-            keys[start:stop],
-        )
+    verdict = Verdict(generator, len(times), (times[-1] - times[0]) / DAY_MS)
+    start = 0
+    for stop, update in _batches(monitor, served):
         verdict.alarms += [(a.feature, a.detector, a.event_index) for a in update.alarms]
         if update.drifted or update.prediction.state == 2:
             verdict.drift_events += stop - start
+        start = stop
         if trigger.observe(update) is not None:
             verdict.requests += 1
     verdict.seconds = time.monotonic() - started
@@ -299,29 +320,12 @@ def detection_delays(seed: int, customers: int, days: float, train_days: float) 
         before = events[events["event_time"] < change_ms]
         after = change(events[events["event_time"] >= change_ms].copy(), rng)
         changed = pd.concat([before, after], ignore_index=True)
-        features, late = history_features(changed, spec)
-        times = changed["event_time"].to_numpy(dtype=np.int64)
-        live = np.flatnonzero((times > profile["window_ms"][1]) & ~late)
-        frame = features.iloc[live][spec.feature_names].reset_index(drop=True)
-        scores = positive_scores(result.pipeline, frame)
-        keys = changed["customer_id"].iloc[live].astype(str).to_numpy(dtype=object)
-        monitor = DriftMonitor(
-            profile,
-            spec.numeric_features,
-            spec.categorical_features,
-            MonitorBudget(events_per_day=float(profile["events_per_day"])),
-        )
-        start = int(np.searchsorted(times[live], change_ms))
+        served = _served(changed, result.pipeline, int(profile["window_ms"][1]))
+        monitor = _monitor(profile)
+        start = int(np.searchsorted(served[3], change_ms))
         found = None
         early = 0
-        for lo in range(0, live.size, BATCH):
-            hi = min(live.size, lo + BATCH)
-            update = monitor.update(
-                frame.iloc[lo:hi].reset_index(drop=True),
-                scores[lo:hi],
-                times[live[lo:hi]],
-                keys[lo:hi],
-            )
+        for _, update in _batches(monitor, served):
             for alarm in update.alarms:
                 if alarm.event_index < start:
                     early += 1
@@ -374,27 +378,14 @@ def cdnow_replay(path: str, train_months: int = 6) -> str:
         progress=False,
     )
     profile = result.reference_profile
-    features, late = history_features(events, spec)
-    times = events["event_time"].to_numpy(dtype=np.int64)
-    live = np.flatnonzero((times > profile["window_ms"][1]) & ~late)
-    frame = features.iloc[live][spec.feature_names].reset_index(drop=True)
-    scores = positive_scores(result.pipeline, frame)
-    keys = events["customer_id"].iloc[live].astype(str).to_numpy(dtype=object)
-    monitor = DriftMonitor(
-        profile,
-        spec.numeric_features,
-        spec.categorical_features,
-        MonitorBudget(events_per_day=float(profile["events_per_day"])),
-    )
+    served = _served(events, result.pipeline, int(profile["window_ms"][1]))
+    scores, served_times = served[1], served[3]
+    monitor = _monitor(profile)
     trigger = RetrainTrigger(RetrainPolicy(), "cdnow", "1", "acceptance")
     first: dict[str, int] = {}
     requests = []
     update = None
-    for lo in range(0, live.size, BATCH):
-        hi = min(live.size, lo + BATCH)
-        update = monitor.update(
-            frame.iloc[lo:hi].reset_index(drop=True), scores[lo:hi], times[live[lo:hi]], keys[lo:hi]
-        )
+    for _, update in _batches(monitor, served):
         for alarm in update.alarms:
             first.setdefault(alarm.feature, alarm.event_index)
         if (request := trigger.observe(update)) is not None:
@@ -406,8 +397,9 @@ def cdnow_replay(path: str, train_months: int = 6) -> str:
 
     lines = [
         f"CDNOW: trained on {day(t0)} .. {day(train_end)}, reference "
-        f"{day(profile['window_ms'][0])} .. {day(profile['window_ms'][1])}; served {live.size:,} "
-        f"events {day(int(times[live[0]]))} .. {day(int(times[live[-1]]))}",
+        f"{day(profile['window_ms'][0])} .. {day(profile['window_ms'][1])}; served "
+        f"{len(served_times):,} events {day(int(served_times[0]))} .. "
+        f"{day(int(served_times[-1]))}",
         f"  reference check: {'MISMATCH' if update.reference_mismatch else 'fits'} "
         f"(off: {', '.join(f'{f} {v:.2f}' for f, v in update.reference_off.items()) or 'none'})",
         f"  mean score: reference {profile['score']['mean']:.3f}, served {scores.mean():.3f}",
