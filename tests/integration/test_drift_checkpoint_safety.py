@@ -115,17 +115,27 @@ def test_hostile_and_corrupt_checkpoints_are_ignored_and_a_valid_one_restores(
     assert seen > 0
     saved = latest_checkpoint(settings)
     assert saved["monitor"]["events_seen"] == seen
-    assert "adwin" not in saved["monitor"]  # version 3: no pickle in the record at all
+    assert "adwin" not in saved["monitor"]  # no pickle in the record at all
 
-    # ... rewritten as version 2 with a hostile pickle where ADWIN's used to be.
+    # ... rewritten as version 2 with a hostile pickle where ADWIN's used to be: versions
+    # before 4 judged every event with per-event thresholds and are ignored now (the
+    # monitor starts clean, counted as a mismatch), and the pickle is never loaded.
+    valid = json.loads(json.dumps(saved))
     saved["monitor"]["version"] = 2
     saved["monitor"]["config"]["adwin_delta"] = 0.002
     saved["monitor"]["adwin"] = base64.b64encode(pickle.dumps(CreatesFile(marker))).decode()
     put(settings, json.dumps(saved).encode())
     with worker_in_thread(settings, spec) as worker:
         assert worker.drift_checkpoint_checked.wait(60), "worker did not start"
+        assert worker.processor.drift.events_seen == 0
+        assert ignored(worker, "mismatch") == 1
+    assert not marker.exists(), "the checkpoint's pickle was loaded"
+
+    # The valid checkpoint as saved restores exactly.
+    put(settings, json.dumps(valid).encode())
+    with worker_in_thread(settings, spec) as worker:
+        assert worker.drift_checkpoint_checked.wait(60), "worker did not start"
         restored = worker.processor.drift.events_seen
         counts = {r: ignored(worker, r) for r in ("undecodable", "format", "mismatch")}
-    assert not marker.exists(), "the checkpoint's pickle was loaded"
     assert restored == seen, "a valid checkpoint was not restored"
     assert counts == {"undecodable": 0, "format": 0, "mismatch": 0}
