@@ -59,7 +59,7 @@ def fake_update(
         missing_ratio=dict.fromkeys(FEATURES, 0.0),
         unseen_ratio={},
         alarms=[
-            Alarm(f, "mean", 20.0, 17.0, 0, round(now_s * 1000))
+            Alarm(f, "mean", 20.0, 17.0, round(now_s * 1000), round(now_s * 1000))
             for f in names
             if alarming and states[f] == DRIFT
         ],

@@ -273,6 +273,9 @@ class DriftUpdate:
     #: Event time of the alarm that latched each feature now in DRIFT (score included):
     #: when its drift began, whatever the batching (the retrain trigger's incident start).
     drift_since_ms: dict[str, int] = field(default_factory=dict)
+    #: Event ordinal (``Alarm.event_index``) of those latching alarms: arrival order, which
+    #: event times across interleaved partitions are not.
+    drift_since_index: dict[str, int] = field(default_factory=dict)
     #: Weight of each input feature in ``drifted_share`` (they sum to 1).
     share_weights: dict[str, float] = field(default_factory=dict)
     #: The first events' verdict (``reference_check``): None until made, then True when
@@ -595,6 +598,7 @@ class DriftMonitor:
         self.states = dict.fromkeys(tracked, OK)
         self.clean_windows = dict.fromkeys(tracked, 0)
         self.drift_since_ms: dict[str, int] = {}
+        self.drift_since_index: dict[str, int] = {}
         self._alarmed_in_window = dict.fromkeys(tracked, False)
         self._last_g = dict.fromkeys(self.categorical, 0.0)
         nan = dict.fromkeys(self._columns, math.nan)
@@ -712,6 +716,7 @@ class DriftMonitor:
             late_events=int(self.time_window.n_late),
             windows_closed=windows_closed,
             drift_since_ms=dict(self.drift_since_ms),
+            drift_since_index=dict(self.drift_since_index),
             share_weights=self.share_weights(),
             reference_mismatch=self.reference_check.mismatch,
             reference_off=dict(self.reference_check.off),
@@ -941,6 +946,7 @@ class DriftMonitor:
         for alarm in alarms:
             if self.states[alarm.feature] != DRIFT:
                 self.drift_since_ms[alarm.feature] = alarm.event_time_ms
+                self.drift_since_index[alarm.feature] = alarm.event_index
             self.states[alarm.feature] = DRIFT
             self.clean_windows[alarm.feature] = 0
             self._alarmed_in_window[alarm.feature] = True
@@ -959,6 +965,7 @@ class DriftMonitor:
                     if self.clean_windows[feature] >= self.clear_windows:
                         self.states[feature] = OK
                         self.drift_since_ms.pop(feature, None)
+                        self.drift_since_index.pop(feature, None)
                         self.clean_windows[feature] = 0
                 else:
                     self.clean_windows[feature] = 0
@@ -1057,6 +1064,7 @@ class DriftMonitor:
             "states": dict(self.states),
             "clean_windows": dict(self.clean_windows),
             "drift_since_ms": dict(self.drift_since_ms),
+            "drift_since_index": dict(self.drift_since_index),
             "alarmed_in_window": dict(self._alarmed_in_window),
             "last_g": dict(self._last_g),
             "latest": {
@@ -1096,6 +1104,7 @@ class DriftMonitor:
         monitor.states = {k: int(v) for k, v in state["states"].items()}
         monitor.clean_windows = {k: int(v) for k, v in state["clean_windows"].items()}
         monitor.drift_since_ms = {k: int(v) for k, v in state["drift_since_ms"].items()}
+        monitor.drift_since_index = {k: int(v) for k, v in state["drift_since_index"].items()}
         monitor._alarmed_in_window = {k: bool(v) for k, v in state["alarmed_in_window"].items()}
         monitor._last_g = {k: float(v) for k, v in state["last_g"].items()}
         monitor._latest = {

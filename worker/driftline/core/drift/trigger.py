@@ -193,9 +193,11 @@ class RetrainTrigger:
         self.incident_start_ms: int | None = None
         self.incident_fired = False
         self.incident_reference: str | None = None
-        #: Distinct event times at which the incident's features alarmed since it began
+        #: Distinct event ordinals at which the incident's features alarmed since it began
         #: (``policy.confirmations``; kept up to that many).
         self.incident_alarm_times: list[int] = []
+        #: Ordinal of the alarm that began the incident (None: not known).
+        self.incident_first_index: int | None = None
 
     def set_model(self, model_name: str, model_version: str) -> None:
         """A new model version is live: an incident of the old one is over (gates stay)."""
@@ -239,22 +241,38 @@ class RetrainTrigger:
         return None
 
     def _count_confirmations(self, update: DriftUpdate, reason: str) -> None:
-        """Note the event times of alarms in ``update`` that confirm the incident: of the
-        score for a prediction drift, of a drifted feature for a feature drift, not older
-        than its start.  Alarms at one moment count once: correlated features (30- and
-        90-day spend) may cross together, by chance too."""
-        since = self.incident_since_ms if self.incident_since_ms is not None else 0
+        """Note the moments (event ordinals, arrival order) of alarms in ``update`` that
+        confirm the incident: of the score for a prediction drift, of a drifted feature for
+        a feature drift, from the alarm that began it on.  Alarms at one moment count once:
+        correlated features (30- and 90-day spend) may cross together, by chance too.
+        (Ordinals, not event times: the times of blocks from interleaved partitions go
+        back and forth, and an alarm of a partition behind would not count.)"""
+        first = self.incident_first_index if self.incident_first_index is not None else 0
         relevant = {SCORE} if reason == "prediction_drift" else set(update.drifted)
         for alarm in update.alarms:
             if len(self.incident_alarm_times) >= self.policy.confirmations:
                 return
-            moment = int(alarm.event_time_ms)
+            moment = int(alarm.event_index)
             if (
                 alarm.feature in relevant
-                and moment >= since
+                and moment >= first
                 and moment not in self.incident_alarm_times
             ):
                 self.incident_alarm_times.append(moment)
+
+    @staticmethod
+    def _began_index(update: DriftUpdate, reason: str, began_ms: int | None) -> int | None:
+        """Ordinal of the latch that began the incident (the feature whose latch time is
+        ``began_ms``)."""
+        if began_ms is None:
+            return None
+        names = [SCORE] if reason == "prediction_drift" else list(update.drifted)
+        found = [
+            update.drift_since_index[f]
+            for f in names
+            if update.drift_since_ms.get(f) == began_ms and f in update.drift_since_index
+        ]
+        return min(found) if found else None
 
     def condition_began_ms(self, update: DriftUpdate, reason: str) -> int | None:
         """Event time at which ``reason`` started to hold, from the alarms that latched the
@@ -305,6 +323,7 @@ class RetrainTrigger:
             # From when the condition began, by the monitor's alarms: the same for any
             # batching of the same events (the batch's own clock otherwise).
             began = self.condition_began_ms(update, reason)
+            self.incident_first_index = self._began_index(update, reason, began)
             self.incident_since_ms = now_ms if began is None else min(began, now_ms)
             self.incident_reference = update.reference_hash
             start_ms = began if began is not None else update.event_time_min_ms
@@ -504,6 +523,7 @@ class RetrainTrigger:
             "incident_start_ms": self.incident_start_ms,
             "incident_fired": self.incident_fired,
             "incident_alarm_times": list(self.incident_alarm_times),
+            "incident_first_index": self.incident_first_index,
             "incident_reference": self.incident_reference,
             "in_flight_id": self.in_flight_id,
             "in_flight_since": self.in_flight_since,
@@ -538,6 +558,8 @@ class RetrainTrigger:
         trigger.incident_start_ms = None if start_ms is None else int(start_ms)
         trigger.incident_fired = bool(state["incident_fired"])
         trigger.incident_alarm_times = [int(t) for t in state.get("incident_alarm_times", [])]
+        first = state.get("incident_first_index")
+        trigger.incident_first_index = None if first is None else int(first)
         trigger.incident_reference = state["incident_reference"]
         trigger.in_flight_id = state["in_flight_id"]
         trigger.in_flight_since = state["in_flight_since"]
