@@ -236,3 +236,48 @@ def test_an_exactly_once_restore_passes_over_snapshots_of_a_transaction_that_did
 
 def decode_event_id(value: bytes) -> str:
     return str(msgspec.json.decode(value)["event_id"])
+
+
+def test_a_transaction_that_committed_on_the_broker_but_failed_on_the_client_is_not_scored_again(
+    worker_settings: WorkerSettings,
+    spec: FeatureSpec,
+    loaded_model: LoadedModel,
+    consume_all: Callable[..., list[Any]],
+    worker_in_thread: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit's outcome is unknown to a client whose EndTxn went unanswered: the broker
+    may have committed it.  Here the third batch's transaction commits on the (real)
+    broker and the client is told it timed out; the worker must rewind to the offsets
+    the broker holds, not to the ones it last saw commit, or that batch is scored twice
+    (seen on Kafka after a broker freeze: 200 duplicated predictions)."""
+    from confluent_kafka import KafkaError, KafkaException, Producer
+
+    import driftline.engine.kafka.worker as engine
+
+    commits = collections.Counter[str]()
+
+    class CommitAnsweredLate(Producer):  # type: ignore[misc]
+        def commit_transaction(self, *args: Any) -> None:
+            super().commit_transaction(*args)
+            commits["all"] += 1
+            if commits["all"] == 3:
+                commits["failed"] += 1
+                raise KafkaException(
+                    KafkaError(KafkaError._TIMED_OUT, "EndTxn not answered", retriable=True)
+                )
+
+    monkeypatch.setattr(engine, "Producer", CommitAnsweredLate)
+    worker_settings.exactly_once = True
+    worker_settings.batch_size = 100
+    events = live_events(1_200)
+    produce(worker_settings.bootstrap_servers, worker_settings.input_topic, events)
+    with worker_in_thread(worker_settings, spec) as worker:
+        deadline = time.monotonic() + 90
+        # The batch whose commit "failed" is not counted as processed by this worker.
+        while worker.events_processed < len(events) - worker_settings.batch_size:
+            assert time.monotonic() < deadline, f"{worker.events_processed} events scored"
+            time.sleep(0.05)
+    assert commits["failed"] == 1, commits
+    messages = consume_all(worker_settings.output_topic, expected=len(events), timeout=60)
+    assert_scored_once_as_offline(messages, events, spec, loaded_model)

@@ -309,7 +309,12 @@ class WorkerProcess:
             ) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as error:
-            return error.code, error.read()
+            # The body of an error status is read after the status line; a worker busy
+            # starting up can send one and not the other within the timeout.
+            try:
+                return error.code, error.read()
+            except (OSError, ValueError):
+                return None
         except (OSError, ValueError):
             return None
 

@@ -15,10 +15,11 @@ letters, the changelog records and the input offsets (``send_offsets_to_transact
 Restores read the changelog ``read_committed``, so state always matches the committed
 offsets.  A failed transaction (its records timed out: a broker that did not answer for
 longer than the transaction timeout) rewinds the worker to the last committed batch: a
-new producer aborts the transaction, state is restored from the changelog, the consumer
-sought back and the batch scored again.  A fenced producer, or a fatal error, stops the
-worker (exit 3) without committing: whoever takes the partitions over restores them from
-the last committed batch.
+new producer finishes the transaction, the committed offsets are asked of the broker (a
+commit the client saw fail may have happened), state is restored from the changelog, the
+consumer sought back and whatever did not commit scored again.  A fenced producer, or a
+fatal error, stops the worker (exit 3) without committing: whoever takes the partitions
+over restores them from the last committed batch.
 
 Shutdown on SIGTERM/SIGINT: the flag is checked between batches, so the current batch
 is finished, flushed and committed before the consumer leaves the group; exit code 0.
@@ -802,7 +803,17 @@ class KafkaScoringWorker:
         producer = self._transactional_producer()
         self._pending_changelog = []  # evictions since: redone on the restored state
         if partitions:
-            committed = {p: self._last_committed.get(p, -1) for p in partitions}
+            # The broker's word, not this worker's: a commit that failed on the client may
+            # have committed on the broker (an EndTxn answered after the client gave up),
+            # and rewinding past it scores its batch twice (seen on Kafka: 200 duplicated
+            # predictions after a freeze).  The new producer's init_transactions finished
+            # the old transaction either way, so the stable offsets are final.
+            committed = self._committed(consumer, partitions)
+            committed = {p: committed.get(p, -1) for p in partitions}
+            stale = {p: o for p, o in committed.items() if o != self._last_committed.get(p, -1)}
+            if stale:
+                log.warning("the failed transaction committed on the broker: offsets %s", stale)
+            self._last_committed.update(committed)
             log.info("rewinding to the committed offsets %s", committed)
             self._restate_offsets(consumer, producer, committed)
             self.health.set_restoring(f"rewinding partitions {partitions} after an abort")
