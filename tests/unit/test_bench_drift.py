@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from driftline.bench_drift import run_drift_bench
+from driftline.benchmarks.drift import run_drift_bench
 
 
 def test_small_drift_bench_detects_and_names_the_changed_feature() -> None:

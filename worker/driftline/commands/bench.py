@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if args.suite == "drift":
         import sys
 
-        from driftline.bench_drift import run_drift_bench
+        from driftline.benchmarks.drift import run_drift_bench
 
         drift = run_drift_bench(
             stationary_events_total=args.stationary_events,
