@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from driftline.bench_suite import run_suite
+from driftline.benchmarks.suite import run_suite
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from driftline.bench_latency import latency_summary
+from driftline.benchmarks.latency import latency_summary
 
 
 def test_percentiles_of_a_known_spread_in_milliseconds() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from driftline.bench import resolve_broker_kind
+from driftline.benchmarks.broker import resolve_broker_kind
 from driftline.broker import BrokerError, make_broker
 from driftline.kafka_broker import (
     KafkaBroker,

@@ -178,7 +178,7 @@ def _changelog_restore(
     """Write the snapshots to a changelog partition, then time a worker-style restore."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-    from driftline.bench import bench_broker
+    from driftline.benchmarks.broker import bench_broker
 
     with bench_broker(bootstrap, broker_kind) as (servers, _name):
         topic = f"bench-changelog-{uuid.uuid4().hex[:8]}"

@@ -27,8 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import numpy as np
 import pandas as pd
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from driftline.benchmarks.broker import bench_broker
 from driftline.commands.train import register, train_on_events
 from driftline.core.events import EventBatch, decode_one
 from driftline.core.offline import history_features
@@ -395,38 +395,6 @@ def model_only(features: pd.DataFrame, scorer: Scorer, batch: int) -> float:
     return len(features) / (time.perf_counter() - started)
 
 
-def resolve_broker_kind(kind: str, say: Callable[[str], None] | None = None) -> str:
-    """ "auto" -> "kafka" when Java 17+ is there, else "tansu" (saying why); others as given."""
-    if kind != "auto":
-        return kind
-    from driftline.broker import BrokerError
-    from driftline.kafka_broker import java_executable
-
-    try:
-        java_executable()
-    except BrokerError as error:
-        if say is not None:
-            say(f"benchmarks on Tansu, not Apache Kafka: {error}")
-        return "tansu"
-    return "kafka"
-
-
-@contextmanager
-def bench_broker(bootstrap: str | None, kind: str = "auto") -> Iterator[tuple[str, str]]:
-    """``(bootstrap servers, which broker)``: the given cluster, or a local broker of
-    ``kind`` started for the run (Apache Kafka by default, where Java is)."""
-    if bootstrap:
-        yield bootstrap, f"existing cluster at {bootstrap}"
-        return
-    import sys
-
-    from driftline.broker import make_broker
-
-    resolved = resolve_broker_kind(kind, lambda line: print(line, file=sys.stderr))
-    with make_broker(resolved) as broker:
-        yield broker.bootstrap, f"{broker.kind} (local, started for the run)"
-
-
 def train_bench_model(
     registry: ModelRegistry,
     population: Population,
@@ -492,7 +460,7 @@ def run_bench(
                 registry=str(registry.root),
                 batch_size=batch_size,
                 metrics_port=0,
-                # The issue's rows are scikit-learn's predict_proba; the compiled runtime
+                # The target rows are scikit-learn's predict_proba; the compiled runtime
                 # (the worker's default) has rows of its own.
                 model_runtime="sklearn",
             )

@@ -14,14 +14,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from driftline.bench import (
+from driftline.benchmarks.broker import bench_broker
+from driftline.benchmarks.latency import (
+    ONE_HOP,
+    LatencyFigures,
+    run_latency_bench,
+    run_one_hop_bench,
+)
+from driftline.benchmarks.throughput import (
     BenchResult,
-    bench_broker,
     machine_description,
     run_bench,
     train_bench_model,
 )
-from driftline.bench_latency import ONE_HOP, LatencyFigures, run_latency_bench, run_one_hop_bench
 from driftline.core.spec import load_default_spec
 from driftline.model.onnx import onnx_missing_reason
 from driftline.model.registry import ModelRegistry
@@ -72,7 +77,7 @@ class SuiteReport:
                     )
                 )
             if t.compiled_worker_eps and t.compiled_model_only_eps:
-                # Stricter than the wording: the compute limit is the model as the
+                # Stricter than the model-ratio target: the compute limit is the model as the
                 # worker runs it, so a faster model leaves less room for everything else.
                 out.append(
                     _target(
@@ -130,7 +135,7 @@ class SuiteReport:
                 )
             lines.append("")
         if self.state:
-            from driftline.bench_state import to_table
+            from driftline.benchmarks.state import to_table
 
             lines += ["## State", "", "```", to_table(self.state), "```", ""]
         targets = self.targets()
@@ -233,7 +238,7 @@ def run_suite(
                     servers, registry.root, rates, duration_s, batch_size=batch_size, runtime="onnx"
                 )
     if "state" in suites:
-        from driftline.bench_state import run_state_bench
+        from driftline.benchmarks.state import run_state_bench
 
         report.state = run_state_bench(
             state_sizes, changelog_sizes, bootstrap=bootstrap, broker_kind=broker_kind

@@ -226,7 +226,7 @@ def measure_rate(
     command = [
         sys.executable,
         "-m",
-        "driftline.bench_latency",
+        "driftline.benchmarks.latency",
         "--bootstrap-servers",
         bootstrap,
         "--topic",
