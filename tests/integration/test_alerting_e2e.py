@@ -22,7 +22,7 @@ What is generated for the test, and why:
 The stream: a simulated history backfills the state, then 3000 live events as usual, then
 the known drift from ``test_drift_worker.py`` (amounts x8, an unseen plan) from the
 3001st live event on.  Without it, nothing may alert and no request may land.  The spec is
-the default one without the calendar-bound features (``driftline.testing.specs``).
+the default one without the calendar-bound features (``tests/support/specs.py``).
 """
 
 from __future__ import annotations
@@ -44,15 +44,15 @@ from driftline.core.drift.trigger import RetrainRequest
 from driftline.core.spec import FeatureSpec, load_spec
 from driftline.model.registry import ModelRegistry
 from driftline.simulate import Population, frame_to_events, produce
-from driftline.testing.faults import WorkerProcess, read_topic
-from driftline.testing.monitoring import (
+from support.faults import WorkerProcess, read_topic
+from support.monitoring import (
     Alertmanager,
     Prometheus,
     alertmanager_binary,
     prometheus_binary,
     shortened_rules,
 )
-from driftline.testing.specs import write_stationary_spec
+from support.specs import write_stationary_spec
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ def binaries() -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default spec without the calendar-bound features (``driftline.testing.specs``):
+    """The default spec without the calendar-bound features (``tests/support/specs.py``):
     in the simulated closed cohort ``months_active`` is the calendar and really drifts."""
     path = tmp_path_factory.mktemp("spec") / "features.toml"
     write_stationary_spec(path)

@@ -2,7 +2,7 @@
 
 A drifted stream gives drift metrics on /metrics and exactly one retrain request for the
 incident, keyed by its id; a stationary stream gives none.  The stationary run uses the
-default spec without the calendar-bound features (``driftline.testing.specs``): in the
+default spec without the calendar-bound features (``tests/support/specs.py``): in the
 simulated closed cohort ``months_active`` is the calendar, which really does drift.
 """
 
@@ -23,7 +23,7 @@ from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.worker import WorkerSettings
 from driftline.model.registry import ModelRegistry
 from driftline.simulate import Population, frame_to_events, produce
-from driftline.testing.specs import stationary_spec
+from support.specs import stationary_spec
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """Fault injection on real worker processes: kill -9, rebalances, a frozen broker, poison.
 
-Every scenario runs ``driftline worker`` as a subprocess (``driftline.testing.faults``)
+Every scenario runs ``driftline worker`` as a subprocess (``tests/support/faults.py``)
 and checks what reached the output topic against what was sent: nothing lost, duplicates
 only where the delivery mode allows them, and, where state must survive, every score
 equal to offline scoring of each partition's events in order (a run without faults).
@@ -27,11 +27,11 @@ import pytest
 
 from driftline.core.predictions import DLQ_REASON
 from driftline.core.spec import FeatureSpec
+from driftline.corpus import bad_payloads, interleave
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.model.registry import LoadedModel
 from driftline.simulate import Population, produce, produce_records
-from driftline.testing.corpus import bad_payloads, interleave
-from driftline.testing.faults import (
+from support.faults import (
     PredictionCheck,
     WorkerProcess,
     committed_all,

@@ -43,13 +43,13 @@ import pytest
 
 from driftline.commands.train import register, train_on_events
 from driftline.core.spec import FeatureSpec
+from driftline.corpus import bad_payloads
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.engine.kafka.worker import WorkerSettings
 from driftline.model.registry import ModelRegistry
 from driftline.observability.drift_metrics import CHECKPOINT_REASONS
 from driftline.observability.http import HealthServer
 from driftline.simulate import Population, frame_to_events, produce_records
-from driftline.testing.corpus import bad_payloads
 
 pytestmark = pytest.mark.integration
 

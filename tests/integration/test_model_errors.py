@@ -1,7 +1,7 @@
 """A batch the model cannot score: the offending events are dead-lettered, the rest scored.
 
 The model is a real one from the registry: the trained churn pipeline registered with
-``OneHotEncoder(handle_unknown="error")`` (``driftline.testing.strict_model``), which
+``OneHotEncoder(handle_unknown="error")`` (``tests/support/strict_model.py``), which
 raises on an event whose plan it never saw.  Before ``driftline.model.isolation`` the
 worker stopped on such a batch, and after every restart the same batch came again.
 
@@ -29,8 +29,8 @@ from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.worker import KafkaScoringWorker, WorkerSettings
 from driftline.model.registry import LoadedModel, ModelRegistry
 from driftline.simulate import Population, produce_records
-from driftline.testing.faults import PredictionCheck, reference_scores
-from driftline.testing.strict_model import UNKNOWN_PLAN, register_strict
+from support.faults import PredictionCheck, reference_scores
+from support.strict_model import UNKNOWN_PLAN, register_strict
 
 pytestmark = pytest.mark.integration
 

@@ -40,7 +40,7 @@ from driftline.core.predictions import (
 from driftline.core.spec import FeatureSpec
 from driftline.model.registry import LoadedModel
 from driftline.simulate import Population, produce_records
-from driftline.testing.faults import (
+from support.faults import (
     PredictionCheck,
     WorkerProcess,
     killed_on_exit,

@@ -20,7 +20,7 @@ import pytest
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.kafka_broker import KafkaBroker
 from driftline.simulate import Population, produce
-from driftline.testing.faults import WorkerProcess, killed_on_exit, read_predictions
+from support.faults import WorkerProcess, killed_on_exit, read_predictions
 
 pytestmark = pytest.mark.integration
 

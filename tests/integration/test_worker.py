@@ -22,11 +22,11 @@ from driftline.core.predictions import (
     Prediction,
 )
 from driftline.core.spec import FeatureSpec
+from driftline.corpus import bad_payloads, interleave
 from driftline.engine.kafka.worker import WorkerSettings
 from driftline.model.registry import LoadedModel
 from driftline.model.scoring import Scorer
 from driftline.simulate import Population, produce, produce_records
-from driftline.testing.corpus import bad_payloads, interleave
 
 pytestmark = pytest.mark.integration
 

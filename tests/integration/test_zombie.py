@@ -25,7 +25,7 @@ from test_faults import EXACTLY_ONCE, Topics, live_events, topics, wait_for
 from driftline.core.spec import FeatureSpec
 from driftline.model.registry import LoadedModel
 from driftline.simulate import produce
-from driftline.testing.faults import (
+from support.faults import (
     PredictionCheck,
     killed_on_exit,
     read_predictions,

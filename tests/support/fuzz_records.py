@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from driftline.testing.corpus import bad_cases
+from driftline.corpus import bad_cases
 
 from .independent_events import IndependentEvents
 from .mutations import MUTATIONS

@@ -35,7 +35,7 @@ from driftline.core.events import (
     decode_one,
 )
 from driftline.core.predictions import DeadLetterHeaders, Prediction
-from driftline.testing.corpus import bad_cases, epoch_ms, valid_events
+from driftline.corpus import bad_cases, epoch_ms, valid_events
 
 # --------------------------------------------------------------------------- RFC 3339
 #

@@ -21,7 +21,7 @@ from driftline.core.events import (
     decode_batch,
     decode_one,
 )
-from driftline.testing.corpus import (
+from driftline.corpus import (
     KINDS,
     bad_cases,
     bad_payloads,

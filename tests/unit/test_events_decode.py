@@ -7,7 +7,7 @@ values, NaN for absent numbers) and the same rejections (index and reason).  The
 reference here is deliberately naive (``decode_one`` per value, a plain key comparison,
 columns built in Python) so that it shares no columnarizing code with the decoder.
 
-The mixtures draw on ``driftline.testing.corpus`` (valid events in every shape the
+The mixtures draw on ``driftline.corpus`` (valid events in every shape the
 contract allows, and every kind of poison), plus what matters to a batch decoder that
 works on many values at once: values holding a newline, several documents, half a
 document, whitespace only, surrounding whitespace, event times at the edges of the
@@ -45,7 +45,7 @@ from driftline.core.events import (
     decode_batch,
     decode_one,
 )
-from driftline.testing.corpus import KINDS, bad_cases, valid_events
+from driftline.corpus import KINDS, bad_cases, valid_events
 
 _encode = msgspec.json.Encoder().encode
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,7 +1,7 @@
 """A real model that raises on some events: the processor isolates them, in every runtime.
 
 The model is the registered churn forest with ``OneHotEncoder(handle_unknown="error")``
-(``driftline.testing.strict_model``): it raises on a plan it never saw.
+(``tests/support/strict_model.py``): it raises on a plan it never saw.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from driftline.model.scoring_process import ScoringProcess, ScoringRaised
 from driftline.model.verification import RuntimeRefused
 from driftline.processor import RawBatch, ScoringProcessor
 from driftline.simulate import Population
-from driftline.testing.strict_model import UNKNOWN_PLAN, register_strict
+from support.strict_model import UNKNOWN_PLAN, register_strict
 
 POISON_AT = (3, 250, 251, 499)
 

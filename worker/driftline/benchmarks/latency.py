@@ -309,7 +309,7 @@ def _one_rate(
     latency_target_s: float,
     runtime: str,
 ) -> LatencyFigures:
-    from driftline.testing.faults import WorkerProcess
+    from driftline.benchmarks.worker_process import WorkerProcess
 
     model_runtime, _, process = runtime.partition("+")
     scoring_process = process == "process"

@@ -46,6 +46,7 @@ from driftline.commands.train import _day as train_day
 from driftline.commands.train import register, train_on_events
 from driftline.config import CONSUMER_GROUP, TopicNames
 from driftline.core.spec import load_default_spec
+from driftline.corpus import bad_payloads
 from driftline.demo_world import (
     SCENARIOS,
     DemoWorld,
@@ -58,7 +59,6 @@ from driftline.engine.kafka.admin import TopicSpec, default_topics, ensure_topic
 from driftline.engine.kafka.client_config import kafka_client_config
 from driftline.model.registry import ModelRegistry
 from driftline.simulate import frame_to_events, produce, produce_records
-from driftline.testing.corpus import bad_payloads
 
 HELP = __doc__ or ""
 #: Churn horizon of the demo's model (days without a purchase that count as churned).
