@@ -39,12 +39,12 @@ import pytest
 from jsonschema import Draft202012Validator
 from test_drift_worker import drifted
 
+from driftline.benchmarks.worker_process import WorkerProcess
 from driftline.commands.train import register, train_on_events
 from driftline.core.drift.trigger import RetrainRequest
 from driftline.core.spec import FeatureSpec, load_spec
 from driftline.model.registry import ModelRegistry
 from driftline.simulate import Population, frame_to_events, produce
-from support.faults import WorkerProcess, read_topic
 from support.monitoring import (
     Alertmanager,
     Prometheus,
@@ -53,6 +53,7 @@ from support.monitoring import (
     shortened_rules,
 )
 from support.specs import write_stationary_spec
+from support.topic_reading import read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from driftline.engine.kafka.admin import (
     wait_for_broker,
 )
 from driftline.kafka_broker import KafkaBroker, kafka_version
-from support.faults import broker_filters_aborted_transactions, read_topic
+from support.topic_reading import broker_filters_aborted_transactions, read_topic
 
 pytestmark = pytest.mark.integration
 

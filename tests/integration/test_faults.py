@@ -1,6 +1,6 @@
 """Fault injection on real worker processes: kill -9, rebalances, a frozen broker, poison.
 
-Every scenario runs ``driftline worker`` as a subprocess (``tests/support/faults.py``)
+Every scenario runs ``driftline worker`` as a subprocess (``driftline.benchmarks.worker_process``)
 and checks what reached the output topic against what was sent: nothing lost, duplicates
 only where the delivery mode allows them, and, where state must survive, every score
 equal to offline scoring of each partition's events in order (a run without faults).
@@ -25,22 +25,19 @@ from typing import Any
 import msgspec
 import pytest
 
+from driftline.benchmarks.worker_process import WorkerProcess, killed_on_exit
 from driftline.core.predictions import DLQ_REASON
 from driftline.core.spec import FeatureSpec
 from driftline.corpus import bad_payloads, interleave
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.model.registry import LoadedModel
 from driftline.simulate import Population, produce, produce_records
-from support.faults import (
-    PredictionCheck,
-    WorkerProcess,
+from support.faults import PredictionCheck, kill_loop, reference_scores
+from support.topic_reading import (
     committed_all,
     fence_transactional_id,
-    kill_loop,
-    killed_on_exit,
     read_predictions,
     read_topic,
-    reference_scores,
     topic_layout,
     wait_committed,
 )

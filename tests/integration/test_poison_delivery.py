@@ -30,6 +30,7 @@ from confluent_kafka.admin import (
     ConfigResource,
 )
 
+from driftline.benchmarks.worker_process import WorkerProcess, killed_on_exit
 from driftline.core.events import REASON_MALFORMED, REASON_OVERSIZED
 from driftline.core.predictions import (
     DLQ_REASON,
@@ -40,16 +41,8 @@ from driftline.core.predictions import (
 from driftline.core.spec import FeatureSpec
 from driftline.model.registry import LoadedModel
 from driftline.simulate import Population, produce_records
-from support.faults import (
-    PredictionCheck,
-    WorkerProcess,
-    killed_on_exit,
-    read_predictions,
-    read_topic,
-    reference_scores,
-    topic_layout,
-    wait_committed,
-)
+from support.faults import PredictionCheck, reference_scores
+from support.topic_reading import read_predictions, read_topic, topic_layout, wait_committed
 
 pytestmark = pytest.mark.integration
 

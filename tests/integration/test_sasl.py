@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from driftline.benchmarks.worker_process import WorkerProcess, killed_on_exit
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.kafka_broker import KafkaBroker
 from driftline.simulate import Population, produce
-from support.faults import WorkerProcess, killed_on_exit, read_predictions
+from support.topic_reading import read_predictions
 
 pytestmark = pytest.mark.integration
 

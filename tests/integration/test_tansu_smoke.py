@@ -18,7 +18,7 @@ from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.engine.kafka.worker import WorkerSettings
 from driftline.model.registry import LoadedModel
 from driftline.simulate import produce
-from support.faults import broker_filters_aborted_transactions, read_topic
+from support.topic_reading import broker_filters_aborted_transactions, read_topic
 
 pytestmark = pytest.mark.integration
 

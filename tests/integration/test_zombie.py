@@ -22,17 +22,12 @@ from typing import Any
 import pytest
 from test_faults import EXACTLY_ONCE, Topics, live_events, topics, wait_for
 
+from driftline.benchmarks.worker_process import killed_on_exit
 from driftline.core.spec import FeatureSpec
 from driftline.model.registry import LoadedModel
 from driftline.simulate import produce
-from support.faults import (
-    PredictionCheck,
-    killed_on_exit,
-    read_predictions,
-    reference_scores,
-    topic_layout,
-    wait_committed,
-)
+from support.faults import PredictionCheck, reference_scores
+from support.topic_reading import read_predictions, topic_layout, wait_committed
 
 pytestmark = pytest.mark.integration
 __all__ = ["topics"]  # the fixture, shared with test_faults

@@ -1,5 +1,8 @@
 """Real Prometheus and Alertmanager processes for tests, with generated configs.
 
+Test support, not shipped: no command starts Prometheus or Alertmanager (operators run
+their own, with ``monitoring/``'s rules).
+
 Why the real binaries (the Debian packages ``prometheus`` and ``prometheus-alertmanager``):
 what the product depends on is their behaviour, the rule evaluation, the routing and the
 webhook payload Alertmanager really sends; a stand-in would only test our reading of their

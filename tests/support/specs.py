@@ -1,4 +1,4 @@
-"""Feature specs for drift tests.
+"""Feature specs for drift tests (test support, not shipped: no command uses them).
 
 The simulated population is a closed cohort: everyone's first event is at the start of the
 simulation, so ``months_active`` (time since the customer's first event) is the calendar,

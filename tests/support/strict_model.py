@@ -1,5 +1,7 @@
 """A real model that raises on some rows only, for the model-error tests.
 
+Test support, not shipped: no command registers such a model.
+
 The trained churn pipeline one-hot encodes ``plan_type`` and ``region`` with
 ``handle_unknown="ignore"``.  Registering the same fitted pipeline with
 ``handle_unknown="error"`` gives a model many teams ship without thinking twice: it

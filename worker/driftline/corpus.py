@@ -1,5 +1,8 @@
 """A reproducible corpus of input-topic values: valid events, and poison with its verdict.
 
+Shipped because ``driftline demo`` sends its bad traffic from it (the dead-letter panel
+of the demo dashboard shows every reason the decoder gives).
+
 The same corpus drives the unit tests of the decoder, the schema agreement test, the Kafka
 integration tests (poison records must be dead-lettered, the valid ones around them
 scored) and the demo's bad traffic.  Keeping one generator means every layer is tested

@@ -189,13 +189,17 @@ class _Reader(threading.Thread):
                     arrived = time.time()
                     error = message.error()
                     if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            at_end.add(message.partition())
+                        partition = message.partition()
+                        if error.code() == KafkaError._PARTITION_EOF and partition is not None:
+                            at_end.add(partition)
                             if at_end >= set(partitions):
                                 self.caught_up.set()
                         continue
+                    value = message.value()
+                    if value is None:
+                        continue  # no prediction: the worker never writes a null value
                     try:
-                        prediction = decode(message.value())
+                        prediction = decode(value)
                     except msgspec.MsgspecError:
                         continue  # neither a prediction nor an event (a dead letter)
                     if prediction.event_id.startswith(self.mark):

@@ -207,12 +207,16 @@ def _changelog_restore(
         done = False
         while not done:
             for message in reader.consume(10_000, 0.5):
-                if message.error() is not None:
-                    if message.error().code() == KafkaError._PARTITION_EOF:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
                         done = True
                         break
                     continue
-                latest[message.key()] = message.value()
+                customer, snapshot = message.key(), message.value()
+                # The state export writes every snapshot keyed by its customer.
+                assert customer is not None and snapshot is not None
+                latest[customer] = snapshot
         reader.close()
         state = FeatureState(spec, capacity=len(latest))
         state.restore([k.decode() for k in latest], list(latest.values()))

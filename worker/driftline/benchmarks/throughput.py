@@ -34,7 +34,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pandas as pd
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from driftline.benchmarks.broker import bench_broker
 from driftline.commands.train import register, train_on_events
@@ -286,15 +286,22 @@ def passthrough(bootstrap: str, topic: str, out: str, n: int, batch: int) -> flo
             for m in messages:
                 producer.produce(out, m.value(), m.key())
             producer.flush()
-            consumer.commit(
-                offsets=[TopicPartition(topic, m.partition(), m.offset() + 1) for m in messages],
-                asynchronous=False,
-            )
+            consumer.commit(offsets=_next_offsets(topic, messages), asynchronous=False)
             seen += len(messages)
         assert started is not None
         return seen / (time.perf_counter() - started)
     finally:
         consumer.close()
+
+
+def _next_offsets(topic: str, messages: list[Message]) -> list[TopicPartition]:
+    """The offsets to commit after ``messages`` (records read have a partition and offset)."""
+    offsets = []
+    for m in messages:
+        partition, offset = m.partition(), m.offset()
+        assert partition is not None and offset is not None
+        offsets.append(TopicPartition(topic, partition, offset + 1))
+    return offsets
 
 
 def per_event(
@@ -313,7 +320,7 @@ def per_event(
                 continue
             started = started or time.perf_counter()
             event = decode_one(m.value())
-            state = states.setdefault(m.partition(), FeatureState(spec))
+            state = states.setdefault(m.partition() or 0, FeatureState(spec))
             features = state.update(EventBatch.from_events([event], np.zeros(1, np.int64)))
             row = pd.DataFrame([features.iloc[0].to_dict()])
             score = float(scorer.pipeline.predict_proba(row)[0, 1])
