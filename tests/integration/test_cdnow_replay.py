@@ -27,7 +27,7 @@ from driftline.core.predictions import DLQ_REASON, Prediction
 from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.worker import WorkerSettings
 from driftline.model.registry import ModelRegistry
-from driftline.model.scoring import Scorer
+from driftline.model.runtimes.sklearn import Scorer
 from driftline.replay import replay
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,7 @@ from driftline.core.spec import FeatureSpec
 from driftline.corpus import bad_payloads, interleave
 from driftline.engine.kafka.worker import WorkerSettings
 from driftline.model.registry import LoadedModel
-from driftline.model.scoring import Scorer
+from driftline.model.runtimes.sklearn import Scorer
 from driftline.simulate import Population, produce, produce_records
 
 pytestmark = pytest.mark.integration

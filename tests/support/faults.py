@@ -134,7 +134,7 @@ def reference_scores(
 
     from driftline.core.events import EventBatch
     from driftline.core.offline import reference_features
-    from driftline.model.scoring import Scorer
+    from driftline.model.runtimes.sklearn import Scorer
 
     frame = EventBatch.from_frame(pd.DataFrame(list(events))).to_frame()
     unknown = {

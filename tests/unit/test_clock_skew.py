@@ -26,7 +26,7 @@ from driftline.core.spec import FeatureSpec
 from driftline.core.state import NO_TIME
 from driftline.core.watermark import PartitionWatermark
 from driftline.model.registry import LoadedModel
-from driftline.model.scoring import Scorer
+from driftline.model.runtimes.sklearn import Scorer
 from driftline.processor import RawBatch, ScoringProcessor
 
 HOUR = 3_600_000

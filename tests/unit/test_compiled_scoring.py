@@ -9,16 +9,16 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from driftline.model.compiled import (
+from driftline.model.registry import LoadedModel
+from driftline.model.runtimes.compiled import (
     CompiledMismatch,
     CompiledScorer,
     CompiledUnavailable,
     compile_forest,
     load_compiled_scorer,
 )
-from driftline.model.registry import LoadedModel
-from driftline.model.scoring import Scorer
-from driftline.model.verification import reference_sample
+from driftline.model.runtimes.sklearn import Scorer
+from driftline.model.runtimes.verification import reference_sample
 
 
 def test_compiled_scores_are_scikit_learns_bit_for_bit(model: LoadedModel) -> None:
@@ -43,7 +43,7 @@ def test_a_forest_compiled_wrong_is_refused_with_the_difference(
     model: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The verification is what stands between a compilation bug and served scores."""
-    import driftline.model.compiled as compiled
+    import driftline.model.runtimes.compiled as compiled
 
     def off_by_one_tree(estimator: object) -> compiled.Forest | None:
         forest = compile_forest(estimator)

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from driftline.core.events import DLQ_REASONS
 from driftline.core.spec import FeatureSpec
 from driftline.model.registry import LoadedModel
-from driftline.model.scoring import Scorer
+from driftline.model.runtimes.sklearn import Scorer
 from driftline.processor import RawBatch, ScoringProcessor
 from support.contract_oracle import ContractOracle
 from support.fuzz_records import Record, event_time_ms, fuzz_records

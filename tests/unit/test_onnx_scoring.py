@@ -9,7 +9,8 @@ import pytest
 
 from driftline.commands.train import register, train_on_events
 from driftline.core.spec import FeatureSpec, load_default_spec
-from driftline.model.onnx import (
+from driftline.model.registry import LoadedModel, ModelRegistry
+from driftline.model.runtimes.onnx import (
     DEFAULT_TOLERANCE,
     OnnxMismatch,
     load_onnx_scorer,
@@ -17,8 +18,7 @@ from driftline.model.onnx import (
     reference_sample,
     verify,
 )
-from driftline.model.registry import LoadedModel, ModelRegistry
-from driftline.model.scoring import Scorer
+from driftline.model.runtimes.sklearn import Scorer
 from driftline.simulate import Population
 
 pytestmark = pytest.mark.skipif(
@@ -83,7 +83,7 @@ def test_scores_that_differ_are_refused_with_the_difference_in_the_message(
 def test_the_numpy_preprocessing_equals_scikit_learns_transform(
     models: list[LoadedModel],
 ) -> None:
-    from driftline.model.onnx import OnnxScorer
+    from driftline.model.runtimes.onnx import OnnxScorer
 
     scorer = OnnxScorer(models[0])
     assert scorer._fast_preprocess is not None, "driftline's own pipeline must compile"

@@ -14,11 +14,11 @@ import pytest
 
 from driftline.core.events import REASON_MODEL_ERROR
 from driftline.core.spec import FeatureSpec
-from driftline.model.compiled import load_compiled_scorer
 from driftline.model.registry import LoadedModel, ModelRegistry
-from driftline.model.scoring import Scorer
-from driftline.model.scoring_process import ScoringProcess, ScoringRaised
-from driftline.model.verification import RuntimeRefused
+from driftline.model.runtimes.compiled import load_compiled_scorer
+from driftline.model.runtimes.process import ScoringProcess, ScoringRaised
+from driftline.model.runtimes.sklearn import Scorer
+from driftline.model.runtimes.verification import RuntimeRefused
 from driftline.processor import RawBatch, ScoringProcessor
 from driftline.simulate import Population
 from support.strict_model import UNKNOWN_PLAN, register_strict

@@ -26,7 +26,7 @@ from driftline.model.registry import (
     ModelVersion,
     describe_feature_difference,
 )
-from driftline.model.scoring import Scorer, limit_native_threads
+from driftline.model.runtimes.sklearn import Scorer, limit_native_threads
 from driftline.model.training import build_pipeline
 
 NUMERIC = ["spend_30d", "logins_7d"]

@@ -20,10 +20,10 @@ import pytest
 
 from driftline.core.spec import FeatureSpec
 from driftline.core.state import FeatureBlock, FeatureState
-from driftline.model.compiled import CompiledScorer, load_compiled_scorer
 from driftline.model.registry import LoadedModel
-from driftline.model.scoring import Scorer
-from driftline.model.scoring_process import ScoringProcess, ScoringProcessFailed
+from driftline.model.runtimes.compiled import CompiledScorer, load_compiled_scorer
+from driftline.model.runtimes.process import ScoringProcess, ScoringProcessFailed
+from driftline.model.runtimes.sklearn import Scorer
 from driftline.processor import RawBatch, ScoringProcessor
 from driftline.simulate import Population
 
@@ -177,7 +177,7 @@ def test_the_child_exits_when_its_parent_is_killed(model: LoadedModel, tmp_path:
         pickle.dump(Scorer(model), f)
     script.write_text(  # spawn imports the main module again: hence the guard
         "import pickle, time\n"
-        "from driftline.model.scoring_process import ScoringProcess\n"
+        "from driftline.model.runtimes.process import ScoringProcess\n"
         "if __name__ == '__main__':\n"
         f"    scorer = pickle.load(open({str(tmp_path / 'scorer.pkl')!r}, 'rb'))\n"
         "    child = ScoringProcess(scorer)\n"

@@ -35,7 +35,7 @@ from driftline.core.spec import FeatureSpec
 from driftline.core.state import NO_TIME, FeatureBlock, FeatureState
 from driftline.core.watermark import PartitionWatermark
 from driftline.model.isolation import Isolated, describe, score_isolating
-from driftline.model.scoring import Scorer
+from driftline.model.runtimes.sklearn import Scorer
 
 _encode = msgspec.json.Encoder().encode
 

@@ -28,9 +28,9 @@ from driftline.benchmarks.throughput import (
     train_bench_model,
 )
 from driftline.core.spec import load_default_spec
-from driftline.model.onnx import onnx_missing_reason
 from driftline.model.registry import ModelRegistry
-from driftline.model.scoring import limit_native_threads
+from driftline.model.runtimes.onnx import onnx_missing_reason
+from driftline.model.runtimes.sklearn import limit_native_threads
 from driftline.simulate import Population
 
 #: The targets: the worker against its compute limit and the per-event loop, exactly-once

@@ -46,7 +46,7 @@ from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.engine.kafka.client_config import kafka_client_config
 from driftline.engine.kafka.worker import KafkaScoringWorker, WorkerSettings
 from driftline.model.registry import LoadedModel, ModelRegistry
-from driftline.model.scoring import Scorer, limit_native_threads
+from driftline.model.runtimes.sklearn import Scorer, limit_native_threads
 from driftline.simulate import Population, produce_records
 
 #: Stages of the breakdown, in pipeline order (the worker's ``stage`` label values).
@@ -532,13 +532,10 @@ def _runtime_rows(
     run_id: str,
 ) -> None:
     """A faster runtime's rows (``compiled`` or ``onnx``), or the reason they are skipped."""
-    from driftline.model.compiled import load_compiled_scorer
-    from driftline.model.onnx import load_onnx_scorer
-    from driftline.model.verification import RuntimeRefused
+    from driftline.model.runtimes import RuntimeRefused, load_verified
 
-    load = {"compiled": load_compiled_scorer, "onnx": load_onnx_scorer}[runtime]
     try:
-        scorer, worst = load(loaded, extra_rows=features.head(5000))
+        scorer, worst = load_verified(runtime, loaded, extra_rows=features.head(5000))
     except RuntimeRefused as error:
         setattr(bench, f"{runtime}_skipped", str(error))
         return

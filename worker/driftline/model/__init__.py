@@ -12,7 +12,7 @@ from driftline.model.registry import (
     ModelRegistry,
     ModelVersion,
 )
-from driftline.model.scoring import Scorer, limit_native_threads
+from driftline.model.runtimes.sklearn import Scorer, limit_native_threads
 
 __all__ = [
     "REFUSAL_REASONS",

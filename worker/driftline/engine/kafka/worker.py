@@ -74,9 +74,9 @@ from driftline.engine.kafka.dead_letters import (
 from driftline.engine.kafka.drift_checkpoint import DriftCheckpoints
 from driftline.engine.kafka.retrain_history import read_retrain_requests
 from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
-from driftline.model.scoring import Scorer, limit_native_threads
-from driftline.model.scoring_process import ScoringProcess, ScoringProcessFailed, ScoringRaised
-from driftline.model.verification import RuntimeRefused
+from driftline.model.runtimes.process import ScoringProcess, ScoringProcessFailed, ScoringRaised
+from driftline.model.runtimes.sklearn import Scorer, limit_native_threads
+from driftline.model.runtimes.verification import RuntimeRefused
 from driftline.model.watcher import ModelWatcher
 from driftline.observability.alerts import AlertIntake
 from driftline.observability.bearer import BearerToken
@@ -465,7 +465,7 @@ class KafkaScoringWorker:
             return Scorer(loaded)
         if runtime == "auto":
             # The compiled runtime when it reproduces the model, else scikit-learn's own.
-            from driftline.model.compiled import load_compiled_scorer
+            from driftline.model.runtimes.compiled import load_compiled_scorer
 
             try:
                 compiled, _worst = load_compiled_scorer(loaded, self.settings.compiled_tolerance)
@@ -483,13 +483,13 @@ class KafkaScoringWorker:
             return compiled
         scorer: Scorer
         if runtime == "compiled":
-            from driftline.model.compiled import load_compiled_scorer
+            from driftline.model.runtimes.compiled import load_compiled_scorer
 
             tolerance = self.settings.compiled_tolerance
             scorer, worst = load_compiled_scorer(loaded, tolerance)
             where = "the compiled runtime"
         elif runtime == "onnx":
-            from driftline.model.onnx import load_onnx_scorer
+            from driftline.model.runtimes.onnx import load_onnx_scorer
 
             tolerance = self.settings.onnx_tolerance
             scorer, worst = load_onnx_scorer(loaded, tolerance)

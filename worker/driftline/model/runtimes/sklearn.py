@@ -72,7 +72,7 @@ class Scorer:
         """Scores of a batch held as the state's numpy blocks (see ``FeatureBlock``).
 
         scikit-learn needs a DataFrame; a runtime that reads the columns directly
-        (``driftline.model.compiled``) overrides this and skips building it.
+        (``driftline.model.runtimes.compiled``) overrides this and skips building it.
         """
         return self.score(block.frame())
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from driftline.model.registry import LoadedModel
-from driftline.model.scoring import Scorer
+from driftline.model.runtimes.sklearn import Scorer
 
 REFERENCE_ROWS = 2000
 

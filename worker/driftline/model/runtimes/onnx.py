@@ -4,7 +4,7 @@ What runs where: the random forest is converted with skl2onnx and run by ONNX Ru
 one thread.  The preprocessing (cast, impute, scale, one-hot) cannot be converted:
 skl2onnx expresses neither the pipeline's Python cast functions nor the imputer's
 ``add_indicator`` columns.  For the pipeline ``driftline train`` builds, it is evaluated
-from the fitted parameters in numpy (``driftline.model.compiled.compile_preprocess``):
+from the fitted parameters in numpy (``driftline.model.runtimes.compiled.compile_preprocess``):
 through scikit-learn and pandas it cost ~7 ms per batch whatever the batch size, which
 is most of the latency of a small batch; any other pipeline keeps scikit-learn's own
 ``transform``.
@@ -26,17 +26,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from driftline.model.compiled import compile_preprocess
 from driftline.model.registry import LoadedModel
-from driftline.model.scoring import Scorer
-from driftline.model.verification import (
+from driftline.model.runtimes.compiled import compile_preprocess
+from driftline.model.runtimes.sklearn import Scorer
+from driftline.model.runtimes.verification import (
     REFERENCE_ROWS,
     RuntimeMismatch,
     RuntimeRefused,
     reference_sample,
     sample_with,
 )
-from driftline.model.verification import verify as _verify
+from driftline.model.runtimes.verification import verify as _verify
 
 #: Largest accepted |p_onnx - p_sklearn| on the reference sample.  Float32 sums of 100
 #: tree probabilities differ from scikit-learn's by ~1e-7; 1e-5 leaves room for more trees.

@@ -21,7 +21,7 @@ import queue
 import threading
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 try:
     import fcntl
@@ -31,7 +31,7 @@ except ImportError:  # not on Windows
 import numpy as np
 
 from driftline.core.state import FeatureBlock
-from driftline.model.scoring import Scorer
+from driftline.model.runtimes.sklearn import Scorer
 
 #: How long the child may take to start and load the model.
 START_TIMEOUT_S = 120.0
@@ -60,7 +60,7 @@ def _serve(
 ) -> None:
     """The child: load the scorer, say ready, then score each block sent, in order."""
     try:
-        from driftline.model.scoring import limit_native_threads
+        from driftline.model.runtimes.sklearn import limit_native_threads
 
         limit_native_threads(native_threads)
         scorer: Scorer = pickle.loads(scorer_bytes)
@@ -157,7 +157,7 @@ class ScoringProcess:
             raise ScoringRaised(str(detail))
         if kind != "scores":
             raise ScoringProcessFailed(f"scoring failed in the scoring process: {detail}")
-        return detail
+        return cast(np.ndarray, detail)  # the child sends ("scores", ndarray)
 
     def discard(self) -> None:
         """Take and drop every outstanding result (the batches were abandoned)."""

@@ -21,14 +21,19 @@ scores the reference sample both ways and refuses (:class:`CompiledMismatch`) be
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import pandas as pd
 
 from driftline.model.registry import LoadedModel
-from driftline.model.scoring import Scorer
-from driftline.model.verification import RuntimeMismatch, RuntimeRefused, sample_with, verify
+from driftline.model.runtimes.sklearn import Scorer
+from driftline.model.runtimes.verification import (
+    RuntimeMismatch,
+    RuntimeRefused,
+    sample_with,
+    verify,
+)
 
 if TYPE_CHECKING:
     from driftline.core.state import FeatureBlock
@@ -162,10 +167,10 @@ class FrameColumns:
         column = self.frame[name]
         if not pd.api.types.is_numeric_dtype(column.dtype):
             return None
-        return column.to_numpy(dtype=np.float64, na_value=np.nan)
+        return cast(np.ndarray, column.to_numpy(dtype=np.float64, na_value=np.nan))
 
     def objects(self, name: str) -> np.ndarray:
-        return self.frame[name].to_numpy(dtype=object, na_value=None)
+        return cast(np.ndarray, self.frame[name].to_numpy(dtype=object, na_value=None))
 
 
 class BlockColumns:
@@ -180,13 +185,13 @@ class BlockColumns:
 
     def numeric(self, name: str) -> np.ndarray | None:
         i = self._numeric.get(name)
-        return None if i is None else self.block.numeric[i]
+        return None if i is None else cast(np.ndarray, self.block.numeric[i])
 
     def objects(self, name: str) -> np.ndarray:
         i = self._categorical.get(name)
         if i is not None:
-            return self.block.categorical[i]
-        return self.block.numeric[self._numeric[name]].astype(object)
+            return cast(np.ndarray, self.block.categorical[i])
+        return cast(np.ndarray, self.block.numeric[self._numeric[name]].astype(object))
 
 
 Preprocess = Callable[[pd.DataFrame], "np.ndarray | None"]
