@@ -20,12 +20,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driftline.commands.train import serving_reference_profile, train_on_events
+from driftline.commands.train import train_on_events
 from driftline.core.drift.divergence import psi
 from driftline.core.offline import history_features
 from driftline.core.spec import FeatureSpec, load_default_spec
 from driftline.demo_world import DemoWorld, Injection, headroom_days, history_end_ms
 from driftline.model.profile import OTHER, numeric_shares
+from driftline.model.serving_profile import serving_reference_profile
 from driftline.model.training import positive_scores
 from driftline.simulate import DAY_MS, Population
 

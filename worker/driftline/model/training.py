@@ -21,6 +21,9 @@ The two small casting steps at the head of each column branch (:func:`as_float`,
 in practice (the worker's state holds ``None`` for an unseen category; a category never
 observed in a training window is all-missing).  They are module-level functions so the
 pipeline pickles; their import path is therefore part of the saved-model format.
+
+The metrics, the baseline comparison and the printed report are in
+:mod:`driftline.model.evaluation`.
 """
 
 from __future__ import annotations
@@ -42,14 +45,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.metrics import (
-    average_precision_score,
-    classification_report,
-    f1_score,
     get_scorer,
-    precision_recall_curve,
-    precision_score,
-    recall_score,
-    roc_auc_score,
 )
 from sklearn.model_selection import (
     GridSearchCV,
@@ -62,6 +58,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 from tqdm import tqdm
 
+from driftline.model.evaluation import (
+    best_f1_threshold,
+    evaluate,
+    report_text,
+    top_importances,
+)
 from driftline.model.profile import build_reference_profile
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,6 @@ PARAM_GRID: dict[str, list[Any]] = {
 TOP_IMPORTANCES = 20
 #: The forest is grown in about this many chunks so that fitting shows progress.
 _FIT_CHUNKS = 20
-_TARGET_NAMES = ["negative", "positive"]
 _POSITIVE_WORDS = {"1", "yes", "y", "true", "t", "churn", "churned", "positive"}
 
 
@@ -301,13 +302,13 @@ def train_model(
 
     _fit_with_progress(pipeline, X_train, y_train, progress=progress)
     test_scores = positive_scores(pipeline, X_test)
-    model_metrics, model_text = _evaluate(y_test, test_scores, chosen)
+    model_metrics, model_text = evaluate(y_test, test_scores, chosen)
 
     baseline = DummyClassifier(strategy="most_frequent").fit(X_train, y_train)
     baseline_scores = positive_scores(baseline, X_test)
-    baseline_metrics, _ = _evaluate(y_test, baseline_scores, chosen)
+    baseline_metrics, _ = evaluate(y_test, baseline_scores, chosen)
 
-    importances = _top_importances(pipeline, TOP_IMPORTANCES)
+    importances = top_importances(pipeline, TOP_IMPORTANCES)
     forest: RandomForestClassifier = pipeline[-1]
     metrics = _jsonable(
         {
@@ -339,7 +340,7 @@ def train_model(
         }
     )
     profile = build_reference_profile(X_test, test_scores, numeric, categorical)
-    report = _report(metrics, model_text, importances)
+    report = report_text(metrics, model_text, importances)
     return TrainResult(
         pipeline=pipeline,
         metrics=metrics,
@@ -443,20 +444,6 @@ def dataset_hash(X: pd.DataFrame, y: pd.Series | None = None) -> str:
     return digest.hexdigest()
 
 
-def best_f1_threshold(y: np.ndarray, scores: np.ndarray) -> float:
-    """The score threshold (``score >= t`` is positive) with the highest F1 on ``y``.
-
-    Candidates are the observed scores, so the threshold is one the model actually emits;
-    ties go to the highest threshold (fewer alerts for the same F1).
-    """
-    precision, recall, thresholds = precision_recall_curve(y, scores)
-    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    best = np.flatnonzero(f1 == f1.max())[-1]
-    return float(min(max(thresholds[best], 0.0), 1.0))
-
-
 def _cross_validate(
     pipeline: Pipeline,
     X: pd.DataFrame,
@@ -548,73 +535,6 @@ def _quiet_warm_start() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*class_weight presets.*warm_start.*")
         yield
-
-
-def _evaluate(y: pd.Series, scores: np.ndarray, threshold: float) -> tuple[dict[str, Any], str]:
-    """Threshold-free (ROC AUC, PR AUC) and thresholded metrics, plus the report text."""
-    predicted = (scores >= threshold).astype(np.int64)
-    kwargs: dict[str, Any] = {"labels": [0, 1], "target_names": _TARGET_NAMES, "zero_division": 0}
-    metrics = {
-        "roc_auc": float(roc_auc_score(y, scores)),
-        "pr_auc": float(average_precision_score(y, scores)),
-        "threshold": threshold,
-        "precision": float(precision_score(y, predicted, zero_division=0)),
-        "recall": float(recall_score(y, predicted, zero_division=0)),
-        "f1": float(f1_score(y, predicted, zero_division=0)),
-        "classification_report": classification_report(y, predicted, output_dict=True, **kwargs),
-    }
-    return metrics, str(classification_report(y, predicted, digits=3, **kwargs))
-
-
-def _top_importances(pipeline: Pipeline, k: int) -> list[dict[str, Any]]:
-    names = pipeline[:-1].get_feature_names_out()
-    importances = pipeline[-1].feature_importances_
-    order = np.argsort(-importances, kind="stable")[:k]
-    return [{"feature": str(names[i]), "importance": float(importances[i])} for i in order]
-
-
-def _report(metrics: dict[str, Any], model_text: str, importances: list[dict[str, Any]]) -> str:
-    params, cv, test, base = metrics["params"], metrics["cv"], metrics["test"], metrics["baseline"]
-    lines = [
-        f"RandomForest: {params['n_estimators']} trees, class_weight={params['class_weight']}, "
-        f"max_depth={params['max_depth']}, min_samples_leaf={params['min_samples_leaf']}, "
-        f"seed={params['seed']}",
-        f"Data: {metrics['n_rows']} rows ({metrics['n_train']} train / {metrics['n_test']} "
-        f"test), {metrics['n_features']} features, positive rate "
-        f"{metrics['positive_rate_test']:.1%} (test)",
-        f"Cross-validation on train ({cv['folds']}-fold stratified): ROC AUC "
-        f"{_num(cv['roc_auc_mean'])} ± {_num(cv['roc_auc_std'])}",
-    ]
-    if metrics["grid_search"]:
-        lines.append(f"Grid search best: {metrics['grid_search']['best_params']}")
-    threshold = test["threshold"]
-    lines.append(f"Decision threshold: {threshold:.3f} ({metrics['threshold']['method']})")
-    lines += [
-        "",
-        f"{'Test set':<28}{'model':>10}{'baseline':>10}",
-        *(
-            f"  {label:<26}{_num(test[key]):>10}{_num(base[key]):>10}"
-            for label, key in (
-                ("ROC AUC", "roc_auc"),
-                ("PR AUC (avg precision)", "pr_auc"),
-                (f"precision @ {threshold:.2f}", "precision"),
-                (f"recall @ {threshold:.2f}", "recall"),
-                (f"F1 @ {threshold:.2f}", "f1"),
-            )
-        ),
-        "  (baseline = always predict the majority class; its PR AUC is the positive rate)",
-        "",
-        f"Classification report (model, threshold {threshold:.2f}):",
-        model_text.rstrip(),
-        "",
-        "Top features (impurity importance):",
-        *(f"  {item['feature']:<40}{item['importance']:.4f}" for item in importances),
-    ]
-    return "\n".join(lines)
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _check_features(X: pd.DataFrame, numeric: list[str], categorical: list[str]) -> list[str]:
