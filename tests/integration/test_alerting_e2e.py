@@ -43,8 +43,9 @@ from driftline.benchmarks.worker_process import WorkerProcess
 from driftline.commands.train import register, train_on_events
 from driftline.core.drift.trigger import RetrainRequest
 from driftline.core.spec import FeatureSpec, load_spec
+from driftline.event_producer import produce
 from driftline.model.registry import ModelRegistry
-from driftline.simulate import Population, frame_to_events, produce
+from driftline.simulate import Population, frame_to_events
 from support.monitoring import (
     Alertmanager,
     Prometheus,

@@ -31,7 +31,7 @@ from driftline.core.predictions import (
 )
 from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.worker import WorkerSettings
-from driftline.simulate import produce_records
+from driftline.event_producer import produce_records
 from support.contract_oracle import ContractOracle
 from support.fuzz_records import fuzz_records
 

@@ -22,8 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from driftline.commands.train import register, train_on_events
 from driftline.core.spec import DAY_MS, FeatureSpec
 from driftline.engine.kafka.worker import WorkerSettings
+from driftline.event_producer import produce_records
 from driftline.model.registry import ModelRegistry
-from driftline.simulate import frame_to_events, produce_records
+from driftline.simulate import frame_to_events
 from support.drift_acceptance import independent_frame
 
 pytestmark = [

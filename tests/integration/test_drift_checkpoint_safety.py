@@ -25,7 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.engine.kafka.topic_reader import read_to_end
 from driftline.engine.kafka.worker import KafkaScoringWorker, WorkerSettings
-from driftline.simulate import Population, frame_to_events, produce
+from driftline.event_producer import produce
+from driftline.simulate import Population, frame_to_events
 
 pytestmark = pytest.mark.integration
 

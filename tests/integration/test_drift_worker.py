@@ -21,8 +21,9 @@ from driftline.core.drift.trigger import RetrainRequest
 from driftline.core.predictions import Prediction
 from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.worker import WorkerSettings
+from driftline.event_producer import produce
 from driftline.model.registry import ModelRegistry
-from driftline.simulate import Population, frame_to_events, produce
+from driftline.simulate import Population, frame_to_events
 from support.specs import stationary_spec
 
 pytestmark = pytest.mark.integration

@@ -30,8 +30,9 @@ from driftline.core.predictions import DLQ_REASON
 from driftline.core.spec import FeatureSpec
 from driftline.corpus import bad_payloads, interleave
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+from driftline.event_producer import produce, produce_records
 from driftline.model.registry import LoadedModel
-from driftline.simulate import Population, produce, produce_records
+from driftline.simulate import Population
 from support.faults import PredictionCheck, kill_loop, reference_scores
 from support.topic_reading import (
     committed_all,

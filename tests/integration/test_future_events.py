@@ -22,7 +22,7 @@ from driftline.core.events import EVENT_TYPES
 from driftline.core.predictions import DLQ_REASON, Prediction
 from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.worker import WorkerSettings
-from driftline.simulate import produce_records
+from driftline.event_producer import produce_records
 
 pytestmark = pytest.mark.integration
 

@@ -46,10 +46,11 @@ from driftline.core.spec import FeatureSpec
 from driftline.corpus import bad_payloads
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.engine.kafka.worker import WorkerSettings
+from driftline.event_producer import produce_records
 from driftline.model.registry import ModelRegistry
 from driftline.observability.drift_metrics import CHECKPOINT_REASONS
 from driftline.observability.http import HealthServer
-from driftline.simulate import Population, frame_to_events, produce_records
+from driftline.simulate import Population, frame_to_events
 
 pytestmark = pytest.mark.integration
 

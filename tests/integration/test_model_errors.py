@@ -27,8 +27,9 @@ from driftline.core.events import REASON_MODEL_ERROR
 from driftline.core.predictions import DLQ_ERROR_CLASS, DLQ_ERROR_MESSAGE, DLQ_REASON, Prediction
 from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.worker import KafkaScoringWorker, WorkerSettings
+from driftline.event_producer import produce_records
 from driftline.model.registry import LoadedModel, ModelRegistry
-from driftline.simulate import Population, produce_records
+from driftline.simulate import Population
 from support.faults import PredictionCheck, reference_scores
 from support.strict_model import UNKNOWN_PLAN, register_strict
 

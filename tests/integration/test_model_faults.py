@@ -30,8 +30,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from driftline.core.predictions import Prediction
 from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.worker import KafkaScoringWorker, WorkerSettings
+from driftline.event_producer import produce
 from driftline.model.registry import METADATA_FILE, MODEL_FILE, LoadedModel, ModelRegistry
-from driftline.simulate import Population, produce
+from driftline.simulate import Population
 
 MODEL = "churn"
 _HOT_RELOAD = "model_poll_interval_s" in {f.name for f in dataclasses.fields(WorkerSettings)}

@@ -18,8 +18,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from driftline.engine.kafka.worker import KafkaScoringWorker, WorkerSettings
+from driftline.event_producer import produce
 from driftline.model.registry import LoadedModel, ModelRegistry
-from driftline.simulate import Population, frame_to_events, produce
+from driftline.simulate import Population, frame_to_events
 
 pytestmark = pytest.mark.integration
 

@@ -39,8 +39,9 @@ from driftline.core.predictions import (
     DLQ_VALUE_SHA256,
 )
 from driftline.core.spec import FeatureSpec
+from driftline.event_producer import produce_records
 from driftline.model.registry import LoadedModel
-from driftline.simulate import Population, produce_records
+from driftline.simulate import Population
 from support.faults import PredictionCheck, reference_scores
 from support.topic_reading import read_predictions, read_topic, topic_layout, wait_committed
 

@@ -19,8 +19,9 @@ import pytest
 
 from driftline.benchmarks.worker_process import WorkerProcess, killed_on_exit
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+from driftline.event_producer import produce
 from driftline.kafka_broker import KafkaBroker
-from driftline.simulate import Population, produce
+from driftline.simulate import Population
 from support.topic_reading import read_predictions
 
 pytestmark = pytest.mark.integration

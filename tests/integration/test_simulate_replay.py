@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from driftline.core.events import decode_batch
+from driftline.event_producer import produce
 from driftline.replay import (
     CDNOW_MAPPING,
     ColumnMapping,
@@ -19,7 +20,7 @@ from driftline.replay import (
     load_events,
     replay,
 )
-from driftline.simulate import Population, produce, write_history
+from driftline.simulate import Population, write_history
 
 DAY_MS = 86_400_000
 

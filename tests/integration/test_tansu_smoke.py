@@ -16,8 +16,8 @@ from test_worker import assert_scored_once_as_offline, live_events
 from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.engine.kafka.worker import WorkerSettings
+from driftline.event_producer import produce
 from driftline.model.registry import LoadedModel
-from driftline.simulate import produce
 from support.topic_reading import broker_filters_aborted_transactions, read_topic
 
 pytestmark = pytest.mark.integration

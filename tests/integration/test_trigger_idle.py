@@ -31,8 +31,9 @@ from driftline.commands.train import register, train_on_events
 from driftline.core.drift.trigger import RetrainRequest
 from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.worker import WorkerSettings
+from driftline.event_producer import produce
 from driftline.model.registry import ModelRegistry
-from driftline.simulate import Population, frame_to_events, produce
+from driftline.simulate import Population, frame_to_events
 
 pytestmark = pytest.mark.integration
 

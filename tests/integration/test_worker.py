@@ -24,9 +24,10 @@ from driftline.core.predictions import (
 from driftline.core.spec import FeatureSpec
 from driftline.corpus import bad_payloads, interleave
 from driftline.engine.kafka.worker import WorkerSettings
+from driftline.event_producer import produce, produce_records
 from driftline.model.registry import LoadedModel
 from driftline.model.runtimes.sklearn import Scorer
-from driftline.simulate import Population, produce, produce_records
+from driftline.simulate import Population
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,8 @@ import pytest
 from driftline.broker import free_port
 from driftline.core.predictions import Prediction
 from driftline.engine.kafka.worker import WorkerSettings
-from driftline.simulate import Population, produce
+from driftline.event_producer import produce
+from driftline.simulate import Population
 
 pytestmark = pytest.mark.integration
 

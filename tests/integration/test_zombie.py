@@ -24,8 +24,8 @@ from test_faults import EXACTLY_ONCE, Topics, live_events, topics, wait_for
 
 from driftline.benchmarks.worker_process import killed_on_exit
 from driftline.core.spec import FeatureSpec
+from driftline.event_producer import produce
 from driftline.model.registry import LoadedModel
-from driftline.simulate import produce
 from support.faults import PredictionCheck, reference_scores
 from support.topic_reading import read_predictions, topic_layout, wait_committed
 

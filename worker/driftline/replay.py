@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from driftline.core.events import EVENT_TYPES, CustomerEvent
-from driftline.simulate import EVENT_FIELDS, produce_records
+from driftline.event_producer import produce_records
+from driftline.simulate import EVENT_FIELDS
 
 __all__ = [
     "CALENDAR_CYCLE_MS",

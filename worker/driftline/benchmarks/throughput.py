@@ -45,9 +45,10 @@ from driftline.core.state import FeatureState
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.engine.kafka.client_config import kafka_client_config
 from driftline.engine.kafka.worker import KafkaScoringWorker, WorkerSettings
+from driftline.event_producer import produce_records
 from driftline.model.registry import LoadedModel, ModelRegistry
 from driftline.model.runtimes.sklearn import Scorer, limit_native_threads
-from driftline.simulate import Population, produce_records
+from driftline.simulate import Population
 
 #: Stages of the breakdown, in pipeline order (the worker's ``stage`` label values).
 BREAKDOWN_STAGES = ("poll", "decode", "state", "predict", "drift", "produce", "commit")

@@ -57,8 +57,9 @@ from driftline.demo_world import (
 )
 from driftline.engine.kafka.admin import TopicSpec, default_topics, ensure_topics
 from driftline.engine.kafka.client_config import kafka_client_config
+from driftline.event_producer import produce, produce_records
 from driftline.model.registry import ModelRegistry
-from driftline.simulate import frame_to_events, produce, produce_records
+from driftline.simulate import frame_to_events
 
 HELP = __doc__ or ""
 #: Churn horizon of the demo's model (days without a purchase that count as churned).

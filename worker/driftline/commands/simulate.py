@@ -17,7 +17,8 @@ import threading
 
 from driftline.commands._flags import add_bootstrap, add_topics
 from driftline.commands._kafka import connect
-from driftline.simulate import Population, produce, write_history
+from driftline.event_producer import produce
+from driftline.simulate import Population, write_history
 
 HELP = __doc__ or ""
 
