@@ -12,7 +12,7 @@ ratios hold on a noisy shared machine even when the absolute numbers move:
     size, no Kafka, the compute limit.
 
 Beside them: the worker with its loop run sequentially (deliver and commit each batch
-before consuming the next, as before the pipelined loop), the worker's own per-stage
+before consuming the next: what the pipelined loop gains), the worker's own per-stage
 breakdown (from its metrics: where the time goes), and, when the ``onnx`` extra is
 installed, the worker and the model alone with the forest in ONNX Runtime.
 """
