@@ -80,7 +80,7 @@ REASON_OVERSIZED = "oversized"
 REASON_EMPTY = "empty_value"
 REASON_KEY_MISMATCH = "key_mismatch"
 REASON_LATE = "late"
-#: The model raised on the event's features (isolated by ``driftline.model.isolation``).
+#: The model raised on the event's features (isolated by the model layer, ``model/isolation.py``).
 REASON_MODEL_ERROR = "model_error"
 #: Bytes that are not UTF-8 (overlong forms, surrogates, stray continuation bytes...)
 #: anywhere in the value, even in a key or value the decoder would otherwise skip.

@@ -1,7 +1,7 @@
 """Histogram divergences (PSI, Jensen-Shannon) over frozen bins, and tumbling windows of counts.
 
 Both divergences compare the reference shares of a feature (from the reference profile,
-binned with :func:`driftline.model.profile.assign_bins`) with the bin counts of a live window
+binned with :func:`driftline.core.drift.bins.assign_bins`) with the bin counts of a live window
 binned with the *same* frozen edges.  Many features are handled at once as a padded
 (F, B) matrix: features have different numbers of bins (edges are deduplicated quantiles), so
 a boolean ``mask`` marks the bins that exist; padded bins must hold share 0 and count 0.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from driftline.model.profile import assign_bins
+from driftline.core.drift.bins import assign_bins
 
 DEFAULT_EPS = 1e-4
 _NEVER = -(2**62)  # "no event time yet"; far below any real time, no int64 overflow

@@ -98,6 +98,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from driftline.core.drift.bins import OTHER, assign_bins
 from driftline.core.drift.blocks import Block, OpenBlock
 from driftline.core.drift.calibration import (
     FalseAlarmBudget,
@@ -122,7 +123,6 @@ from driftline.core.drift.divergence import (
 from driftline.core.drift.reference_check import ReferenceCheck
 from driftline.core.drift.serial import HORIZONS, SerialCalibration
 from driftline.core.drift.window_tests import CategoricalWindowTest
-from driftline.model.profile import OTHER, assign_bins
 
 OK, WARN, DRIFT = 0, 1, 2
 #: Pseudo-feature name of the model score in statistics, alarms and states.
