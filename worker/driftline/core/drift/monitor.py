@@ -120,9 +120,9 @@ from driftline.core.drift.divergence import (
     pad_shares,
     psi,
 )
+from driftline.core.drift.goodness_of_fit import CategoricalWindowTest
 from driftline.core.drift.reference_check import ReferenceCheck
 from driftline.core.drift.serial import HORIZONS, SerialCalibration
-from driftline.core.drift.window_tests import CategoricalWindowTest
 
 OK, WARN, DRIFT = 0, 1, 2
 #: Pseudo-feature name of the model score in statistics, alarms and states.
@@ -644,7 +644,7 @@ class DriftMonitor:
         """Advance every detector over one batch (rows in arrival order).
 
         ``keys`` (the customer id of each row) lets the categorical window tests discount
-        repeated events of one customer (design effect, see ``window_tests``)."""
+        repeated events of one customer (design effect, see ``goodness_of_fit``)."""
         n = len(features)
         if keys is not None:
             if len(keys) != n:
