@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from driftline.core.events import EventBatch, decode_batch
-from driftline.core.offline import reference_features
 from driftline.core.predictions import (
     DLQ_REASON,
     DLQ_SOURCE_OFFSET,
@@ -27,6 +26,7 @@ from driftline.model.registry import LoadedModel
 from driftline.model.scoring import Scorer
 from driftline.simulate import Population, produce, produce_records
 from driftline.testing.corpus import bad_payloads, interleave
+from support.feature_oracle import reference_features
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,8 @@ of itself (its customer's events up to and including it), whatever the batch bou
 are: a prediction does not depend on how the stream was cut into batches.  Only the raw
 totals are read per event; the features are derived from them once per batch.
 
-Semantics (the offline reference in ``core.offline`` implements the same, independently):
+Semantics (the tests' oracle, ``tests/support/feature_oracle.py``, implements the same,
+independently):
 
 - The customer's *clock* is the latest event time seen for it; windows end at the clock.
 - An event newer than ``clock + eviction_after`` starts the customer afresh (it was idle
