@@ -226,7 +226,8 @@ class EventBatch:
             if name not in frame:
                 return np.full(n, np.nan if dtype is float else None, dtype=dtype)
             if dtype is float:
-                return frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+                result: np.ndarray = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+                return result
             values = frame[name].astype(object).to_numpy()
             return np.array([None if _is_missing(v) else str(v) for v in values], dtype=object)
 
@@ -475,7 +476,7 @@ def _reject_mis_keyed(
             Rejection(
                 int(batch.index[row]),
                 REASON_KEY_MISMATCH,
-                f"record key {key[:64]!r} != customer_id {customer[:64]!r}",
+                f"record key {(key or b'')[:64]!r} != customer_id {customer[:64]!r}",
             )
         )
     return batch.take(np.flatnonzero(~mismatch))
