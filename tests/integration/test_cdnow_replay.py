@@ -22,13 +22,13 @@ import pandas as pd
 import pytest
 
 from driftline.commands.train import read_event_file, register, train_on_events
-from driftline.core.offline import reference_features
 from driftline.core.predictions import DLQ_REASON, Prediction
 from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.worker import WorkerSettings
 from driftline.model.registry import ModelRegistry
 from driftline.model.runtimes.sklearn import Scorer
 from driftline.replay import replay
+from support.feature_oracle import reference_features
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from driftline.core.events import EventBatch, decode_batch
-from driftline.core.offline import reference_features
 from driftline.core.predictions import (
     DLQ_REASON,
     DLQ_SOURCE_OFFSET,
@@ -28,6 +27,7 @@ from driftline.event_producer import produce, produce_records
 from driftline.model.registry import LoadedModel
 from driftline.model.runtimes.sklearn import Scorer
 from driftline.simulate import Population
+from support.feature_oracle import reference_features
 
 pytestmark = pytest.mark.integration
 

@@ -133,8 +133,8 @@ def reference_scores(
     import pandas as pd
 
     from driftline.core.events import EventBatch
-    from driftline.core.offline import reference_features
     from driftline.model.runtimes.sklearn import Scorer
+    from support.feature_oracle import reference_features
 
     frame = EventBatch.from_frame(pd.DataFrame(list(events))).to_frame()
     unknown = {

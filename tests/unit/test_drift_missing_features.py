@@ -21,8 +21,8 @@ import pytest
 from driftline.commands.train import read_event_file, read_table, train_on_events
 from driftline.core.drift.checkpoint_check import mismatches
 from driftline.core.drift.divergence import jensen_shannon, psi
+from driftline.core.drift.goodness_of_fit import CategoricalWindowTest
 from driftline.core.drift.monitor import DRIFT, DriftMonitor, DriftUpdate, MonitorBudget
-from driftline.core.drift.window_tests import CategoricalWindowTest
 from driftline.core.offline import history_features
 from driftline.core.spec import load_default_spec
 from driftline.model.profile import build_reference_profile

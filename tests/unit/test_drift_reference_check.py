@@ -124,7 +124,7 @@ def test_the_rate_threshold_past_the_lattice_is_the_likelihood_ratio_bound() -> 
     """ARL0 5 * 10^11 at p0 = 0.904: the lattice search gives up; ``log(arl0)`` is used
     (a likelihood-ratio CUSUM's in-control ARL is at least ``exp(h)``)."""
     from driftline.core.drift.cusum import default_shift
-    from driftline.core.drift.monitor import _bernoulli_h
+    from driftline.core.drift.monitor.thresholds import bernoulli_h as _bernoulli_h
 
     p0 = 0.9040812809984159
     p1 = float(default_shift(np.array([p0]))[0])

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from driftline.core.events import EVENT_TYPES, EventBatch
-from driftline.core.offline import reference_features
 from driftline.core.spec import load_default_spec, parse_spec
 from driftline.core.state import NATIVE_KERNEL, FeatureState
 from driftline.core.watermark import PartitionWatermark
+from support.feature_oracle import reference_features
 
 SMALL_SPEC = parse_spec(
     {

@@ -18,7 +18,6 @@ import pytest
 from test_feature_parity import ENGINES, SMALL_SPEC, T0, assert_same
 
 from driftline.core.events import EventBatch
-from driftline.core.offline import reference_features
 from driftline.core.spec import load_default_spec
 from driftline.core.state import (
     COUNT_MAX,
@@ -29,6 +28,7 @@ from driftline.core.state import (
     FeatureState,
     SnapshotError,
 )
+from support.feature_oracle import reference_features
 
 MINUTE = 60_000
 COLUMNS = ["customer_id", "event_time", "event_type", "amount", "quantity", "age", "plan_type"]

@@ -206,8 +206,8 @@ class StreamClock:
         out = future.copy()
         accepted = accepted_max_ms
         for i, when in enumerate(times.tolist()):
-            front = max(accepted, int(quorum_front[i]))
-            if not out[i] and replaying[i] and front != NO_TIME and when > front + step:
+            front_i = max(accepted, int(quorum_front[i]))
+            if not out[i] and replaying[i] and front_i != NO_TIME and when > front_i + step:
                 out[i] = True
             if not out[i]:
                 accepted = max(accepted, when)
@@ -224,4 +224,5 @@ def _accepted_front(
     before = np.empty_like(running)
     before[0] = accepted_max_ms
     before[1:] = running[:-1]
-    return np.maximum(before, quorum_front)
+    result: np.ndarray = np.maximum(before, quorum_front)
+    return result

@@ -80,7 +80,7 @@ REASON_OVERSIZED = "oversized"
 REASON_EMPTY = "empty_value"
 REASON_KEY_MISMATCH = "key_mismatch"
 REASON_LATE = "late"
-#: The model raised on the event's features (isolated by ``driftline.model.isolation``).
+#: The model raised on the event's features (isolated by the model layer, ``model/isolation.py``).
 REASON_MODEL_ERROR = "model_error"
 #: Bytes that are not UTF-8 (overlong forms, surrogates, stray continuation bytes...)
 #: anywhere in the value, even in a key or value the decoder would otherwise skip.
@@ -226,7 +226,8 @@ class EventBatch:
             if name not in frame:
                 return np.full(n, np.nan if dtype is float else None, dtype=dtype)
             if dtype is float:
-                return frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+                result: np.ndarray = frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
+                return result
             values = frame[name].astype(object).to_numpy()
             return np.array([None if _is_missing(v) else str(v) for v in values], dtype=object)
 
@@ -475,7 +476,7 @@ def _reject_mis_keyed(
             Rejection(
                 int(batch.index[row]),
                 REASON_KEY_MISMATCH,
-                f"record key {key[:64]!r} != customer_id {customer[:64]!r}",
+                f"record key {(key or b'')[:64]!r} != customer_id {customer[:64]!r}",
             )
         )
     return batch.take(np.flatnonzero(~mismatch))

@@ -56,9 +56,9 @@ def rows_with_repeats(values: Sequence[bytes], present: dict[str, int]) -> dict[
             suspects.update(i for i, v in enumerate(values) if v.count(needle) > 1)
     found: dict[int, str] = {}
     for i in sorted(suspects):
-        name = _repeated_name(values[i], present)
-        if name is not None:
-            found[i] = name
+        repeated = _repeated_name(values[i], present)
+        if repeated is not None:
+            found[i] = repeated
     return found
 
 

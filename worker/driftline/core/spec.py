@@ -20,7 +20,7 @@ import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from driftline.core.events import CATEGORICAL_FIELDS, EVENT_TYPES, NUMERIC_FIELDS, PROFILE_FIELDS
 
@@ -240,11 +240,10 @@ def _parse_feature(entry: dict[str, object], where: str) -> Feature:
             raise SpecError(f"{where}: ratio must be [numerator, denominator]")
         return RatioFeature(name=name, numerator=str(parts[0]), denominator=str(parts[1]))
     if entry.get("agg") == "tenure":
-        return TenureFeature(
-            name=name,
-            unit_ms=parse_duration_ms(entry.get("unit", "30d")),
-            floor=float(entry.get("floor", 1.0)),
-        )
+        # Values as TOML gives them (Any): parse_duration_ms and float judge them.
+        unit: Any = entry.get("unit", "30d")
+        floor: Any = entry.get("floor", 1.0)
+        return TenureFeature(name=name, unit_ms=parse_duration_ms(unit), floor=float(floor))
     agg = entry.get("agg")
     if agg not in AGGREGATIONS:
         raise SpecError(f"{where}: agg must be one of {(*AGGREGATIONS, 'tenure')}, got {agg!r}")
@@ -254,10 +253,10 @@ def _parse_feature(entry: dict[str, object], where: str) -> Feature:
             raise SpecError(f"{where}: agg {agg!r} needs field in {NUMERIC_FIELDS}")
     elif source_field is not None:
         raise SpecError(f"{where}: agg {agg!r} takes no field")
-    types = entry.get("event_types", [])
+    types: Any = entry.get("event_types", [])  # a str or a list of them, as TOML gives it
     if isinstance(types, str):
         types = [types]
-    unknown = [t for t in types if t not in EVENT_TYPES]  # type: ignore[union-attr]
+    unknown = [t for t in types if t not in EVENT_TYPES]
     if unknown:
         raise SpecError(f"{where}: unknown event types {unknown}; known: {EVENT_TYPES}")
     window = entry.get("window")
@@ -267,7 +266,7 @@ def _parse_feature(entry: dict[str, object], where: str) -> Feature:
         name=name,
         agg=str(agg),
         field=str(source_field) if source_field is not None else None,
-        event_types=tuple(types),  # type: ignore[arg-type]
+        event_types=tuple(types),
         window_ms=parse_duration_ms(window) if window is not None else None,  # type: ignore[arg-type]
         unit_ms=parse_duration_ms(entry.get("unit", "1d")),  # type: ignore[arg-type]
     )

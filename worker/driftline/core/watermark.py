@@ -75,4 +75,5 @@ class PartitionWatermark:
         self.front_ms = int(front[-1])
         self._max = max(self._max, int(times.max()))
         self._recent = extended[-(WINDOW - 1) :].copy()
-        return late
+        result: np.ndarray = late
+        return result

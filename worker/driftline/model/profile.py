@@ -31,11 +31,12 @@ Layout (``PROFILE_FORMAT`` = 1)::
       "score": { same as a numeric feature, for the model's positive-class score }
     }
 
-Binning rule (the monitor must use :func:`assign_bins` so the rule lives in one place):
-bins are right-closed, ``(-inf, e1], (e1, e2], ..., (ek, +inf)``.  The outer bins are
-open, so a live value beyond the training range still lands in a bin instead of being
-dropped.  Right-closed bins suit deduplicated quantile edges of discrete features (counts
-with many zeros): the edge ``0`` is an attained value and ``(-inf, 0]`` holds the zeros.
+Binning rule (:func:`driftline.core.drift.bins.assign_bins`, which the drift monitor uses
+too, so the rule lives in one place, in core): bins are right-closed, ``(-inf, e1], (e1,
+e2], ..., (ek, +inf)``.  The outer bins are open, so a live value beyond the training range
+still lands in a bin instead of being dropped.  Right-closed bins suit deduplicated quantile
+edges of discrete features (counts with many zeros): the edge ``0`` is an attained value
+and ``(-inf, 0]`` holds the zeros.
 
 Shares are over *observed* rows and sum to 1 (or the list/dict is empty when a column has
 no observed value at all); missingness is tracked separately in ``missing_rate`` so that a
@@ -50,17 +51,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from driftline.core.drift.bins import OTHER, assign_bins
+
 PROFILE_FORMAT = 1
-OTHER = "__other__"
-
-
-def assign_bins(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
-    """Bin index of each (non-missing) value for interior ``edges``: right-closed bins.
-
-    ``searchsorted(side="left")`` returns ``i`` with ``edges[i-1] < x <= edges[i]``, which
-    is exactly the right-closed rule described in the module docstring.
-    """
-    return np.searchsorted(np.asarray(edges, dtype=np.float64), values, side="left")
 
 
 def numeric_shares(values: np.ndarray, edges: Sequence[float]) -> list[float]:

@@ -35,7 +35,7 @@ from driftline.core.drift.divergence import (
     psi,
     smooth_shares,
 )
-from driftline.core.drift.window_tests import CategoricalWindowTest, WindowTestResult
+from driftline.core.drift.goodness_of_fit import CategoricalWindowTest, WindowTestResult
 
 __all__ = [
     "BernoulliCusum",

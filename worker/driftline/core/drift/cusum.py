@@ -44,18 +44,21 @@ that bank with ``cusum_threshold(..., increments="chi2")``.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+_cusum_kernel: ModuleType | None
 try:  # built at install time when a C compiler is there (an optional extension)
-    from driftline.core.drift import _cusum_kernel
+    _cusum_kernel = importlib.import_module("driftline.core.drift._cusum_kernel")
 except ImportError:  # pragma: no cover - depends on the install
-    _cusum_kernel = None  # type: ignore[assignment]
+    _cusum_kernel = None
 
 STATE_VERSION = 1
 #: Whether ``_scan`` runs the per-event recursion in C (``_cusum_kernel.c``); without it the
@@ -98,7 +101,8 @@ def _first_true(mask: np.ndarray) -> np.ndarray:
         return np.full(mask.shape[1], -1, dtype=np.int64)
     first = mask.argmax(axis=0).astype(np.int64)
     first[~mask.any(axis=0)] = -1
-    return first
+    result: np.ndarray = first
+    return result
 
 
 def _scan(
@@ -180,6 +184,7 @@ def _native_scan(
     first = np.empty(k, dtype=np.int64)
     n_alarms = np.empty(k, dtype=np.int64)
     direction = np.empty(k, dtype=np.int8)
+    assert _cusum_kernel is not None  # callers check NATIVE_SCAN
     _cusum_kernel.scan(
         np.ascontiguousarray(np.stack(sides), dtype=np.float64),
         finals,
@@ -212,7 +217,8 @@ def _peak(paths: Sequence[np.ndarray], stop: np.ndarray | None) -> np.ndarray:
     if stop is not None:
         rows = np.arange(statistic.shape[0])[:, None]
         statistic = np.where((stop[None, :] >= 0) & (rows > stop[None, :]), 0.0, statistic)
-    return statistic.max(axis=0)
+    result: np.ndarray = statistic.max(axis=0)
+    return result
 
 
 def _per_stream(value: float | np.ndarray | Sequence[float], k: int, what: str) -> np.ndarray:
@@ -236,7 +242,8 @@ def _as_batch(values: np.ndarray, k: int) -> np.ndarray:
 def variance_increments(z: np.ndarray) -> np.ndarray:
     """``(z**2 - 1) / sqrt(2)``: mean 0, variance 1 for N(0, 1) input; NaN stays NaN."""
     z = np.asarray(z, dtype=np.float64)
-    return (z * z - 1.0) / math.sqrt(2.0)
+    result: np.ndarray = (z * z - 1.0) / math.sqrt(2.0)
+    return result
 
 
 class CusumBank:

@@ -1,7 +1,7 @@
 """Histogram divergences (PSI, Jensen-Shannon) over frozen bins, and tumbling windows of counts.
 
 Both divergences compare the reference shares of a feature (from the reference profile,
-binned with :func:`driftline.model.profile.assign_bins`) with the bin counts of a live window
+binned with :func:`driftline.core.drift.bins.assign_bins`) with the bin counts of a live window
 binned with the *same* frozen edges.  Many features are handled at once as a padded
 (F, B) matrix: features have different numbers of bins (edges are deduplicated quantiles), so
 a boolean ``mask`` marks the bins that exist; padded bins must hold share 0 and count 0.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from driftline.model.profile import assign_bins
+from driftline.core.drift.bins import assign_bins
 
 DEFAULT_EPS = 1e-4
 _NEVER = -(2**62)  # "no event time yet"; far below any real time, no int64 overflow
@@ -53,7 +53,8 @@ def _observed_shares(counts: np.ndarray) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.float64)
     total = counts.sum(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return counts / total  # NaN rows for windows without any observation
+        result: np.ndarray = counts / total  # NaN rows for windows without any observation
+        return result
 
 
 def psi(
@@ -87,7 +88,8 @@ def g_statistic(counts: np.ndarray, reference: np.ndarray) -> np.ndarray:
     expected = counts.sum(axis=-1, keepdims=True) * np.asarray(reference, dtype=np.float64)
     positive = counts > 0
     ratio = np.divide(counts, expected, out=np.ones_like(counts), where=positive)
-    return 2.0 * np.where(positive, counts * np.log(ratio), 0.0).sum(axis=-1)
+    result: np.ndarray = 2.0 * np.where(positive, counts * np.log(ratio), 0.0).sum(axis=-1)
+    return result
 
 
 def chi2_statistic(counts: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -98,7 +100,8 @@ def chi2_statistic(counts: np.ndarray, reference: np.ndarray) -> np.ndarray:
     quotient = np.divide(
         (counts - expected) ** 2, expected, out=np.zeros_like(counts), where=present
     )
-    return quotient.sum(axis=-1)
+    result: np.ndarray = quotient.sum(axis=-1)
+    return result
 
 
 def jensen_shannon(reference: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -112,7 +115,8 @@ def jensen_shannon(reference: np.ndarray, counts: np.ndarray) -> np.ndarray:
     p = np.divide(p, total, out=np.full_like(p, np.nan), where=total > 0)
     q = _observed_shares(counts)
     m = 0.5 * (p + q)
-    return 0.5 * (_kl_bits(p, m) + _kl_bits(q, m))
+    result: np.ndarray = 0.5 * (_kl_bits(p, m) + _kl_bits(q, m))
+    return result
 
 
 def _kl_bits(a: np.ndarray, m: np.ndarray) -> np.ndarray:

@@ -55,7 +55,7 @@ class ReferenceCheck:
         self.n_events = int(n_events)
         self.psi_limit = float(psi_limit)
         self.share = float(share)
-        self.counts = np.zeros(reference_shares.shape, dtype=np.int64)
+        self.counts: np.ndarray = np.zeros(reference_shares.shape, dtype=np.int64)
         self.seen = 0
         #: None until decided; then whether the reference does not fit.
         self.mismatch: bool | None = None

@@ -170,7 +170,7 @@ def mean_design_effect(keys: np.ndarray | None, block: int) -> float:
     pairs = np.repeat(np.arange(blocks), block) * width + codes[: blocks * block] + 1
     cells, counts = np.unique(pairs, return_counts=True)
     squares = np.bincount(cells // width, weights=counts.astype(np.float64) ** 2, minlength=blocks)
-    return float(max(1.0, np.mean(squares / block)))
+    return max(1.0, float(np.mean(squares / block)))
 
 
 @dataclass(frozen=True)

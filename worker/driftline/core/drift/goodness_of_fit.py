@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from driftline.core.drift.bins import OTHER
 from driftline.core.drift.calibration import window_test_threshold
 from driftline.core.drift.cusum import kish_design_effect
 from driftline.core.drift.divergence import chi2_statistic, g_statistic, smooth_shares
-from driftline.model.profile import OTHER
 
 
 @dataclass(frozen=True)
