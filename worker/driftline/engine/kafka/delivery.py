@@ -308,11 +308,3 @@ class Deliverer:
         failed = in_flight is not None and in_flight.future.exception() is not None
         self._executor.shutdown(wait=True)
         return failed
-
-
-def count_reasons(rejected: list[Rejected]) -> dict[str, int]:
-    """Dead letters per reason, for the metrics."""
-    counts: dict[str, int] = {}
-    for r in rejected:
-        counts[r.reason] = counts.get(r.reason, 0) + 1
-    return counts

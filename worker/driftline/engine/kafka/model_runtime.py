@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import logging
 
+from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.settings import WorkerSettings
-from driftline.model.registry import LoadedModel
+from driftline.model.registry import LoadedModel, ModelRegistry
 from driftline.model.scoring import Scorer
 from driftline.model.verification import RuntimeRefused
+from driftline.model.watcher import ModelWatcher
 
 log = logging.getLogger(__name__)
+
+
+def model_watcher(settings: WorkerSettings, spec: FeatureSpec) -> ModelWatcher:
+    """The registry watcher of the model a worker serves: it loads the model at start and
+    offers newer verified versions between batches (refusing ones that do not fit
+    ``spec``'s features)."""
+    return ModelWatcher(
+        ModelRegistry(settings.registry),
+        settings.model_name,
+        settings.model_version,
+        expected_features=spec.feature_names,
+        expected_spec_digest=spec.digest,
+        interval_s=settings.model_poll_interval_s,
+    )
 
 
 def scorer_for(loaded: LoadedModel, settings: WorkerSettings) -> Scorer:

@@ -1,17 +1,8 @@
 """The confluent-kafka engine's loop: consume a micro-batch, process it, produce, commit.
 
-The loop itself is here; each concern it coordinates has a module of its own:
-
-* ``settings``: ``WorkerSettings``; ``clients``: the consumer's and producer's settings;
-* ``model_runtime``: which runtime scores (scikit-learn, compiled, ONNX);
-* ``delivery``: producing a batch with backpressure, flushing, the at-least-once commit,
-  and the deliverer thread that overlaps a batch's delivery with the next one's scoring;
-* ``transactions``: exactly-once (a transaction per batch) and the rewind after a failed
-  one; ``ports``: the few client calls those two need (unit-tested without a broker);
-* ``changelog`` and ``offsets``: the state's changelog topic, its restore, and what the
-  broker holds (committed offsets, the changelog's ends);
-* ``rebalance``: assignment (restore first) and revocation (settle first);
-* ``drift_sidecar``: drift monitoring, its checkpoints, retrain requests and alerts.
+The loop is here; each concern it coordinates has a module of its own (settings, clients,
+consume, model_runtime, scoring_overlap, delivery, transactions, ports, offsets, changelog,
+rebalance, drift_sidecar): see docs/architecture.md for the map and one event's walk.
 
 At-least-once (default): predictions and dead letters are produced and flushed, then the
 changelog, then the input offsets are committed.  A crash before the commit delivers the
@@ -48,6 +39,7 @@ from driftline.engine.base import (
     EXIT_OK,
     ScoringEngine,
 )
+from driftline.engine.batch_metrics import record_batch, record_scored
 from driftline.engine.batching import AdaptiveBatcher
 from driftline.engine.kafka.changelog import Changelog
 from driftline.engine.kafka.clients import consumer_config, producer_config
@@ -57,12 +49,11 @@ from driftline.engine.kafka.delivery import (
     GROUP_MOVED_ON,
     Deliverer,
     Delivery,
-    count_reasons,
     next_offsets,
 )
 from driftline.engine.kafka.drift_sidecar import DriftSidecar
 from driftline.engine.kafka.errors import DeliveryFailed, RestoreFailed, TransactionFailed
-from driftline.engine.kafka.model_runtime import scorer_for
+from driftline.engine.kafka.model_runtime import model_watcher, scorer_for
 from driftline.engine.kafka.offsets import COMMITTED_ATTEMPTS, BrokerOffsets
 from driftline.engine.kafka.ports import ProducerPort
 from driftline.engine.kafka.rebalance import Rebalance
@@ -73,7 +64,7 @@ from driftline.engine.kafka.transactions import (
     ExactlyOnce,
     transactional_producer,
 )
-from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
+from driftline.model.registry import LoadedModel, ModelRefused
 from driftline.model.scoring import Scorer, limit_native_threads
 from driftline.model.scoring_process import ScoringProcessFailed
 from driftline.model.verification import RuntimeRefused
@@ -214,15 +205,7 @@ class KafkaScoringWorker(ScoringEngine):
             signal.signal(sig, lambda *_: self.stop())
 
     def load_model(self) -> Scorer:
-        s = self.settings
-        self.model_watcher = ModelWatcher(
-            ModelRegistry(s.registry),
-            s.model_name,
-            s.model_version,
-            expected_features=self.spec.feature_names,
-            expected_spec_digest=self.spec.digest,
-            interval_s=s.model_poll_interval_s,
-        )
+        self.model_watcher = model_watcher(self.settings, self.spec)
         try:
             loaded = self.model_watcher.load()
         except ModelRefused as refused:
@@ -552,19 +535,7 @@ class KafkaScoringWorker(ScoringEngine):
         assert self.processor is not None
         records, started, raw = prepared.records, prepared.started, prepared.prepared.raw
         result = self.processor.finish(prepared.prepared, scores)
-        if prepared.prepared.model_errors:
-            errors, calls = prepared.prepared.model_errors, prepared.prepared.isolation_calls
-            m.record_model_errors(errors, calls)
-            log.warning(
-                "the model raised on %d event(s) of a batch of %d: dead-lettered as "
-                "model_error, the rest scored (%d extra scorer calls)",
-                errors,
-                len(records),
-                calls,
-            )
-        m.observe_stage("decode", result.stage_seconds["decode"])
-        m.observe_stage("state", result.stage_seconds["state"])
-        m.observe_stage("predict", result.stage_seconds["predict"])
+        record_scored(m, prepared.prepared, result)
         self.drift.publish(self.processor, result)
 
         # The previous batch must be delivered and committed before this one produces.
@@ -601,20 +572,14 @@ class KafkaScoringWorker(ScoringEngine):
             # guarded in ``Changelog.restore``.  Pipelining stays off until that loop passes.
             self.deliverer.collect(consumer, block=True)
 
-        if result.n_redelivered:
-            m.inc_redelivered(result.n_redelivered)
-        n = len(records)
-        m.inc_events_consumed(s.input_topic, n)
-        m.inc_predictions(
-            self.processor.scorer.name, self.processor.scorer.version, len(result.prediction_values)
+        record_batch(
+            m,
+            self.processor,
+            result,
+            topic=s.input_topic,
+            n=len(records),
+            seconds=time.perf_counter() - started,
         )
-        for reason, count in count_reasons(result.rejected).items():
-            m.inc_dead_letters(reason, count)
-        if result.n_late:
-            m.inc_late_events(result.n_late)
-        m.observe_event_latencies(result.event_latency_seconds)
-        m.set_customers_in_state(self.processor.customers_in_state)
-        m.record_batch(n, time.perf_counter() - started)
 
 
 def serve_worker(settings: WorkerSettings, spec: FeatureSpec) -> int:
