@@ -38,7 +38,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from driftline.core.predictions import (
@@ -57,6 +57,7 @@ from driftline.core.predictions import (
     DLQ_VALUE_SHA256,
     DLQ_WORKER,
 )
+from driftline.engine.kafka.ports import ProducerPort
 from driftline.observability.metrics import WorkerMetrics
 from driftline.processor import Rejected
 
@@ -266,7 +267,7 @@ class DeadLetterWriter:
 
     def produce(
         self,
-        producer: Producer,
+        producer: ProducerPort,
         records: Sequence[Message],
         rejected: Sequence[Rejected],
         failed_at: bytes,
