@@ -414,6 +414,11 @@ def cdnow_replay(path: str, train_months: int = 6) -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] in (["stream"], ["write"]):
+        from .independent_stream import stream_main, write_main
+
+        run = stream_main if sys.argv[1] == "stream" else write_main
+        sys.exit(run(sys.argv[2:]))
     if sys.argv[1:2] == ["delays"]:
         sys.exit(delays_main(sys.argv[2:]))
     if sys.argv[1:2] == ["cdnow"]:
