@@ -134,7 +134,8 @@ def serve_stream(
     from driftline.core.spec import load_default_spec
 
     stream = RenewingStream(seed, customers, days, chunk_days)
-    history, chunks = split_history(stream.chunks(), train_days)
+    end_ms = stream.generator.start_ms + int(train_days * DAY_MS)
+    history, chunks = split_history(stream.chunks(), end_ms)
     log(f"training on {len(history):,} events of {train_days:g} days")
     result = train_on_events(
         history, load_default_spec(), horizon_days=60, n_estimators=60, progress=False
@@ -191,7 +192,7 @@ def stream_main(argv: list[str] | None = None) -> int:
 
 def write_main(argv: list[str] | None = None) -> int:
     """``python -m tests.support.drift_acceptance write FILE``: the stream as an event file
-    (Parquet when FILE ends in .parquet, else JSON lines) for ``driftline bench drift
+    (Parquet when FILE ends in .parquet, else CSV) for ``driftline bench drift
     --events FILE``.  Written chunk by chunk."""
     import argparse
 
@@ -208,8 +209,8 @@ def write_main(argv: list[str] | None = None) -> int:
 
 
 def write_events(chunks, path: str) -> int:
-    """Write event tables to ``path``: Parquet (``.parquet``) or JSON lines, as
-    ``driftline replay`` reads them; returns the number of events."""
+    """Write event tables to ``path``: Parquet (``.parquet``) or CSV, the formats
+    ``driftline replay`` and ``driftline train`` read; returns the number of events."""
     n = 0
     if str(path).endswith(".parquet"):
         import pyarrow as pa
@@ -225,10 +226,8 @@ def write_events(chunks, path: str) -> int:
         if writer is not None:
             writer.close()
         return n
-    with open(path, "w", encoding="utf-8") as out:
-        for chunk in chunks:
-            out.write(chunk.to_json(orient="records", lines=True, force_ascii=False))
-            if not chunk.empty:
-                out.write("\n")
+    with open(path, "w", encoding="utf-8", newline="") as out:
+        for i, chunk in enumerate(chunks):
+            chunk.to_csv(out, index=False, header=i == 0)
             n += len(chunk)
     return n
