@@ -144,12 +144,12 @@ def serve_stream(
     profile = result.reference_profile
 
     def report(tally: StreamTally, seconds: float) -> None:
-        from driftline.bench_drift_streams import peak_rss_mb
+        from driftline.bench_drift_streams import peak_rss_mb, rss_mb
 
         log(
             f"  {tally.events:,} served, {sum(tally.alarms.values())} alarms "
-            f"{dict(tally.alarms)}, {tally.requests} retrain requests, "
-            f"{seconds:.0f} s, peak RSS {peak_rss_mb():,.0f} MB"
+            f"{dict(tally.detector_alarms)}, {tally.requests} retrain requests, "
+            f"{seconds:.0f} s, RSS {rss_mb():,.0f} MB (peak {peak_rss_mb():,.0f} MB)"
         )
 
     return monitor_stream(

@@ -54,6 +54,7 @@ def _check_rows(report: StreamReport) -> None:
         assert row.budget_alarms == pytest.approx(row.detectors * report.events / arl0)
         assert row.per_million == pytest.approx(row.alarms * 1e6 / report.events)
         assert row.within == (row.alarms <= row.budget_alarms)
+        assert sum(row.by_detector.values()) == row.alarms
     assert report.events > 0 and report.days > 0 and report.customers > 0
     table = report.to_table()
     for row in report.rows:

@@ -59,6 +59,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def rss_mb() -> float:
+    """Resident set size now, in MB (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * resource.getpagesize() / 2**20
+
+
 def detectors_per_feature(monitor: DriftMonitor) -> dict[str, int]:
     """How many of the monitor's budgeted detectors watch each feature (module docstring
     of :mod:`driftline.core.drift.monitor`): mean, variance and missing for a numeric
@@ -86,6 +96,8 @@ class FeatureRow:
     per_million: float
     budget_per_million: float
     budget_alarms: float  # what the budget allows over the events served
+    #: Alarms by detector (``mean``, ``variance``, ``missing``, ``category_mix``...).
+    by_detector: dict[str, int] = field(default_factory=dict)
 
     @property
     def within(self) -> bool:
@@ -108,7 +120,8 @@ class StreamReport:
     drift_episodes: int = 0
     drift_events: int = 0
     seconds: float = 0.0
-    peak_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0  # training included (it holds the history)
+    end_rss_mb: float = 0.0  # while serving: bounded by a chunk and the state
 
     @property
     def alarms(self) -> int:
@@ -126,26 +139,29 @@ class StreamReport:
         lines = [
             f"stream: {self.stream}",
             f"served {self.events:,} events of {self.customers:,} customers over "
-            f"{self.days:.1f} days in {self.seconds:.0f} s (peak RSS {self.peak_rss_mb:,.0f} MB)",
+            f"{self.days:.1f} days in {self.seconds:.0f} s (peak RSS {self.peak_rss_mb:,.0f} MB, "
+            f"{self.end_rss_mb:,.0f} MB at the end)",
             f"budget: {b['false_triggers']:g} false trigger per {b['period_days']:g} days at "
             f"{b['events_per_day']:,.0f} events/day over {self.detectors} detectors -> "
             f"ARL0 {self.arl0:,.0f} events each",
             "",
             "| feature | detectors | alarms | per 10^6 events | budget per 10^6 "
-            "| budget over the run | DRIFT episodes |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| budget over the run | DRIFT episodes | alarms by detector |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in self.rows:
             flag = "" if r.within else " (over)"
             lines.append(
                 f"| {r.feature} | {r.detectors} | {r.alarms}{flag} | {r.per_million:.3f} | "
-                f"{r.budget_per_million:.3f} | {r.budget_alarms:.2f} | {r.drift_episodes} |"
+                f"{r.budget_per_million:.3f} | {r.budget_alarms:.2f} | {r.drift_episodes} | "
+                + ", ".join(f"{d} {n}" for d, n in sorted(r.by_detector.items()))
+                + " |"
             )
         total_pm = self.alarms * 1e6 / max(1, self.events)
         lines += [
             f"| all | {self.detectors} | {self.alarms} | {total_pm:.3f} | "
             f"{self.detectors * 1e6 / self.arl0:.3f} | {self.budget_alarms:.2f} | "
-            f"{self.drift_episodes} |",
+            f"{self.drift_episodes} | |",
             "",
             f"retrain requests: {self.retrain_requests}; events served while any feature or "
             f"the score was in DRIFT: {self.drift_events:,}",
@@ -193,6 +209,9 @@ class StreamTally:
                     detectors=d,
                     alarms=self.alarms[name],
                     drift_episodes=self.episodes[name],
+                    by_detector={
+                        d: n for (f, d), n in sorted(self.detector_alarms.items()) if f == name
+                    },
                     per_million=per_million,
                     budget_per_million=d * 1e6 / m.arl0,
                     budget_alarms=d * self.events / m.arl0,
@@ -212,6 +231,7 @@ class StreamTally:
             drift_events=self.drift_events,
             seconds=seconds,
             peak_rss_mb=peak_rss_mb(),
+            end_rss_mb=rss_mb(),
         )
 
 
