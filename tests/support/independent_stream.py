@@ -14,12 +14,16 @@ Used only for acceptance (``python -m tests.support.drift_acceptance stream`` an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .independent_events import DAY_MS, PLANS, REGIONS, IndependentEvents
+
+if TYPE_CHECKING:
+    from driftline.bench_drift_streams import StreamReport
 
 #: Mean customer lifetime of the renewing population (days), as drift_acceptance's.
 LIFETIME_DAYS = 90.0
@@ -124,8 +128,8 @@ def serve_stream(
     chunk_days: float = 1.0,
     budget_days: float = 30.0,
     progress_every: int = 1_000_000,
-    log=print,
-):
+    log: Callable[[str], object] = print,
+) -> StreamReport:
     """Train on the stream's first ``train_days`` as ``driftline train`` does, then serve
     the whole stream (the history warms the state) through the state engine, the model and
     the monitor, chunk by chunk; returns the bench's per-feature report."""
@@ -208,7 +212,7 @@ def write_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_events(chunks, path: str) -> int:
+def write_events(chunks: Iterable[pd.DataFrame], path: str) -> int:
     """Write event tables to ``path``: Parquet (``.parquet``) or CSV, the formats
     ``driftline replay`` and ``driftline train`` read; returns the number of events."""
     n = 0
