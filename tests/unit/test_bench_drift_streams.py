@@ -131,6 +131,9 @@ def test_the_command_line_runs_a_stream_and_says_what_is_wrong(
     missing = tmp_path / "nope.parquet"
     assert cli_main(["bench", "drift", "--events", str(missing)]) == 2
     assert "nope.parquet" in capsys.readouterr().err
+    # a file name where a count is expected (throughput) is a usage error, not a crash
+    assert cli_main(["bench", "throughput", "--events", "some.parquet"]) == 2
+    assert "a number of events" in capsys.readouterr().err
 
 
 def test_simulator_chunks_start_with_the_accounts_then_days_in_order() -> None:
