@@ -10,7 +10,9 @@ Two generators: the product's simulator (``driftline.simulate``), and
 ``tests/support/independent_events.py``, written apart from it (other segments, rates,
 categories, weekly seasonality, bursty and silent customers) and never used to tune the
 monitor.  ``python -m tests.support.drift_acceptance`` runs the long version and prints
-figures.
+figures; ``... stream`` serves 10^7 events and more drawn chunk by chunk, in bounded memory
+(``independent_stream.py``), and ``... write FILE`` writes that stream for
+``driftline bench drift --events FILE``.
 """
 
 from __future__ import annotations
@@ -414,6 +416,11 @@ def cdnow_replay(path: str, train_months: int = 6) -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] in (["stream"], ["write"]):
+        from .independent_stream import stream_main, write_main
+
+        run = stream_main if sys.argv[1] == "stream" else write_main
+        sys.exit(run(sys.argv[2:]))
     if sys.argv[1:2] == ["delays"]:
         sys.exit(delays_main(sys.argv[2:]))
     if sys.argv[1:2] == ["cdnow"]:

@@ -81,6 +81,8 @@ class IndependentEvents:
         self.spacing_ms = spacing_ms
         self.seed = seed
         self.start_ms = start_ms
+        #: Where the last ``times_and_types`` call's arrivals ended.
+        self.base_end_ms = start_ms
         shares = np.array([s.share for s in SEGMENTS])
         self.segment = self.rng.choice(len(SEGMENTS), size=customers, p=shares / shares.sum())
         self.ids = [f"u{seed}-{i:06d}" for i in range(customers)]
@@ -90,14 +92,24 @@ class IndependentEvents:
         self.region = self.rng.integers(0, len(REGIONS), customers)
         self.signup_ms = start_ms - self.rng.integers(0, 2000, customers) * DAY_MS
 
-    def times_and_types(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``n`` (customer, time, type) rows in time order, drawn from the rates."""
+    def times_and_types(
+        self, n: int, origin_ms: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``n`` (customer, time, type) rows in time order, drawn from the rates.
+
+        The arrivals start at ``origin_ms`` (default ``start_ms``); where they end is kept
+        in ``base_end_ms``, the next chunk's origin when a long stream is drawn in chunks.
+        A few events of a chunk land after it (moved by the weekday, up to an hour): a
+        streaming caller holds those back and merges them with the next chunk.
+        """
         rng = self.rng
         weights = np.array([sum(SEGMENTS[s].rates.values()) for s in self.segment])
         customer = rng.choice(len(self.ids), size=n, p=weights / weights.sum())
         # Arrival times: a Poisson stream whose rate follows the weekday.
         gaps = rng.exponential(1.0, n)
-        times = self.start_ms + np.cumsum(gaps * self.spacing_ms).astype(np.int64)
+        origin = self.start_ms if origin_ms is None else int(origin_ms)
+        times = origin + np.cumsum(gaps * self.spacing_ms).astype(np.int64)
+        self.base_end_ms = int(times[-1]) if n else origin
         weekday = ((times // DAY_MS) + 3) % 7  # 1970-01-01 was a Thursday
         keep = rng.random(n) < WEEKDAY_FACTOR[weekday] / WEEKDAY_FACTOR.max()
         # An event dropped by the weekday's rate moves up to 6000 mean gaps later (an hour

@@ -6,8 +6,8 @@ is never used to calibrate anything.  A model is trained on its first 330 days e
 ``driftline train`` does; the next ~120 days are served through the state engine, the
 model and the monitor with customer keys, as the worker runs them.  Nothing changed in
 the stream, so every alarm is false: the budget (1 false trigger per 30 days) bounds them,
-and no retrain request may be sent.  The long run (10^7 events) is
-``python -m tests.support.drift_acceptance``; figures in docs/drift-detection.md.
+and no retrain request may be sent.  The long run (10^7 events, streamed chunk by chunk) is
+``python -m tests.support.drift_acceptance stream``; figures in docs/drift-detection.md.
 """
 
 from __future__ import annotations

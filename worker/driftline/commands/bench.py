@@ -31,7 +31,13 @@ drift: the drift monitor on synthetic scenarios (mean shifts of 0.25/0.5/1 sd, a
 change, a new category, a missing-rate jump, concept drift, a long stationary stream):
 detection delay in events, whether the right feature was named, false alarms per million
 stationary events against the budget, and the monitor's cost in microseconds per event.
-No broker.
+On a stream instead of iid draws: `--stream simulator` (the product simulator's steady
+population, --customers, --days, --train-days, --seed) or `--events FILE` (an event file
+as `driftline replay` reads it, --mapping for a raw log; e.g. the independent generator's
+stream from `python -m tests.support.drift_acceptance write FILE`): a model trained on
+the stream's first --train-days as `driftline train` does, the rest served through the
+state engine, the model and the monitor; per feature: alarms, false alarms per 10^6 events
+against the budget, DRIFT episodes, and retrain requests.  No broker.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from __future__ import annotations
 import argparse
 
 from driftline.broker import BROKER_KINDS
+from driftline.commands._errors import CommandError
 from driftline.commands._kafka import add_kafka_client, connect
 
 HELP = __doc__ or ""
@@ -50,6 +57,14 @@ def _ints(value: str) -> list[int]:
 
 def _floats(value: str) -> list[float]:
     return [float(x) for x in value.split(",") if x]
+
+
+def _count_or_file(value: str) -> int | str:
+    """``--events``: a number of events, or (bench drift) an event file."""
+    try:
+        return int(value)
+    except ValueError:
+        return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,9 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--events",
-        type=int,
+        type=_count_or_file,
         default=None,
-        help="events for the throughput rows (default: 100000; all: 20000)",
+        help="events for the throughput rows (default: 100000; all: 20000); "
+        "drift: an event file to run the monitor on (Parquet or CSV)",
     )
     parser.add_argument("--per-event-events", type=int, default=2_000, help="events for (c), slow")
     parser.add_argument("--batch-size", type=int, default=2000, help="largest worker batch")
@@ -114,10 +130,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1_000_000,
         help="drift: length of the stationary stream for false alarms and cost",
     )
+    parser.add_argument(
+        "--stream",
+        choices=("iid", "simulator"),
+        default="iid",
+        help="drift: iid draws of a synthetic law, or the simulator's stream (default: iid)",
+    )
+    parser.add_argument("--mapping", default=None, help="drift --events: raw log mapping (cdnow)")
+    parser.add_argument("--days", type=float, default=300.0, help="drift --stream: days")
+    parser.add_argument(
+        "--train-days",
+        type=float,
+        default=None,
+        help="drift streams: days trained on (default: 200 simulated, 60%% of a file)",
+    )
+    parser.add_argument("--seed", type=int, default=7, help="drift --stream: seed")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.suite == "drift" and (args.stream != "iid" or isinstance(args.events, str)):
+        from driftline.bench_drift_streams import run_from_args
+
+        return run_from_args(args)
+    if isinstance(args.events, str):
+        raise CommandError(f"--events {args.events!r}: a number of events (a file: bench drift)")
     if args.suite == "drift":
         import sys
 
