@@ -268,3 +268,39 @@ def test_driftline_worker_engine_faust_serves_health_and_metrics_and_stops_on_si
     assert "worker stopped after" in log.read_text()
     ids = {decode_prediction(m.value()).event_id for m in consume_all(s.output_topic, len(events))}
     assert ids == {e["event_id"] for e in events}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_batch_whose_predictions_the_broker_refuses_is_not_committed(
+    engine: str,
+    worker_settings: WorkerSettings,
+    spec: FeatureSpec,
+    topic_factory: Callable[..., str],
+    kafka_bootstrap: str,
+) -> None:
+    """At-least-once: offsets are committed only after the batch's predictions are
+    delivered.  The output topic takes no record of a prediction's size, so the first
+    batch fails: the worker stops with exit 3 and the group commits nothing, so a
+    fixed deployment scores those events again.  (Faust's ``Stream.take`` would have
+    acked the batch anyway, and Faust committed it on the way out.)"""
+    from confluent_kafka import Consumer, TopicPartition
+
+    worker_settings.output_topic = topic_factory(4, "tiny", {"max.message.bytes": "100"})
+    events = live_events(300, seed=13)
+    produce(worker_settings.bootstrap_servers, worker_settings.input_topic, events)
+    worker = WORKERS[engine](worker_settings, spec)
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(code=worker.run()), daemon=True)
+    thread.start()
+    thread.join(90)
+    if thread.is_alive():
+        worker.stop()
+        thread.join(60)
+    assert result.get("code") == 3, f"{engine} worker exited with {result.get('code')}"
+    reader = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": worker_settings.group_id})
+    try:
+        asked = [TopicPartition(worker_settings.input_topic, p) for p in range(4)]
+        committed = reader.committed(asked, timeout=30)
+    finally:
+        reader.close()
+    assert [tp.offset for tp in committed if tp.offset >= 0] == []

@@ -219,6 +219,10 @@ class FaustScoringWorker:
             topic_disable_leader=True,
             topic_allow_declare=False,
             processing_guarantee="at_least_once",
+            # Stopping waits for the batch being scored (``_main``), not for every event
+            # handed out: events left unacked (after ``stop()``, or a failed batch's) are
+            # not committed, and come again.  Faust's wait for them would never end.
+            stream_wait_empty=False,
             consumer_auto_offset_reset="earliest",
             broker_session_timeout=6.0,
             broker_heartbeat_interval=1.5,
