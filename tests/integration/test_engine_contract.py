@@ -9,6 +9,7 @@ partitioned alike; the same metrics and health endpoints.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import signal
@@ -304,3 +305,31 @@ def test_a_batch_whose_predictions_the_broker_refuses_is_not_committed(
     finally:
         reader.close()
     assert [tp.offset for tp in committed if tp.offset >= 0] == []
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_second_worker_joining_mid_stream_loses_and_repeats_nothing(
+    engine: str,
+    worker_settings: WorkerSettings,
+    spec: FeatureSpec,
+    loaded_model: LoadedModel,
+    consume_all: Callable[..., list[Any]],
+) -> None:
+    """Partitions move to a second worker during a backlog: the first delivers what it
+    handed out before they go, the second restores their state from the changelog, so
+    every event is scored once with the offline score."""
+    worker_settings.model_runtime = "sklearn"  # slower batches: the backlog lasts
+    worker_settings.batch_size = 200
+    events = live_events(20_000, seed=14)
+    produce(worker_settings.bootstrap_servers, worker_settings.input_topic, events)
+    with engine_worker(engine, worker_settings, spec) as first:
+        deadline = time.monotonic() + 90
+        while first.events_processed < 1_000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.events_processed >= 1_000, "the first worker made no progress"
+        joining = dataclasses.replace(worker_settings, worker_id="second-worker")
+        with engine_worker(engine, joining, spec) as second:
+            messages = consume_all(worker_settings.output_topic, expected=len(events), timeout=180)
+            assert second.events_processed > 0, "the second worker got no partition"
+        assert first.events_processed < len(events)
+    assert_scored_once_as_offline(messages, events, spec, loaded_model)
