@@ -47,6 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model(parser)
     add_spec(parser)
     parser.add_argument(
+        "--engine",
+        choices=["kafka", "faust"],
+        default="kafka",
+        help="kafka: confluent-kafka (librdkafka), every option below; faust: a "
+        "faust-streaming app running the same processor, at-least-once, without "
+        "--exactly-once, --drift or --scoring-process (see the README's engine table) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--group-id", default=CONSUMER_GROUP, help="consumer group (default: %(default)s)"
     )
     parser.add_argument(
@@ -274,8 +283,18 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
 
 def run(args: argparse.Namespace) -> int:
     settings, spec = settings_from_args(args), load_spec_arg(args)
+    if args.engine == "faust":
+        from driftline.engine.faust.worker import unsupported
+
+        missing = unsupported(settings)
+        if missing:
+            raise CommandError("--engine faust does not support " + "; ".join(missing))
     connect(args)
     try:
+        if args.engine == "faust":
+            from driftline.engine.faust.worker import serve_faust_worker
+
+            return serve_faust_worker(settings, spec)
         return serve_worker(settings, spec)
     except PortInUse as error:
         raise CommandError(f"metrics {error} (choose another with --metrics-port)") from error
