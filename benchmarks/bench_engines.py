@@ -30,9 +30,10 @@ from driftline.core.spec import FeatureSpec, load_default_spec
 from driftline.engine.faust.worker import FaustScoringWorker
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.engine.kafka.worker import KafkaScoringWorker, WorkerSettings
+from driftline.event_producer import produce_records
 from driftline.model.registry import ModelRegistry
-from driftline.model.scoring import limit_native_threads
-from driftline.simulate import Population, produce_records
+from driftline.model.runtimes.sklearn import limit_native_threads
+from driftline.simulate import Population
 
 ENGINES: dict[str, Any] = {"kafka": KafkaScoringWorker, "faust": FaustScoringWorker}
 STAGES = ("decode", "state", "predict", "produce", "commit")

@@ -44,11 +44,11 @@ from driftline.core.predictions import (
     DLQ_WORKER,
 )
 from driftline.core.spec import FeatureSpec
+from driftline.corpus import bad_payloads, interleave
 from driftline.engine.faust.worker import FaustScoringWorker
 from driftline.engine.kafka.worker import KafkaScoringWorker, WorkerSettings
+from driftline.event_producer import produce
 from driftline.model.registry import LoadedModel
-from driftline.simulate import produce
-from driftline.testing.corpus import bad_payloads, interleave
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ import pandas as pd
 from .independent_events import DAY_MS, PLANS, REGIONS, IndependentEvents
 
 if TYPE_CHECKING:
-    from driftline.bench_drift_streams import StreamReport
+    from driftline.benchmarks.drift_streams import StreamReport
 
 #: Mean customer lifetime of the renewing population (days), as drift_acceptance's.
 LIFETIME_DAYS = 90.0
@@ -133,7 +133,7 @@ def serve_stream(
     """Train on the stream's first ``train_days`` as ``driftline train`` does, then serve
     the whole stream (the history warms the state) through the state engine, the model and
     the monitor, chunk by chunk; returns the bench's per-feature report."""
-    from driftline.bench_drift_streams import StreamTally, monitor_stream, split_history
+    from driftline.benchmarks.drift_streams import StreamTally, monitor_stream, split_history
     from driftline.commands.train import train_on_events
     from driftline.core.spec import load_default_spec
 
@@ -148,7 +148,7 @@ def serve_stream(
     profile = result.reference_profile
 
     def report(tally: StreamTally, seconds: float) -> None:
-        from driftline.bench_drift_streams import peak_rss_mb, rss_mb
+        from driftline.benchmarks.drift_streams import peak_rss_mb, rss_mb
 
         log(
             f"  {tally.events:,} served, {sum(tally.alarms.values())} alarms "

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driftline.bench_drift_streams import (
+from driftline.benchmarks.drift_streams import (
     SCORE,
     StreamReport,
     file_chunks,

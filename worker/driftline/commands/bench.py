@@ -150,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.suite == "drift" and (args.stream != "iid" or isinstance(args.events, str)):
-        from driftline.bench_drift_streams import run_from_args
+        from driftline.benchmarks.drift_streams import run_from_args
 
         return run_from_args(args)
     if isinstance(args.events, str):

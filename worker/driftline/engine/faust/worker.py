@@ -46,14 +46,14 @@ from driftline.engine.faust.records import (
     next_offsets,
     raw_batch,
 )
-from driftline.engine.faust.runtime import scorer_for
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics, wait_for_broker
 from driftline.engine.kafka.client_config import kafka_client_config
 from driftline.engine.kafka.dead_letters import batch_size_for, topic_max_message_bytes
 from driftline.engine.kafka.worker import WorkerSettings
 from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
-from driftline.model.scoring import Scorer, limit_native_threads
-from driftline.model.verification import RuntimeRefused
+from driftline.model.runtimes import serving_scorer
+from driftline.model.runtimes.sklearn import Scorer, limit_native_threads
+from driftline.model.runtimes.verification import RuntimeRefused
 from driftline.model.watcher import ModelWatcher
 from driftline.observability.http import HealthServer, HealthState
 from driftline.observability.metrics import WorkerMetrics
@@ -173,7 +173,7 @@ class FaustScoringWorker:
 
     def _use_model(self, loaded: LoadedModel) -> Scorer:
         s = self.settings
-        scorer = scorer_for(
+        scorer = serving_scorer(
             loaded,
             s.model_runtime,
             compiled_tolerance=s.compiled_tolerance,

@@ -12,8 +12,8 @@ import logging
 from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.settings import WorkerSettings
 from driftline.model.registry import LoadedModel, ModelRegistry
+from driftline.model.runtimes import serving_scorer
 from driftline.model.runtimes.sklearn import Scorer
-from driftline.model.runtimes.verification import RuntimeRefused
 from driftline.model.watcher import ModelWatcher
 
 log = logging.getLogger(__name__)
@@ -34,49 +34,11 @@ def model_watcher(settings: WorkerSettings, spec: FeatureSpec) -> ModelWatcher:
 
 
 def scorer_for(loaded: LoadedModel, settings: WorkerSettings) -> Scorer:
-    """scikit-learn, or a faster runtime when asked for and only once it matches
-    scikit-learn on the model's reference sample (a mismatch or an unsupported model
-    raises a ``RuntimeRefused``)."""
-    runtime = settings.model_runtime
-    if runtime == "sklearn":
-        return Scorer(loaded)
-    if runtime == "auto":
-        # The compiled runtime when it reproduces the model, else scikit-learn's own.
-        from driftline.model.runtimes.compiled import load_compiled_scorer
-
-        try:
-            compiled, _worst = load_compiled_scorer(loaded, settings.compiled_tolerance)
-        except RuntimeRefused as refused:
-            log.info("model %s %s runs in scikit-learn: %s", loaded.name, loaded.version, refused)
-            return Scorer(loaded)
-        log.info(
-            "model %s %s runs in the compiled runtime (same scores as scikit-learn on "
-            "its reference sample)",
-            loaded.name,
-            loaded.version,
-        )
-        return compiled
-    scorer: Scorer
-    if runtime == "compiled":
-        from driftline.model.runtimes.compiled import load_compiled_scorer
-
-        tolerance = settings.compiled_tolerance
-        scorer, worst = load_compiled_scorer(loaded, tolerance)
-        where = "the compiled runtime"
-    elif runtime == "onnx":
-        from driftline.model.runtimes.onnx import load_onnx_scorer
-
-        tolerance = settings.onnx_tolerance
-        scorer, worst = load_onnx_scorer(loaded, tolerance)
-        where = "ONNX Runtime"
-    else:
-        raise ValueError(f"unknown model runtime {runtime!r}: auto, sklearn, compiled or onnx")
-    log.info(
-        "model %s %s runs in %s (max |diff| vs scikit-learn %.2g, tolerance %g)",
-        loaded.name,
-        loaded.version,
-        where,
-        worst,
-        tolerance,
+    """The scorer for ``--model-runtime`` (:func:`driftline.model.runtimes.serving_scorer`,
+    the rule every engine applies)."""
+    return serving_scorer(
+        loaded,
+        settings.model_runtime,
+        compiled_tolerance=settings.compiled_tolerance,
+        onnx_tolerance=settings.onnx_tolerance,
     )
-    return scorer

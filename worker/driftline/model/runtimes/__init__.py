@@ -40,6 +40,7 @@ __all__ = [
     "Scorer",
     "limit_native_threads",
     "load_verified",
+    "serving_scorer",
 ]
 
 
@@ -66,3 +67,38 @@ def load_verified(
             model, onnx.DEFAULT_TOLERANCE if tolerance is None else tolerance, extra_rows
         )
     raise ValueError(f"no verified runtime {runtime!r}: {', '.join(VERIFIED_RUNTIMES)}")
+
+
+def serving_scorer(
+    loaded: LoadedModel, runtime: str, *, compiled_tolerance: float, onnx_tolerance: float
+) -> Scorer:
+    """The scorer an engine serves ``loaded`` with, for ``--model-runtime`` (auto, sklearn,
+    compiled or onnx): scikit-learn, or a faster runtime only once it matched scikit-learn
+    on the model's reference sample.  ``auto`` falls back to scikit-learn when the compiled
+    runtime refuses the model; an explicit runtime that refuses raises ``RuntimeRefused``.
+    One rule for every engine."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    if runtime == "sklearn":
+        return Scorer(loaded)
+    if runtime not in ("auto", "compiled", "onnx"):
+        raise ValueError(f"unknown model runtime {runtime!r}: auto, sklearn, compiled or onnx")
+    name = "onnx" if runtime == "onnx" else "compiled"
+    tolerance = onnx_tolerance if runtime == "onnx" else compiled_tolerance
+    try:
+        scorer, worst = load_verified(name, loaded, tolerance)
+    except RuntimeRefused as refused:
+        if runtime != "auto":
+            raise
+        log.info("model %s %s runs in scikit-learn: %s", loaded.name, loaded.version, refused)
+        return Scorer(loaded)
+    log.info(
+        "model %s %s runs in the %s runtime (max |diff| vs scikit-learn %.2g, tolerance %g)",
+        loaded.name,
+        loaded.version,
+        name,
+        worst,
+        tolerance,
+    )
+    return scorer
