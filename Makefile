@@ -1,6 +1,7 @@
 # The two commands a fresh machine needs (see README.md):
 #   make demo   set up the virtualenv, then run the whole product on the embedded broker
 #   make test   set up the virtualenv (and promtool, and Apache Kafka's jars), then lint,
+#               type-check (mypy),
 #               check schemas and alert rules, and run every test on Apache Kafka
 # .ci/run calls `make test`, so CI proves the install steps too.
 
@@ -51,6 +52,7 @@ demo: $(STAMP)
 test: $(STAMP) system-deps kafka-jars
 	$(BIN)/ruff check worker tests
 	$(BIN)/ruff format --check worker tests
+	$(BIN)/mypy
 	$(BIN)/driftline schemas --check
 	promtool check rules monitoring/rules/*.yml
 	promtool test rules monitoring/tests/*.yml
@@ -64,6 +66,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format worker tests

@@ -41,7 +41,7 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -249,9 +249,11 @@ class BrokerProcess:
                 if time.monotonic() > deadline:
                     raise BrokerError(self._failure("did not accept TCP connections")) from None
                 time.sleep(0.05)
-        admin = AdminClient(
-            {"bootstrap.servers": f"{self.host}:{self.port}", "logger": _KAFKA_LOGGER}
-        )
+        config: dict[str, Any] = {
+            "bootstrap.servers": f"{self.host}:{self.port}",
+            "logger": _KAFKA_LOGGER,
+        }
+        admin = AdminClient(config)
         while True:
             self._check_alive()
             try:

@@ -11,7 +11,7 @@ the benchmark and the tests.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -128,7 +128,7 @@ class ScoringProcessor:
         changelog: bool = True,
         drift: DriftMonitor | None = None,
         trigger: RetrainTrigger | None = None,
-        clock: type[time.time] = time.time,  # type: ignore[valid-type]
+        clock: Callable[[], float] = time.time,
         clock_skew: ClockSkewPolicy | None = None,
     ) -> None:
         if scorer.feature_names != spec.feature_names:

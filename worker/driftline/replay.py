@@ -26,7 +26,7 @@ import pandas as pd
 
 from driftline.core.events import EVENT_TYPES, CustomerEvent
 from driftline.event_producer import produce_records
-from driftline.simulate import EVENT_FIELDS
+from driftline.simulate import EVENT_FIELDS, with_none
 
 __all__ = [
     "CALENDAR_CYCLE_MS",
@@ -303,7 +303,7 @@ def encode_events(frame: pd.DataFrame) -> list[bytes]:
             columns.append(series.to_numpy(dtype=np.int64).tolist())
         elif name in _NUMERIC_FIELDS:
             values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-            columns.append(np.where(np.isnan(values), None, values).tolist())  # type: ignore[call-overload]
+            columns.append(with_none(values))
         else:
             values = series.astype(object).to_numpy()
             columns.append([None if _missing(v) else str(v) for v in values])

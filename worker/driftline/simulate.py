@@ -530,9 +530,7 @@ def frame_to_events(frame: pd.DataFrame) -> Iterator[dict[str, Any]]:
             columns.append(series.to_numpy(dtype=np.int64).tolist())
         elif name in _FLOAT_FIELDS:
             values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-            columns.append(
-                np.where(np.isnan(values), None, values).tolist()  # type: ignore[call-overload]
-            )
+            columns.append(with_none(values))
         else:
             values = series.astype(object).to_numpy()
             columns.append([None if _missing(v) else str(v) for v in values])
@@ -559,3 +557,10 @@ def write_history(frame: pd.DataFrame, path: str | Path) -> Path:
     else:
         raise ValueError(f"unsupported history file type {path.suffix!r}: use .csv or .parquet")
     return path
+
+
+def with_none(values: np.ndarray) -> list[Any]:
+    """Floats as a list, NaN as None (JSON null)."""
+    boxed = values.astype(object)
+    boxed[np.isnan(values)] = None
+    return list(boxed.tolist())

@@ -244,9 +244,7 @@ def make_monitor(profile: dict[str, Any], budget_days: float = 30.0) -> DriftMon
         profile,
         spec.numeric_features,
         spec.categorical_features,
-        # BudgetLike declares settable fields and MonitorBudget is frozen; the monitor only
-        # reads them.  The fix (read-only protocol members) belongs in core/drift/monitor.py.
-        budget,  # type: ignore[arg-type]
+        budget,
     )
 
 

@@ -65,7 +65,8 @@ def _env_value(action: argparse.Action, raw: str) -> object:
     ):
         return parse_bool(raw)
     listed = action.nargs in ("*", "+") or isinstance(action, argparse._AppendAction)
-    values = [action.type(v) if action.type else v for v in (raw.split(",") if listed else [raw])]
+    parse = action.type if callable(action.type) else None
+    values = [parse(v) if parse else v for v in (raw.split(",") if listed else [raw])]
     if action.choices is not None and any(v not in action.choices for v in values):
         raise ValueError(f"{raw!r} is not one of {', '.join(map(str, action.choices))}")
     return values if listed else values[0]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol, Self, TypeVar
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class Rows(Protocol):
 
     def __len__(self) -> int: ...
 
-    def take(self, rows: np.ndarray) -> Rows: ...
+    def take(self, rows: np.ndarray) -> Self: ...
 
 
 B = TypeVar("B", bound=Rows)

@@ -283,7 +283,8 @@ class DeadLetterWriter:
         cut_count = 0
         for r in rejected:
             record = records[r.index]
-            source = (record.partition(), record.offset())
+            # A consumed record always has both (None only on records being produced).
+            source = (int(record.partition() or 0), int(record.offset() or 0))
             if self.exactly_once and self._failed.get(source, 0) >= ATTEMPTS:
                 self._give_up(source, r.reason, "left out of the transaction")
                 with self._lock:
@@ -291,7 +292,7 @@ class DeadLetterWriter:
                 continue
             headers = dead_letter_headers(record, r, self.source_topic, self.worker_id, failed_at)
             key, value, headers_out, cut = fit_dead_letter(
-                record.key(), record.value(), headers, record.headers(), self.record_limit
+                record.key(), record.value(), headers, _header_list(record), self.record_limit
             )
             cut_count += cut
             on_delivery = self._callback(source, r.reason)
@@ -356,3 +357,12 @@ class DeadLetterWriter:
             reason,
             what,
         )
+
+
+def _header_list(record: Message) -> list[tuple[str, bytes | None]] | None:
+    """A consumed record's headers as pairs (librdkafka gives a consumed record a list)."""
+    headers = record.headers()
+    if headers is None:
+        return None
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]

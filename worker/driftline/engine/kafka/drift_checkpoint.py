@@ -110,9 +110,11 @@ class DriftCheckpoints:
         try:
             record = msgspec.json.decode(payload, type=CheckpointRecord)
         except msgspec.DecodeError as exc:  # also a record of the wrong shape
-            return self._ignore("undecodable", f"not a drift checkpoint: {exc}")
+            self._ignore("undecodable", f"not a drift checkpoint: {exc}")
+            return None
         if record.format != FORMAT:
-            return self._ignore("format", f"format {record.format}, this worker reads {FORMAT}")
+            self._ignore("format", f"format {record.format}, this worker reads {FORMAT}")
+            return None
         return record
 
     def restore(

@@ -73,9 +73,7 @@ class DriftSidecar:
             profile,
             self.spec.numeric_features,
             self.spec.categorical_features,
-            # core's BudgetLike declares settable fields and MonitorBudget is frozen: the
-            # monitor only reads them (a core typing fix, outside the engine).
-            MonitorBudget(false_triggers=1.0, period_days=30.0, events_per_day=float(per_day)),  # type: ignore[arg-type]
+            MonitorBudget(false_triggers=1.0, period_days=30.0, events_per_day=float(per_day)),
             importances=feature_importances(loaded, self.spec),
         )
         trigger = RetrainTrigger(

@@ -94,9 +94,7 @@ class BrokerOffsets:
         3,944 later scores were wrong).  So it waits until stable end = log end.
         """
         from confluent_kafka import IsolationLevel
-
-        # Re-exported by confluent_kafka.admin without an ``__all__`` naming it.
-        from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
+        from confluent_kafka.admin import OffsetSpec
 
         tp = TopicPartition(self.changelog_topic, partition)
         ends = []

@@ -30,7 +30,7 @@ def read_retrain_requests(
     requests: list[RetrainRequest] = []
     for message in read_to_end(bootstrap, topic, timeout_s):
         try:
-            requests.append(msgspec.json.decode(message.value(), type=RetrainRequest))
+            requests.append(msgspec.json.decode(message.value() or b"", type=RetrainRequest))
         except msgspec.DecodeError as exc:
             log.warning("skipping an undecodable record on %s: %s", topic, exc)
     return requests
