@@ -29,6 +29,7 @@ from driftline.core.drift.monitor.thresholds import (
     bernoulli_h,
     block_h,
     vocabulary,
+    warn_fraction_for,
     wilson_upper,
 )
 from driftline.core.drift.monitor.updates import (
@@ -56,7 +57,7 @@ class DetectorSetup:
         window_events: int = 5000,
         window_seconds: float = 300.0,
         clear_windows: int = 3,
-        warn_fraction: float = 0.5,
+        warn_fraction: float | None = None,
         category_window: int = 1000,
         decision_threshold: float = 0.5,
         allowed_lateness_seconds: float = 0.0,
@@ -66,7 +67,7 @@ class DetectorSetup:
     ) -> None:
         if window_events < 1 or category_window < 1 or clear_windows < 1:
             raise ValueError("window sizes and clear_windows must be positive")
-        if not 0.0 < warn_fraction <= 1.0:
+        if warn_fraction is not None and not 0.0 < warn_fraction <= 1.0:
             raise ValueError("warn_fraction must be in (0, 1]")
         self.numeric = [str(n) for n in numeric]
         self.categorical = [str(c) for c in categorical]
@@ -82,7 +83,8 @@ class DetectorSetup:
         self.window_events = int(window_events)
         self.window_seconds = float(window_seconds)
         self.clear_windows = int(clear_windows)
-        self.warn_fraction = float(warn_fraction)
+        self._warn_fraction_given = None if warn_fraction is None else float(warn_fraction)
+        self.warn_fraction = 0.5  # set for the budget in _setup
         self.category_window = int(category_window)
         self.decision_threshold = float(decision_threshold)
         self.allowed_lateness_seconds = float(allowed_lateness_seconds)
@@ -126,6 +128,11 @@ class DetectorSetup:
         #: stream as served (``monitor`` package docstring, "Serially dependent features").
         self.calibration = SerialCalibration.from_profile(profile)
         self.block_events = self.calibration.block_events
+        self.warn_fraction = (
+            self._warn_fraction_given
+            if self._warn_fraction_given is not None
+            else warn_fraction_for(self.arl0, self.budget.period_days, self.block_events)
+        )
 
         # Rank scores of numeric features and of the score (last column), per reference bin.
         streams = [*self.numeric, SCORE]

@@ -67,3 +67,22 @@ def vocabulary(shares: Mapping[str, float]) -> dict[str, float]:
     vocabulary = {str(c): float(v) for c, v in shares.items()}
     vocabulary.setdefault(OTHER, 0.0)
     return vocabulary
+
+
+def warn_fraction_for(arl0: float, period_days: float, block_events: int) -> float:
+    """The share of each threshold past which a feature shows WARN, from the budget.
+
+    ``arl0`` (events) spends the budget's false alarms over ``period_days``; WARN gets a
+    budget of its own, about one onset a day over all detectors: a run length
+    ``period_days`` times shorter.  The fraction is the ratio of the block CUSUM's
+    thresholds for the two run lengths (exact for the mean and spread detectors, which
+    carry most of the weight; the same share is used for the others).  A fixed half of
+    the threshold, as before, is crossed by a stationary stream about every
+    ``sqrt(arl0)`` blocks: WARN for minutes at a time on traffic that never changed.
+    """
+    if period_days <= 1.0:
+        return 0.5
+    blocks = max(float(block_events), 1.0)
+    full = block_h(arl0 / blocks)
+    warn = block_h(arl0 / period_days / blocks)
+    return float(min(max(warn / full, 0.5), 0.95))
