@@ -38,6 +38,7 @@ from faust.types import TP, EventT
 
 from driftline.core.clock_skew import ClockSkewPolicy
 from driftline.core.spec import FeatureSpec
+from driftline.engine.base import ScoringEngine
 from driftline.engine.faust.changelog import RestoreFailed, restore
 from driftline.engine.faust.delivery import DeliveryFailed, FaustDelivery
 from driftline.engine.faust.records import (
@@ -104,7 +105,7 @@ class _Transport(faust_aiokafka.Transport):
     Producer = _IdempotentProducer
 
 
-class FaustScoringWorker:
+class FaustScoringWorker(ScoringEngine):
     """One worker process: a Faust app in the consumer group, scoring what it is assigned."""
 
     def __init__(

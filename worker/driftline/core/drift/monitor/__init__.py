@@ -48,17 +48,17 @@ are positively correlated and missing values are skipped.
 
 States
 ------
-``OK (0) -> WARN (1)`` while any current statistic of the feature exceeds
-``warn_fraction * threshold`` (not latched: WARN follows the statistics).  WARN has a
-budget of its own, about one onset a day over all detectors on an unchanged stream: the
-fraction is the ratio of the block CUSUM's thresholds for run lengths ``ARL0 /
-period_days`` and ``ARL0`` (``thresholds.warn_fraction_for``; 0.55-0.8 for usual budgets).  ``DRIFT (2)`` as
-soon as a detector alarms; the alarmed CUSUM restarts from 0 (so a persisting shift alarms
-again, which keeps the latch closed) and the feature stays in DRIFT until ``clear_windows``
+``OK (0) -> WARN (1)`` while any current statistic of the feature exceeds ``warn_fraction *
+threshold`` (not latched: WARN follows the statistics). WARN has a budget of its own, about
+one onset a day over all detectors on an unchanged stream: the fraction is the ratio of the
+block CUSUM's thresholds for run lengths ``ARL0 / period_days`` and ``ARL0``
+(``thresholds.warn_fraction_for``; 0.55-0.8 for usual budgets). ``DRIFT (2)`` as soon as a
+detector alarms; the alarmed CUSUM restarts from 0 (so a persisting shift alarms again,
+which keeps the latch closed) and the feature stays in DRIFT until ``clear_windows``
 consecutive completed event windows were *clean*: no alarm of the feature inside the window
-and, at the window's last event, every statistic of the feature below half its threshold.
-A batch is cut at event-window boundaries before the CUSUMs run so that "at the window's
-last event" is exact whatever the batch size.
+and, at the window's last event, every statistic of the feature below half its threshold. A
+batch is cut at event-window boundaries before the CUSUMs run so that "at the window's last
+event" is exact whatever the batch size.
 
 Features missing throughout
 ---------------------------
