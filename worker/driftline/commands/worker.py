@@ -8,6 +8,10 @@ allowance (--max-clock-skew, --max-replay-jump) or arrive later than the waterma
 dead-letter topic with their original bytes and the reason.  Offsets are committed only
 after the predictions are delivered (at-least-once).
 
+At every event-time tick (--tick, default daily at 00:00 UTC) every customer in a
+partition's state is scored again with its features as of the tick, so customers who
+went quiet get fresh predictions (trigger "tick"); replays tick in event time.
+
 State survives restarts and rebalances: each partition's customer state is written to a
 compacted changelog topic and restored before the partition is processed.  With
 --exactly-once every batch is one transaction.
