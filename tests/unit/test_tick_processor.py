@@ -237,3 +237,33 @@ def test_ticks_off_by_default(spec: FeatureSpec, model: LoadedModel, history: pd
     result = proc.process(raw)
     assert result.ticks is None
     assert {decode(v).trigger for v in result.prediction_values} == {TRIGGER_EVENT}
+
+
+def test_an_at_least_once_redelivery_ticks_again_with_the_same_scores(
+    spec: FeatureSpec, model: LoadedModel, history: pd.DataFrame
+) -> None:
+    """A crash between changelog and commit (at-least-once): the restored state already
+    holds the batch, the watermark record says the batch was not committed, and the batch
+    comes again.  Its ticks fire again (duplicates, as at-least-once allows), with the
+    same scores; a customer whose restored state is already past a tick is left out of
+    it (its events after the tick were scored, and cannot be taken out of its windows)."""
+    first, second = batches(records(history), [900])
+    steady = processor(spec, model, history)
+    steady.process(first)
+    result = steady.process(second)
+    want = by_key(list(map(decode, result.prediction_values)))
+
+    crashed = processor(spec, model, history)
+    changelog = crashed.process(first).changelog + result.changelog
+    restarted = processor(spec, model, history)
+    for partition in range(PARTITIONS):
+        mine = [(k, v) for p, k, v in changelog if p == partition]
+        committed = int(first.offsets[first.partitions == partition].max()) + 1
+        restarted.restore(partition, mine, committed)
+    again = restarted.process(second)
+    assert again.n_redelivered == len(second)
+    got = by_key(list(map(decode, again.prediction_values)))
+    ticks_wanted = {k: v for k, v in want.items() if v[1] == TRIGGER_TICK}
+    assert got and set(got) < set(ticks_wanted)
+    assert all(got[k] == ticks_wanted[k] for k in got)
+    assert all(v[1] == TRIGGER_TICK for v in got.values())

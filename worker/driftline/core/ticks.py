@@ -155,14 +155,17 @@ def apply_with_ticks(
     as they did when first applied, but are not applied again.  Returns the events'
     features (rows of the applied events, in order) and the ticks.
     """
+    found = (
+        crossings(period_ms, high_mark_ms, part.event_time_ms, state.spec.eviction_after_ms)
+        if period_ms is not None
+        else None
+    )
+    if found is None or not len(found):  # the usual batch: no boundary crossed
+        if skip is None:
+            return PartitionUpdate(state.update_block(part, offsets))
+        rows = np.flatnonzero(~skip)
+        return PartitionUpdate(state.update_block(part.take(rows), offsets[rows]))
     keep = np.ones(len(part), dtype=bool) if skip is None else ~skip
-    if period_ms is None:
-        applied = part if keep.all() else part.take(np.flatnonzero(keep))
-        return PartitionUpdate(state.update_block(applied, offsets[keep]))
-    found = crossings(period_ms, high_mark_ms, part.event_time_ms, state.spec.eviction_after_ms)
-    if not len(found):
-        applied = part if keep.all() else part.take(np.flatnonzero(keep))
-        return PartitionUpdate(state.update_block(applied, offsets[keep]))
     blocks: list[FeatureBlock] = []
     ticks: list[Tick] = []
     start = 0
