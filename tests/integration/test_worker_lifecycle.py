@@ -46,6 +46,8 @@ def start_worker(settings: WorkerSettings, port: int, log: Path) -> subprocess.P
             settings.group_id,
             "--registry",
             settings.registry,
+            "--tick",
+            "off",  # one prediction per event is what this test counts
             "--batch-size",
             "100",
             "--metrics-host",

@@ -43,6 +43,37 @@ def reference_features(events: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     optional ``partition`` column (default: one partition).  Returns the features with
     the original index of the non-late rows.
     """
+    rows, kept, _ = _replay(events, spec, None)
+    return pd.DataFrame(rows, index=pd.Index(kept), columns=spec.feature_names)
+
+
+def reference_features_at(events: pd.DataFrame, spec: FeatureSpec, at_ms: int) -> pd.DataFrame:
+    """Features as of ``at_ms`` (a tick) of every customer, indexed by customer id.
+
+    A partition's tick at ``at_ms`` fires before its first on-time event dated after it
+    (in arrival order), so each partition's events are taken up to there; later rows of
+    that partition, whatever their time, are not.  Every customer whose latest event is
+    within ``eviction_after`` of ``at_ms`` is scored: windows end at ``at_ms``,
+    ``time_since_last`` and tenure are measured to it.
+    """
+    _, _, history = _replay(events, spec, at_ms)
+    rows, customers = [], []
+    for customer, past in history.items():
+        if not past:
+            continue
+        clock = max(p.time for p in past)
+        if at_ms - spec.eviction_after_ms <= clock <= at_ms:
+            rows.append(_features_of(past, spec, at=at_ms))
+            customers.append(customer)
+    frame = pd.DataFrame(rows, index=pd.Index(customers, name="customer_id"))
+    return frame.reindex(columns=spec.feature_names).sort_index()
+
+
+def _replay(
+    events: pd.DataFrame, spec: FeatureSpec, stop_after_ms: int | None
+) -> tuple[list[dict[str, object]], list[object], dict[str, list[_Past]]]:
+    """Each non-late event's features, their labels, and every customer's history; with
+    ``stop_after_ms``, a partition stops at its first on-time event dated after it."""
     partitions = events["partition"] if "partition" in events else pd.Series(0, index=events.index)
     # The watermark's front (``core.watermark``): the QUORUM-th greatest of the partition's
     # last WINDOW times, never moving back.
@@ -52,9 +83,12 @@ def reference_features(events: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
     rows: list[dict[str, object]] = []
     kept: list[object] = []
     value_fields = ("amount", "quantity", "age", "income", "tenure_months", "plan_type", "region")
+    stopped: set[object] = set()
     for label, record in events.iterrows():
         t = int(record["event_time"])
         part = partitions[label]
+        if part in stopped:
+            continue
         seen = front[part]
         recent[part] = [*recent[part], t][-WATERMARK_WINDOW:]
         if len(recent[part]) >= QUORUM:
@@ -62,6 +96,9 @@ def reference_features(events: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
             front[part] = confirmed if seen is None else max(seen, confirmed)
         if seen is not None and t < seen - spec.allowed_lateness_ms:
             continue  # late: dead-lettered, no features
+        if stop_after_ms is not None and t > stop_after_ms:
+            stopped.add(part)
+            continue
         customer = str(record["customer_id"])
         past = history[customer]
         if past and t > max(p.time for p in past) + spec.eviction_after_ms:
@@ -70,15 +107,16 @@ def reference_features(events: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         past.append(_Past(t, EVENT_TYPE_CODE[record["event_type"]], values))
         rows.append(_features_of(past, spec))
         kept.append(label)
-    return pd.DataFrame(rows, index=pd.Index(kept), columns=spec.feature_names)
+    return rows, kept, history
 
 
 def _present(value: object) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def _features_of(past: list[_Past], spec: FeatureSpec) -> dict[str, object]:
-    clock = max(p.time for p in past)
+def _features_of(past: list[_Past], spec: FeatureSpec, at: int | None = None) -> dict[str, object]:
+    """Features of a customer's events evaluated at ``at`` (default: its latest event)."""
+    clock = max(p.time for p in past) if at is None else at
     result: dict[str, object] = {}
     for feature in spec.features:
         if isinstance(feature, AggregateFeature):

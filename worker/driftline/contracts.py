@@ -158,28 +158,48 @@ PREDICTION = Contract(
     struct=Prediction,
     title="Churn prediction",
     description=(
-        "One scored event: the value of a record on the Driftline predictions topic, "
-        "UTF-8 JSON. The record key is the customer_id (UTF-8), so a customer's "
-        "predictions stay in order on one partition. Delivery is at-least-once: after a "
-        "worker restart or rebalance the same input event can be scored again, so "
-        "deduplicate by event_id (source_partition/source_offset locate the input record). "
-        "Unknown extra properties may be added in later versions; ignore them."
+        "One scored event, or one customer re-scored at a tick: the value of a record on "
+        "the Driftline predictions topic, UTF-8 JSON. The record key is the customer_id "
+        "(UTF-8), so a customer's predictions stay in order on one partition. trigger says "
+        'which: "event" (an input event was scored) or "tick" (at an event-time tick, '
+        "default daily at 00:00 UTC, every customer in the worker's state is scored again "
+        "with its features as of the tick, so customers who went quiet get fresh "
+        "predictions). Delivery is at-least-once: after a worker restart or rebalance the "
+        "same input event (or tick) can be scored again, so deduplicate by event_id, and "
+        "for ticks by (customer_id, event_id) (source_partition/source_offset locate the "
+        "input record). Unknown extra properties may be added in later versions; ignore them."
     ),
     fields={
-        "event_id": "The scored input event's event_id; the deduplication key.",
+        "event_id": (
+            "The scored input event's event_id; the deduplication key. For a tick: "
+            '"tick-" and the tick\'s event_time (deduplicate ticks by customer_id and '
+            "event_id)."
+        ),
         "customer_id": "The customer; also the record key.",
         "score": (
             "Churn probability for the customer as of this event (features from the "
-            "customer's events up to and including it), 0..1."
+            "customer's events up to and including it), or as of the tick's event_time "
+            "(windows ending then, time since the last event measured to it), 0..1."
         ),
         "decision": "score >= threshold.",
         "threshold": "Decision threshold of the model version that scored, 0..1.",
         "model_name": "Registry name of the model that scored.",
         "model_version": 'Registry version of the model that scored, e.g. "v0003".',
-        "event_time": "The input event's event_time, as epoch milliseconds (UTC).",
+        "event_time": (
+            "The input event's event_time, as epoch milliseconds (UTC); for a tick, the "
+            "tick's boundary (e.g. 00:00 UTC of a day)."
+        ),
         "processed_at": "When the worker scored it, epoch milliseconds (UTC).",
         "source_partition": "Input topic partition of the scored record.",
-        "source_offset": "Input topic offset of the scored record.",
+        "source_offset": (
+            "Input topic offset of the scored record; for a tick, of the first event of "
+            "the partition dated after the tick, whose arrival fired it."
+        ),
+        "trigger": (
+            'What was scored: "event" (an input event) or "tick" (a scheduled event-time '
+            "re-scoring of every customer in state). Absent in records written before it "
+            'existed: read that as "event".'
+        ),
     },
     examples=(
         {
@@ -194,6 +214,21 @@ PREDICTION = Contract(
             "processed_at": 1714566600412,
             "source_partition": 3,
             "source_offset": 18231,
+            "trigger": "event",
+        },
+        {
+            "event_id": "tick-1714608000000",
+            "customer_id": "cust-0042",
+            "score": 0.8731,
+            "decision": True,
+            "threshold": 0.5,
+            "model_name": "churn",
+            "model_version": "v0003",
+            "event_time": 1714608000000,
+            "processed_at": 1714608012950,
+            "source_partition": 3,
+            "source_offset": 18904,
+            "trigger": "tick",
         },
     ),
 )

@@ -30,12 +30,14 @@ from driftline.core.events import (
     EventBatch,
     decode_batch,
 )
-from driftline.core.predictions import Prediction
+from driftline.core.predictions import TRIGGER_EVENT, Prediction
 from driftline.core.spec import FeatureSpec
 from driftline.core.state import NO_TIME, FeatureBlock, FeatureState
+from driftline.core.ticks import Tick, apply_with_ticks
 from driftline.core.watermark import PartitionWatermark
 from driftline.model.isolation import Isolated, describe, score_isolating
 from driftline.model.runtimes.sklearn import Scorer
+from driftline.tick_predictions import TickOutput, order_with_ticks, score_ticks
 
 _encode = msgspec.json.Encoder().encode
 
@@ -89,6 +91,9 @@ class BatchResult:
     retrain_request: RetrainRequest | None = None
     #: Scored events the drift monitor did not see: they precede the reference period.
     drift_before_reference: int = 0
+    #: The ticks this batch fired (``core.ticks``); their predictions are among the
+    #: batch's, each before the event whose arrival fired it.
+    ticks: TickOutput | None = None
 
 
 @dataclass(slots=True)
@@ -108,6 +113,9 @@ class PreparedBatch:
     #: and the extra scorer calls that isolating them took.
     model_errors: int = 0
     isolation_calls: int = 0
+    #: Ticks fired by the batch's events (features as of each boundary; scored in
+    #: ``finish`` by the model that scores the batch).
+    ticks: list[Tick] = field(default_factory=list)
 
 
 #: Changelog key of a partition's watermark record; customer ids are never empty.
@@ -130,7 +138,10 @@ class ScoringProcessor:
         trigger: RetrainTrigger | None = None,
         clock: Callable[[], float] = time.time,
         clock_skew: ClockSkewPolicy | None = None,
+        tick_ms: int | None = None,
     ) -> None:
+        """``tick_ms``: re-score every customer in state at each event-time boundary of
+        that period (``core.ticks``); None: score on events only."""
         if scorer.feature_names != spec.feature_names:
             raise ValueError(
                 "model and feature spec disagree on the features: "
@@ -149,6 +160,7 @@ class ScoringProcessor:
         self.drift_since_ms = NO_TIME
         self._clock = clock
         self.clock_skew = clock_skew or ClockSkewPolicy()
+        self.tick_ms = tick_ms
         self.states: dict[int, FeatureState] = {}
         self.watermarks: dict[int, PartitionWatermark] = {}
         #: Each partition's recent event times, for the future-event rule.
@@ -275,6 +287,7 @@ class ScoringProcessor:
         blocks: list[FeatureBlock] = []
         kept_parts: list[EventBatch] = []
         changelog: list[tuple[int, bytes, bytes | None]] = []
+        ticks: list[Tick] = []
         n_late = n_redelivered = 0
         for p in np.unique(partitions).tolist():
             if p not in self.states:
@@ -295,11 +308,21 @@ class ScoringProcessor:
             state = self.states[p]
             offsets = raw.offsets[part.index]
             applied = state.already_applied(part.customer_id, offsets)
+            # Redelivered events are not applied again but move the tick clock as before.
+            update = apply_with_ticks(
+                state,
+                part,
+                offsets,
+                partition=p,
+                period_ms=self.tick_ms,
+                high_mark_ms=before,
+                skip=applied if applied.any() else None,
+            )
             if applied.any():
                 n_redelivered += int(applied.sum())
                 part = part.take(np.flatnonzero(~applied))
-                offsets = offsets[~applied]
-            blocks.append(state.update_block(part, offsets))
+            blocks.append(update.block)
+            ticks.extend(update.ticks)
             kept_parts.append(part)
             if self.changelog:
                 # Each customer once, in order of first appearance, with its record key.
@@ -322,7 +345,9 @@ class ScoringProcessor:
             valid = EventBatch.empty()
             block = None
         stages["state"] = time.perf_counter() - t1
-        return PreparedBatch(raw, valid, block, rejected, n_late, n_redelivered, changelog, stages)
+        return PreparedBatch(
+            raw, valid, block, rejected, n_late, n_redelivered, changelog, stages, ticks=ticks
+        )
 
     def finish(self, prepared: PreparedBatch, scores: np.ndarray) -> BatchResult:
         """Everything after the model: drift, decisions, predictions to produce.
@@ -382,8 +407,16 @@ class ScoringProcessor:
             repeat(now_ms),
             raw.partitions[src].tolist(),
             raw.offsets[src].tolist(),
+            repeat(TRIGGER_EVENT),
         )
         values = list(map(_encode, predictions))
+        tick_output = None
+        if prepared.ticks:
+            # Not through the drift monitor: see ``tick_predictions``.
+            tick_output = score_ticks(self.scorer, prepared.ticks, now_ms)
+            keys, values, index = order_with_ticks(keys, values, src, tick_output)
+        else:
+            index = src
         stages["encode"] = time.perf_counter() - t3
         # Latency is measured from when the record was produced, not from the event time:
         # replays and late mobile clients have event times far in the past.
@@ -392,7 +425,7 @@ class ScoringProcessor:
         return BatchResult(
             prediction_keys=keys,
             prediction_values=values,
-            prediction_index=src,
+            prediction_index=index,
             rejected=rejected,
             n_late=prepared.n_late,
             scores=scores,
@@ -404,6 +437,7 @@ class ScoringProcessor:
             drift=drift_update,
             retrain_request=retrain_request,
             drift_before_reference=before_reference,
+            ticks=tick_output,
         )
 
     def _late(self, late: EventBatch, partition: int) -> list[Rejected]:

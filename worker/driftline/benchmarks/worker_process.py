@@ -62,6 +62,11 @@ class WorkerProcess:
     line per start.  Each start binds the HTTP endpoints to a fresh free port on
     127.0.0.1 (``metrics_port`` pins one instead).  ``extra_args`` go last on the command
     line (``["--exactly-once", "--batch-size", "200"]``).
+
+    Ticks (scheduled re-scoring, ``--tick``) are off unless ``extra_args`` ask for them:
+    the fault scenarios and the latency benchmark count and time the predictions of
+    events, one per event; a simulated stream spans days of event time, and the daily
+    ticks of ``driftline worker``'s default would add predictions of another kind.
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class WorkerProcess:
             str(self.port),
             "--worker-id",
             self.worker_id,
+            *([] if "--tick" in self.extra_args else ["--tick", "off"]),
             *self.extra_args,
         ]
 

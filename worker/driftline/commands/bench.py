@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "suite",
         nargs="?",
         default="throughput",
-        choices=["throughput", "latency", "state", "all", "drift"],
+        choices=["throughput", "latency", "state", "all", "drift", "ticks"],
         help="what to measure (default: %(default)s)",
     )
     parser.add_argument(
@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_ints,
         default=None,
         help="state: customers in state, comma-separated (default: 10000,100000,1000000; "
-        "all: 10000)",
+        "all: 10000; ticks: 100000)",
     )
     parser.add_argument(
         "--changelog-sizes",
@@ -153,6 +153,12 @@ def run(args: argparse.Namespace) -> int:
         from driftline.benchmarks.drift_streams import run_from_args
 
         return run_from_args(args)
+    if args.suite == "ticks":
+        from driftline.benchmarks.ticks import run_tick_bench, to_json, to_table
+
+        figures = run_tick_bench(args.customer_sizes or [100_000], progress=not args.json)
+        print(to_json(figures) if args.json else to_table(figures))
+        return 0
     if isinstance(args.events, str):
         raise CommandError(f"--events {args.events!r}: a number of events (a file: bench drift)")
     if args.suite == "drift":

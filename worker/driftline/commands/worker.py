@@ -8,6 +8,10 @@ allowance (--max-clock-skew, --max-replay-jump) or arrive later than the waterma
 dead-letter topic with their original bytes and the reason.  Offsets are committed only
 after the predictions are delivered (at-least-once).
 
+At every event-time tick (--tick, default daily at 00:00 UTC) every customer in a
+partition's state is scored again with its features as of the tick, so customers who
+went quiet get fresh predictions (trigger "tick"); replays tick in event time.
+
 State survives restarts and rebalances: each partition's customer state is written to a
 compacted changelog topic and restored before the partition is processed.  With
 --exactly-once every batch is one transaction.
@@ -34,6 +38,8 @@ from driftline.commands._flags import (
 )
 from driftline.commands._kafka import connect
 from driftline.config import CONSUMER_GROUP, DEFAULT_METRICS_PORT
+from driftline.core.spec import SpecError
+from driftline.core.ticks import DEFAULT_TICK_MS, parse_tick
 from driftline.engine.kafka.worker import WorkerSettings, serve_worker
 from driftline.observability.bearer import load_token
 from driftline.observability.http import PortInUse
@@ -230,6 +236,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="adapt the batch size and poll wait to the load (default: on)",
     )
     parser.add_argument(
+        "--tick",
+        default=None,
+        metavar="PERIOD",
+        help="scheduled re-scoring: at every event-time boundary of PERIOD (1d: 00:00 UTC "
+        "daily; 6h, 1w, ...), when a partition's first event past it arrives, every customer "
+        "in that partition's state is scored again with its features as of the boundary "
+        '(predictions with trigger "tick"), so customers who went quiet get fresh scores; '
+        "replays tick in event time; 'off' scores on events only (default: 1d with --engine "
+        "kafka, off with --engine faust, which does not support ticks)",
+    )
+    parser.add_argument(
         "--group-instance-id",
         default=None,
         help="static group membership: a restart within the session timeout keeps the "
@@ -278,7 +295,18 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     )
     if args.worker_id:
         settings.worker_id = args.worker_id
+    settings.tick_ms = tick_period(args)
     return settings
+
+
+def tick_period(args: argparse.Namespace) -> int | None:
+    """``--tick``, or the engine's default: daily for Kafka, off for Faust (no ticks)."""
+    if args.tick is None:
+        return DEFAULT_TICK_MS if getattr(args, "engine", "kafka") == "kafka" else None
+    try:
+        return parse_tick(args.tick)
+    except SpecError as error:
+        raise CommandError(f"--tick: {error}") from error
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,9 +1,19 @@
 """Offline features: point-in-time training sets over a historical event table.
 
-``history_features`` / ``training_set`` replay the history through the same
-``FeatureState`` the worker uses, so a model is trained on exactly what it will be served.
-Features of an event use only the customer's events that arrived before it, or with it: no
-information from after the cutoff leaks into a training row.
+``history_features`` / ``cutoff_features`` / ``training_set`` replay the history through
+the same ``FeatureState`` the worker uses, so a model is trained on exactly what it will be
+served.  Features of an event use only the customer's events that arrived before it, or
+with it; features as of a cutoff only the events up to the cutoff: no information from
+after the cutoff leaks into a training row.
+
+**Cutoff rows are ticks.**  A training row at cutoff ``T`` is the customer's features as
+of ``T`` (``FeatureState.features_at``: windows ending at ``T``, time since the last event
+measured to ``T``), exactly what a worker's tick at ``T`` scores (``core.ticks``): the
+tick fires before the partition's first event past ``T``, so its state holds the events
+up to ``T``, as the replay here does.  The rows are the tick's customers (clock within
+the eviction horizon of ``T``) that were also active within the churn lookback.  Before
+ticks, a row was the features at the customer's last event before the cutoff, where the
+time since that event is always 0: recency, the strongest churn signal, was invisible.
 
 (The tests' independent oracle of the spec's semantics, ``reference_features``, is not
 production code: it lives in ``tests/support/feature_oracle.py``.)
@@ -18,7 +28,7 @@ import pandas as pd
 
 from driftline.core.events import EventBatch
 from driftline.core.spec import DAY_MS, FeatureSpec
-from driftline.core.state import FeatureState
+from driftline.core.state import AsOf, FeatureState
 from driftline.core.watermark import PartitionWatermark
 
 
@@ -50,6 +60,35 @@ def history_features(
     return features.reindex(range(len(batch))), late
 
 
+def cutoff_features(
+    events: pd.DataFrame, spec: FeatureSpec, cutoffs_ms: list[int], chunk: int = 50_000
+) -> list[AsOf]:
+    """Every customer's features as of each cutoff (ascending), as a worker's tick there.
+
+    The history is applied in event-time order (stable), one partition, as
+    ``history_features`` applies it; before the first event past a cutoff, the state is
+    read as of the cutoff (``FeatureState.features_at``).  Returns one ``AsOf`` per
+    cutoff: the customers (clock within the eviction horizon of the cutoff), their clocks
+    and features.
+    """
+    ordered = events.sort_values("event_time", kind="stable").reset_index(drop=True)
+    batch = EventBatch.from_frame(ordered)
+    times = batch.event_time_ms
+    state = FeatureState(spec, capacity=max(1024, ordered["customer_id"].nunique()))
+    watermark = PartitionWatermark(spec.allowed_lateness_ms)
+    out: list[AsOf] = []
+    start = 0
+    for cutoff in sorted(int(c) for c in cutoffs_ms):
+        stop = int(np.searchsorted(times, cutoff, side="right"))
+        for lo in range(start, stop, chunk):
+            part = batch.take(np.arange(lo, min(lo + chunk, stop)))
+            is_late = watermark.classify(part.event_time_ms)
+            state.update_block(part.take(np.flatnonzero(~is_late)))
+        start = max(start, stop)
+        out.append(state.features_at(cutoff))
+    return out
+
+
 @dataclass(frozen=True)
 class ChurnDefinition:
     """A customer churns at ``cutoff`` if no ``target_event`` follows within ``horizon``.
@@ -71,31 +110,35 @@ def training_set(
 ) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
     """(X, y, keys): one row per customer and cutoff.
 
-    X is the customer's features as the worker computed them when it scored the
-    customer's last event at or before the cutoff; y is 1 when no ``target_event`` follows
-    in ``(cutoff, cutoff + horizon]``.  Cutoffs whose horizon runs past the end of the
-    history are refused: their labels would be unknown, not negative.
+    X is the customer's features as of the cutoff, as the worker's tick at the cutoff
+    scores them (``cutoff_features``), for the customers the tick scores that had an event
+    within ``lookback`` before it; rows in customer id order.  y is 1 when no
+    ``target_event`` follows in ``(cutoff, cutoff + horizon]``.  Cutoffs whose horizon
+    runs past the end of the history are refused: their labels would be unknown, not
+    negative.
     """
     ordered = events.sort_values("event_time", kind="stable").reset_index(drop=True)
-    features, late = history_features(ordered, spec)
     times = ordered["event_time"].to_numpy(dtype=np.int64)
     end = int(times.max())
-    is_target = (ordered["event_type"] == churn.target_event).to_numpy()
-    xs, ys, keys = [], [], []
-    for cutoff in sorted(cutoffs_ms):
+    cutoffs = sorted(int(c) for c in cutoffs_ms)
+    for cutoff in cutoffs:
         if cutoff + churn.horizon_ms > end:
             raise ValueError(
                 f"cutoff {pd.Timestamp(cutoff, unit='ms')} + horizon runs past the end of the "
                 f"history ({pd.Timestamp(end, unit='ms')}): labels would be unknown"
             )
-        before = (times <= cutoff) & (times > cutoff - churn.lookback_ms) & ~late
-        if not before.any():
+    is_target = (ordered["event_type"] == churn.target_event).to_numpy()
+    xs, ys, keys = [], [], []
+    for cutoff, tick in zip(cutoffs, cutoff_features(ordered, spec, cutoffs), strict=True):
+        active = np.flatnonzero(tick.clock > cutoff - churn.lookback_ms)
+        if active.size == 0:
             continue
-        last_rows = ordered.index[before].to_series().groupby(ordered["customer_id"][before]).max()
+        customers = np.asarray(tick.customer_ids, dtype=object)[active]
+        order = np.argsort(customers.astype(str), kind="stable")
+        rows, customers = active[order], customers[order]
         after = is_target & (times > cutoff) & (times <= cutoff + churn.horizon_ms)
-        returned = set(ordered["customer_id"][after])
-        customers = last_rows.index.to_numpy()
-        xs.append(features.loc[last_rows.to_numpy()].reset_index(drop=True))
+        returned = set(ordered["customer_id"][after].astype(str))
+        xs.append(tick.block.take(rows).frame())
         ys.append(np.array([c not in returned for c in customers], dtype=np.int64))
         keys.append(pd.DataFrame({"customer_id": customers, "cutoff_ms": cutoff}))
     if not xs:

@@ -5,21 +5,36 @@ Like the input event, these structs are the source of the JSON Schemas in ``sche
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 EpochMillis = Annotated[int, msgspec.Meta(ge=0)]
 
+#: What made the worker score: an input event, or a scheduled event-time tick
+#: (``core.ticks``: every customer in state re-scored as of the boundary).
+TRIGGER_EVENT = "event"
+TRIGGER_TICK = "tick"
+Trigger = Literal["event", "tick"]
+
+
+def tick_event_id(boundary_ms: int) -> str:
+    """The ``event_id`` of a tick prediction: the tick, not an input event (with the
+    customer id, the deduplication key of a tick prediction)."""
+    return f"tick-{boundary_ms}"
+
 
 class Prediction(msgspec.Struct, forbid_unknown_fields=False):
-    """One scored event, keyed by customer id on the predictions topic.
+    """One scored event or tick, keyed by customer id on the predictions topic.
 
     ``score`` is the model's churn probability for the customer as of this event (features
-    from the customer's events up to and including it); ``decision`` is ``score >=
-    threshold``.  ``source_partition``/``source_offset`` locate the input record, so a
-    consumer can deduplicate redeliveries (at-least-once) by ``event_id``.
+    from the customer's events up to and including it) or, for ``trigger == "tick"``, as
+    of the tick's boundary ``event_time``; ``decision`` is ``score >= threshold``.
+    ``source_partition``/``source_offset`` locate the input record (for a tick: the one
+    whose arrival fired it), so a consumer can deduplicate redeliveries (at-least-once) by
+    ``event_id`` (and ``customer_id`` for ticks).  ``trigger`` defaults to ``"event"`` so
+    that records written before it existed still decode.
     """
 
     event_id: Id
@@ -33,6 +48,7 @@ class Prediction(msgspec.Struct, forbid_unknown_fields=False):
     processed_at: EpochMillis
     source_partition: Annotated[int, msgspec.Meta(ge=0)]
     source_offset: Annotated[int, msgspec.Meta(ge=0)]
+    trigger: Trigger = "event"
 
 
 #: Headers every dead-letter record carries; the value is the original bytes, unchanged,

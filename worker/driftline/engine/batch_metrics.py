@@ -7,9 +7,11 @@ scored a batch, the same series move by the same amounts.
 from __future__ import annotations
 
 import logging
+import time
 
 from driftline.observability.metrics import WorkerMetrics
 from driftline.processor import BatchResult, PreparedBatch, Rejected, ScoringProcessor
+from driftline.tick_predictions import TickOutput
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,26 @@ def record_scored(metrics: WorkerMetrics, prepared: PreparedBatch, result: Batch
     metrics.observe_stage("predict", result.stage_seconds["predict"])
 
 
+def record_ticks(metrics: WorkerMetrics, ticks: TickOutput) -> None:
+    """Each tick of a batch: counted, its customers and duration observed, and logged."""
+    for tick in ticks.ticks:
+        metrics.record_tick(tick.customers, tick.seconds)
+        log.info(
+            "tick %s on partition %d: %d customers re-scored in %.3f s",
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(tick.boundary_ms / 1000)),
+            tick.partition,
+            tick.customers,
+            tick.seconds,
+        )
+    if ticks.errors:
+        metrics.inc_tick_model_errors(ticks.errors)
+        log.warning(
+            "the model raised on %d customer(s) at a tick (left out of it), e.g. %s",
+            ticks.errors,
+            ticks.first_error,
+        )
+
+
 def record_batch(
     metrics: WorkerMetrics,
     processor: ScoringProcessor,
@@ -59,5 +81,7 @@ def record_batch(
     if result.n_late:
         metrics.inc_late_events(result.n_late)
     metrics.observe_event_latencies(result.event_latency_seconds)
+    if result.ticks is not None:
+        record_ticks(metrics, result.ticks)
     metrics.set_customers_in_state(processor.customers_in_state)
     metrics.record_batch(n, seconds)

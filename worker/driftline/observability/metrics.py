@@ -92,6 +92,18 @@ EVENT_LATENCY_BUCKETS: tuple[float, ...] = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 )  # fmt: skip
 
+#: Customers re-scored per tick, 1-2-5 log spacing from 1 to 1 000 000.
+TICK_CUSTOMERS_BUCKETS: tuple[float, ...] = (
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000,
+    100_000, 200_000, 500_000, 1_000_000,
+)  # fmt: skip
+
+#: One tick's wall time (features, scoring, encoding), 1 ms to 2 min.
+TICK_DURATION_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+)  # fmt: skip
+
 _SHA_SHORT = 12
 
 
@@ -261,6 +273,29 @@ class WorkerMetrics:
             namespace=ns, registry=reg,
         )  # fmt: skip
 
+        # --- scheduled re-scoring (driftline.core.ticks) -----------------------------------
+        self.ticks = Counter(
+            "ticks_total",
+            "Event-time ticks done: a partition's customers re-scored as of a boundary.",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+        self.tick_customers = BulkHistogram(
+            f"{ns}_tick_customers",
+            "Customers re-scored per tick (every customer in the partition's state).",
+            TICK_CUSTOMERS_BUCKETS,
+            registry=reg,
+        )
+        self.tick_duration = Histogram(
+            "tick_duration_seconds",
+            "Wall time of one tick: its features, and its share of the scoring and encoding.",
+            namespace=ns, registry=reg, buckets=TICK_DURATION_BUCKETS,
+        )  # fmt: skip
+        self.tick_model_errors = Counter(
+            "tick_model_errors_total",
+            "Customers the model raised on at a tick (left out of it; nothing to dead-letter).",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
+
         # --- timing -----------------------------------------------------------------------
         self.batch_size = BulkHistogram(
             f"{ns}_batch_size", "Events per processed batch.", BATCH_SIZE_BUCKETS, registry=reg
@@ -389,6 +424,15 @@ class WorkerMetrics:
 
     def inc_model_load_failures(self, reason: str) -> None:
         self.model_load_failures.labels(reason=reason).inc()
+
+    def record_tick(self, customers: int, seconds: float) -> None:
+        """One tick done: how many customers it re-scored, and its wall time."""
+        self.ticks.inc()
+        self.tick_customers.observe(customers)
+        self.tick_duration.observe(seconds)
+
+    def inc_tick_model_errors(self, n: int = 1) -> None:
+        self.tick_model_errors.inc(n)
 
     def inc_redelivered(self, n: int = 1) -> None:
         self.redelivered_events.inc(n)

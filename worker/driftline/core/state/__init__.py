@@ -31,6 +31,7 @@ independently):
 This package re-exports the public names; the modules hold one concern each.
 """
 
+from driftline.core.state.as_of import AsOf
 from driftline.core.state.feature_state import FeatureState
 from driftline.core.state.features import FeatureBlock
 from driftline.core.state.layout import COUNT_MAX, NO_TIME
@@ -43,6 +44,7 @@ __all__ = [
     "NATIVE_KERNEL",
     "NO_TIME",
     "SNAPSHOT_VERSION",
+    "AsOf",
     "CountOverflowError",
     "FeatureBlock",
     "FeatureState",

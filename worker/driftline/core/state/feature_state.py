@@ -4,7 +4,8 @@ One ``FeatureState`` holds the customers of one input partition (so that a parti
 state can be restored, moved or dropped on its own).  The concerns live in their own
 modules and meet here: the record layout (``layout``), the slots (``store``), the two
 update paths (``update``: numpy rounds; ``native``: the C kernel), the features derived from
-their readings (``features``) and the changelog snapshots (``snapshot``).
+their readings (``features``), the features as of a later time (``as_of``: ticks) and the
+changelog snapshots (``snapshot``).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import pandas as pd
 
 from driftline.core.events import EventBatch
 from driftline.core.spec import FeatureSpec
+from driftline.core.state.as_of import AsOfReader
 from driftline.core.state.features import FeatureBlock, FeatureDerivation
 from driftline.core.state.native import NATIVE_KERNEL, NativeKernel
 from driftline.core.state.snapshot import Snapshots, snapshot_prefix
 from driftline.core.state.update import NumpyRounds
 
 
-class FeatureState(Snapshots, NativeKernel, NumpyRounds, FeatureDerivation):
+class FeatureState(Snapshots, NativeKernel, NumpyRounds, AsOfReader, FeatureDerivation):
     """Windowed aggregates and latest profile values for the customers of one partition."""
 
     def __init__(

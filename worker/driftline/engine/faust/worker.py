@@ -77,6 +77,8 @@ def unsupported(settings: WorkerSettings) -> list[str]:
         missing.append("--drift (drift monitoring runs in the Kafka engine only)")
     if settings.scoring_process:
         missing.append("--scoring-process (Kafka engine only)")
+    if settings.tick_ms is not None:
+        missing.append("--tick (scheduled re-scoring runs in the Kafka engine only: --tick off)")
     user = {
         k: v for k, v in kafka_client_config({}).items() if k not in ("logger", "bootstrap.servers")
     }

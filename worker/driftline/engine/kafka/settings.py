@@ -95,6 +95,10 @@ class WorkerSettings:
     #: counted and logged by ``driftline.observability.drift_coverage``).
     drift_from_start: bool = False
     retrain_persistence_s: float = 600.0
+    #: Scheduled re-scoring (``driftline.core.ticks``): every customer in state scored
+    #: again at each event-time boundary of this period (``driftline worker`` defaults to
+    #: a day); None: events only.
+    tick_ms: int | None = None
     retrain_cooldown_s: float = 86400.0
     consumer_config: dict[str, Any] = field(default_factory=dict)
     producer_config: dict[str, Any] = field(default_factory=dict)
