@@ -8,8 +8,6 @@ and inside batches of valid records (where ``decode_batch`` takes its one-call f
 
 from __future__ import annotations
 
-import time
-
 import msgspec
 import numpy as np
 import pytest
@@ -48,12 +46,6 @@ def test_even_a_small_corpus_covers_every_kind_with_a_known_reason() -> None:
     assert {reason for _, reason in bad_payloads(500, seed=1)} <= set(DECODE_REASONS)
     with pytest.raises(ValueError, match="unknown"):
         bad_cases(1, seed=1, kinds=["no_such_kind"])
-
-
-def test_ten_thousand_bad_payloads_take_well_under_a_second() -> None:
-    started = time.perf_counter()
-    bad_payloads(10_000, seed=3)
-    assert time.perf_counter() - started < 1.0
 
 
 @pytest.mark.parametrize("kind", KINDS)
