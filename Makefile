@@ -49,6 +49,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/driftline demo $(ARGS)
 
+# Two pytest processes, each with its own broker; worksteal evens out the long fault tests.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP) system-deps kafka-jars
 	$(BIN)/ruff check worker tests
 	$(BIN)/ruff format --check worker tests
@@ -56,7 +59,7 @@ test: $(STAMP) system-deps kafka-jars
 	$(BIN)/driftline schemas --check
 	promtool check rules monitoring/rules/*.yml
 	promtool test rules monitoring/tests/*.yml
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
