@@ -370,46 +370,81 @@ def _start_worker(
     retrain_topic: str = RETRAIN_TOPIC,
     events_per_day: float | None = None,
 ) -> subprocess.Popen[bytes]:
-    """The worker process.  Demo-specific flags: drift on; a short retrain persistence;
-    the false-alarm budget counted in the demo's events per (wall-clock) day;
-    a replay jump as coarse as the history's pre-log account events (one per 60 days), so
-    the warm-up replay of them is not refused as future-dated."""
-    names = names or TopicNames()
+    """The worker process, run with :func:`worker_command`'s command line."""
     log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - owned by the child's lifetime
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "driftline.cli",
-            "worker",
-            "--bootstrap-servers",
+        worker_command(
             bootstrap,
-            "--registry",
-            str(registry),
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(port),
-            "--max-replay-jump",
-            "61d",
-            "--input-topic",
-            names.input,
-            "--output-topic",
-            names.output,
-            "--dead-letter-topic",
-            names.dead_letter,
-            "--group-id",
-            group_id,
-            "--retrain-topic",
-            retrain_topic,
-            *(["--drift", "--retrain-persistence", str(retrain_persistence_s)] if drift else []),
-            *(["--kafka-config", kafka_config] if kafka_config else []),
-        ],
+            registry,
+            port,
+            kafka_config,
+            drift=drift,
+            retrain_persistence_s=retrain_persistence_s,
+            names=names,
+            group_id=group_id,
+            retrain_topic=retrain_topic,
+            events_per_day=events_per_day,
+        ),
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
     )
+
+
+def worker_command(
+    bootstrap: str,
+    registry: Path,
+    port: int,
+    kafka_config: str | None = None,
+    *,
+    drift: bool = True,
+    retrain_persistence_s: float = 30.0,
+    names: TopicNames | None = None,
+    group_id: str = CONSUMER_GROUP,
+    retrain_topic: str = RETRAIN_TOPIC,
+    events_per_day: float | None = None,
+) -> list[str]:
+    """The demo's ``driftline worker`` command line.  Demo-specific flags: drift on; a
+    short retrain persistence; the false-alarm budget counted in ``events_per_day`` (the
+    demo's events per wall-clock day, see :data:`MAX_DEMO_EVENTS_PER_DAY`; without it
+    the worker counts in the reference's events per simulated day, which the demo streams
+    in about a second); a replay jump as coarse as the history's pre-log account events
+    (one per 60 days), so the warm-up replay of them is not refused as future-dated."""
+    names = names or TopicNames()
+    budget = ["--drift-events-per-day", repr(float(events_per_day))] if events_per_day else []
+    return [
+        sys.executable,
+        "-m",
+        "driftline.cli",
+        "worker",
+        "--bootstrap-servers",
+        bootstrap,
+        "--registry",
+        str(registry),
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        str(port),
+        "--max-replay-jump",
+        "61d",
+        "--input-topic",
+        names.input,
+        "--output-topic",
+        names.output,
+        "--dead-letter-topic",
+        names.dead_letter,
+        "--group-id",
+        group_id,
+        "--retrain-topic",
+        retrain_topic,
+        *(
+            ["--drift", "--retrain-persistence", str(retrain_persistence_s), *budget]
+            if drift
+            else []
+        ),
+        *(["--kafka-config", kafka_config] if kafka_config else []),
+    ]
 
 
 def _on_signal(signum: int, interrupted: threading.Event, stop: threading.Event) -> None:

@@ -83,6 +83,17 @@ class DriftSidecar:
             s.worker_id,
         )
         self.recall_requests(trigger)
+        log.info(
+            "drift budget for %s %s: one false alarm per 30 days of %.6g events/day (%s)",
+            loaded.name,
+            loaded.version,
+            per_day,
+            "--drift-events-per-day"
+            if s.drift_events_per_day
+            else "the reference's events per day"
+            if profile.get("events_per_day")
+            else "default",
+        )
         if monitor.inactive:
             log.info(
                 "drift: nothing to test for %s (the reference never observed a value, or "
