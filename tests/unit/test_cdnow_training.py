@@ -4,8 +4,9 @@ No broker: the log is read through ``replay.CDNOW_MAPPING`` and the training set
 offline by the worker's own feature engine.  CDNOW has purchases only, and the features are
 those of a customer's last purchase before the cutoff (what the worker computes when it
 scores that purchase), so time since the last purchase *as of the cutoff* is not a
-feature: the signal is frequency and spend.  The bar is "clearly better than chance", not a
-benchmark score.
+feature (``days_since_last_purchase`` is 0 on every such row): the
+signal is frequency and spend, and the recency baseline (silence at the cutoff) beats it.
+The bar is "clearly better than chance", not a benchmark score.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def test_cdnow_model_beats_chance_and_the_baseline(
     out = json.loads(capsys.readouterr().out)
 
     dataset, test, baseline = out["dataset"], out["test"], out["baseline"]
+    oot, recency = out["out_of_time"], out["baselines"]["test"]["recency"]
     # dates read in the file's calendar (1997-98), though replayed 28 years later
     assert dataset["history"] == ["1997-01-01", "1998-06-30"]
     assert dataset["cutoffs"] == ["1997-10-03", "1998-01-01", "1998-04-01"]
@@ -43,13 +45,18 @@ def test_cdnow_model_beats_chance_and_the_baseline(
         print(
             f"\nCDNOW: {dataset['n_rows']} rows, {dataset['n_customers']} customers, cutoffs "
             f"{', '.join(dataset['cutoffs'])}, churn rate {dataset['churn_rate']:.1%}; "
-            f"test ROC AUC {test['roc_auc']:.3f} (CV {out['cv']['roc_auc_mean']:.3f}"
-            f" ± {out['cv']['roc_auc_std']:.3f}), PR AUC {test['pr_auc']:.3f} vs majority "
-            f"baseline {baseline['pr_auc']:.3f}"
+            f"test (unseen customers) ROC AUC {test['roc_auc']:.3f} (CV "
+            f"{out['cv']['roc_auc_mean']:.3f} ± {out['cv']['roc_auc_std']:.3f}), PR AUC "
+            f"{test['pr_auc']:.3f} vs majority {baseline['pr_auc']:.3f}, recency ROC AUC "
+            f"{recency['roc_auc']:.3f}; out-of-time ROC AUC {oot['roc_auc']:.3f}"
         )
-    assert test["roc_auc"] > 0.6
-    assert out["cv"]["roc_auc_mean"] > 0.6
-    assert test["pr_auc"] > baseline["pr_auc"] + 0.05
+    # Honest split (no customer on both sides, the latest cutoff held out): the features
+    # of a customer's last purchase carry some signal, less than recency at the cutoff
+    # (which is no feature until the worker re-scores silent customers).
+    assert test["roc_auc"] > 0.55 and oot["roc_auc"] > 0.55
+    assert out["cv"]["roc_auc_mean"] > 0.55
+    assert test["pr_auc"] > baseline["pr_auc"] + 0.03
+    assert recency["roc_auc"] > 0.6
 
     spec = load_default_spec()
     loaded = ModelRegistry(registry).load(

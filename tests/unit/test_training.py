@@ -16,14 +16,13 @@ from driftline.model.profile import (
     categorical_profile,
     numeric_profile,
 )
+from driftline.model.tables import infer_column_types, train_from_table
 from driftline.model.training import (
     TrainResult,
     _fit_with_progress,
     as_category_strings,
     build_pipeline,
     dataset_hash,
-    infer_column_types,
-    train_from_table,
     train_model,
 )
 
@@ -77,7 +76,9 @@ def test_known_signal_beats_the_baseline(synthetic_result: TrainResult) -> None:
     # strongest signal is asserted to rank first.
     assert synthetic_result.importances[0]["feature"] == "num__logins_7d"
     names = {item["feature"] for item in synthetic_result.importances}
-    assert "cat__region_missing" in names  # the all-missing column is kept, not dropped
+    # The all-missing column is left out of the model (and named), not one-hot encoded.
+    assert not any("region" in name for name in names)
+    assert synthetic_result.dropped_features == ["region"]
 
 
 def test_result_is_ready_for_the_registry(synthetic_result: TrainResult) -> None:
