@@ -84,7 +84,7 @@ def test_one_cutoff_has_no_out_of_time_set_and_says_so() -> None:
     X, y, groups, times = panel(cutoffs=1)
     result = train_model(X, y, ["signal", "noise"], [], groups=groups, times=times, **FAST)
     assert result.metrics["out_of_time"] is None and result.metrics["n_out_of_time"] == 0
-    assert "Out-of-time: the latest cutoff: none" in result.report
+    assert "Out-of-time: the latest cutoff: none (fewer than two cutoffs" in result.report
 
 
 # ------------------------------------------------------------ threshold and calibration

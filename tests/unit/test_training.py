@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from driftline.model.fitting import fit_with_progress
 from driftline.model.profile import (
     OTHER,
     assign_bins,
@@ -19,7 +20,6 @@ from driftline.model.profile import (
 from driftline.model.tables import infer_column_types, train_from_table
 from driftline.model.training import (
     TrainResult,
-    _fit_with_progress,
     as_category_strings,
     build_pipeline,
     dataset_hash,
@@ -141,7 +141,7 @@ def test_chunked_fit_equals_one_shot_fit() -> None:
     X, y = _synthetic(n=300)
     columns = (["logins_7d", "payment_failures_30d", "noise"], ["plan_type", "region"])
     one_shot = build_pipeline(*columns, n_estimators=23, class_weight_balanced=True).fit(X, y)
-    chunked = _fit_with_progress(
+    chunked = fit_with_progress(
         build_pipeline(*columns, n_estimators=23, class_weight_balanced=True), X, y, progress=False
     )
     np.testing.assert_array_equal(one_shot.predict_proba(X), chunked.predict_proba(X))

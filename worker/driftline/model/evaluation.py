@@ -193,7 +193,7 @@ def report_text(metrics: dict[str, Any], model_text: str, importances: list[dict
     ):
         model = metrics[part]
         if model is None:
-            lines += ["", f"{title}: none (one cutoff only; use --cutoffs 2 or more)"]
+            lines += ["", f"{title}: none (fewer than two cutoffs; for an event log: --cutoffs 2)"]
             continue
         base = metrics["baselines"][part]
         lines += ["", *_table(f"{title} ({model['n']} rows)", model, base)]

@@ -41,9 +41,7 @@ import hashlib
 import json
 import logging
 import math
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,16 +51,9 @@ from sklearn.compose import ColumnTransformer
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
-from sklearn.metrics import get_scorer
-from sklearn.model_selection import (
-    BaseCrossValidator,
-    GridSearchCV,
-    ParameterGrid,
-    cross_validate,
-)
+from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
-from tqdm import tqdm
 
 from driftline.model.calibration import CalibratedPipeline, fit_calibrator, resolve_method
 from driftline.model.evaluation import (
@@ -75,6 +66,8 @@ from driftline.model.evaluation import (
     report_text,
     top_importances,
 )
+from driftline.model.fitting import cross_validate_oof, fit_with_progress, search_grid
+from driftline.model.fitting import positive_scores as positive_scores  # callers import it here
 from driftline.model.profile import build_reference_profile
 from driftline.model.splits import grouped_folds, honest_split
 
@@ -86,15 +79,7 @@ log = logging.getLogger(__name__)
 #: particular model, and with a 77 % churn rate it is wrong for most.
 AUTO_THRESHOLD = "auto"
 DEFAULT_THRESHOLD: float | str = AUTO_THRESHOLD
-#: Small on purpose: 9 candidates x k folds.  Depth and leaf size are what matter most for
-#: a forest on a few dozen features; more knobs would mostly buy training time.
-PARAM_GRID: dict[str, list[Any]] = {
-    "model__max_depth": [None, 8, 16],
-    "model__min_samples_leaf": [1, 5, 20],
-}
 TOP_IMPORTANCES = 20
-#: The forest is grown in about this many chunks so that fitting shows progress.
-_FIT_CHUNKS = 20
 
 
 # --- pipeline ---------------------------------------------------------------------------
@@ -310,39 +295,15 @@ def train_model(
         seed=seed,
     )
     folds = grouped_folds(train_groups, cv_folds, seed)
-    fit_params = {} if train_groups is None else {"groups": train_groups.to_numpy()}
 
-    grid_summary: dict[str, Any] | None = None
-    if grid_search:
-        n_fits = len(ParameterGrid(PARAM_GRID)) * cv_folds
-        with tqdm(total=n_fits, desc="grid search", unit="fit", disable=not progress) as bar:
-            search = GridSearchCV(
-                pipeline,
-                PARAM_GRID,
-                scoring=_ProgressScorer(bar),
-                cv=folds,
-                n_jobs=1,
-                refit=False,  # refit below, with a progress bar
-            )
-            search.fit(X_train, y_train, **fit_params)
-        results = search.cv_results_
-        best = int(np.argmin(results["rank_test_score"]))
-        best_params = dict(results["params"][best])
-        pipeline.set_params(**best_params)
-        grid_summary = {
-            "best_params": {k.removeprefix("model__"): v for k, v in best_params.items()},
-            "candidates": [
-                {
-                    "params": {k.removeprefix("model__"): v for k, v in params.items()},
-                    "roc_auc_mean": results["mean_test_score"][i],
-                    "roc_auc_std": results["std_test_score"][i],
-                }
-                for i, params in enumerate(results["params"])
-            ],
-        }
+    grid_summary = (
+        search_grid(pipeline, X_train, y_train, folds, train_groups, progress=progress)
+        if grid_search
+        else None
+    )
     # The out-of-fold scores are the validation data: each row scored by a fold model that
     # did not see its customer.  They fit the calibration and choose the threshold.
-    cv_scores, oof_raw = _cross_validate(
+    cv_scores, oof_raw = cross_validate_oof(
         pipeline, X_train, y_train, folds, progress=progress, groups=train_groups
     )
     y_train_np = y_train.to_numpy()
@@ -361,7 +322,7 @@ def train_model(
         chosen = float(threshold)
         threshold_info = {"value": chosen, "objective": None, "method": "fixed"}
 
-    _fit_with_progress(pipeline, X_train, y_train, progress=progress)
+    fit_with_progress(pipeline, X_train, y_train, progress=progress)
     pipeline.calibrator_ = calibrator
     majority = DummyClassifier(strategy="most_frequent").fit(X_train, y_train)
     recency_threshold = (
@@ -375,14 +336,15 @@ def train_model(
 
     def judge(rows: np.ndarray) -> tuple[dict[str, Any], dict[str, Any], str]:
         X_part, y_part = X.iloc[rows], y.iloc[rows]
-        scores = positive_scores(pipeline, X_part)
-        model_metrics, text = evaluate(y_part, scores, chosen)
         raw = positive_scores(pipeline[-1], pipeline[:-1].transform(X_part))
-        model_metrics["brier_uncalibrated"] = evaluate(y_part, raw, chosen)[0]["brier"]
-        model_metrics["calibration_error_uncalibrated"] = expected_calibration_error(
-            y_part.to_numpy(), raw
+        scores = raw if calibrator is None else calibrator(raw)  # = pipeline.predict_proba
+        model_metrics, text = evaluate(y_part, scores, chosen)
+        y_np = y_part.to_numpy()
+        model_metrics["brier_uncalibrated"] = float(np.mean((raw - y_np) ** 2))
+        model_metrics["calibration_error_uncalibrated"] = expected_calibration_error(y_np, raw)
+        model_metrics["roc_auc_uncalibrated"] = (
+            float(roc_auc_score(y_np, raw)) if len(np.unique(y_np)) == 2 else None
         )
-        model_metrics["roc_auc_uncalibrated"] = evaluate(y_part, raw, chosen)[0]["roc_auc"]
         base: dict[str, Any] = {
             "majority": {
                 "strategy": "most_frequent",
@@ -480,14 +442,6 @@ def train_model(
 # --- helpers --------------------------------------------------------------------------------
 
 
-def positive_scores(estimator: Any, X: pd.DataFrame) -> np.ndarray:
-    """The positive-class column of ``predict_proba`` (class ``1`` / ``True``)."""
-    classes = list(estimator.classes_)
-    if 1 not in classes:  # True == 1, so this covers bool labels too
-        raise ValueError(f"no positive class 1/True among classes {classes}")
-    return np.asarray(estimator.predict_proba(X)[:, classes.index(1)], dtype=np.float64)
-
-
 def dataset_hash(X: pd.DataFrame, y: pd.Series | None = None) -> str:
     """sha256 over column names, dtypes and cell values (row order matters, index doesn't).
 
@@ -500,42 +454,6 @@ def dataset_hash(X: pd.DataFrame, y: pd.Series | None = None) -> str:
     if y is not None:
         digest.update(pd.util.hash_pandas_object(pd.Series(y), index=False).to_numpy().tobytes())
     return digest.hexdigest()
-
-
-def _cross_validate(
-    pipeline: Pipeline,
-    X: pd.DataFrame,
-    y: pd.Series,
-    folds: BaseCrossValidator,
-    *,
-    progress: bool,
-    groups: pd.Series | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-fold ROC AUC, and every row's score from the fold that held it out.
-
-    Out-of-fold scores come from the fold models themselves (``return_estimator``), so
-    calibrating and choosing a threshold on them costs predictions, not another round of
-    fits.
-    """
-    with tqdm(
-        total=folds.get_n_splits(), desc="cross-validation", unit="fold", disable=not progress
-    ) as bar:
-        results = cross_validate(
-            pipeline,
-            X,
-            y,
-            groups=None if groups is None else groups.to_numpy(),
-            cv=folds,
-            scoring=_ProgressScorer(bar),
-            n_jobs=1,
-            return_estimator=True,
-            return_indices=True,
-        )
-    scores = np.asarray(results["test_score"], dtype=np.float64)
-    oof = np.full(len(X), np.nan)
-    for estimator, rows in zip(results["estimator"], results["indices"]["test"], strict=True):
-        oof[rows] = positive_scores(estimator, X.iloc[rows])
-    return scores, oof
 
 
 def unusable_features(X: pd.DataFrame, names: Sequence[str]) -> list[dict[str, str]]:
@@ -574,63 +492,6 @@ def _recency_scores(recency: pd.Series) -> np.ndarray:
 
 def _comparable(baselines: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
     return {"majority": baselines["majority"], "recency": baselines["recency"]}
-
-
-class _ProgressScorer:
-    """ROC AUC scorer that ticks a progress bar.
-
-    scikit-learn has no per-fit callback, but it calls the scorer exactly once per fitted
-    fold (``return_train_score`` is off), which is what the bar counts.
-    """
-
-    def __init__(self, bar: tqdm) -> None:
-        self._bar = bar
-        self._scorer = get_scorer("roc_auc")
-
-    def __call__(self, estimator: Any, X: pd.DataFrame, y: pd.Series) -> float:
-        try:
-            return float(self._scorer(estimator, X, y))
-        finally:
-            self._bar.update(1)
-
-
-def _fit_with_progress(
-    pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, *, progress: bool
-) -> Pipeline:
-    """Fit the pipeline, growing the forest in chunks (``warm_start``) to show progress.
-
-    Equivalent to ``pipeline.fit(X, y)``: the forest seeds tree *i* the same way whether it
-    grows all trees at once or in steps (scikit-learn advances its random state over the
-    trees already grown), so the fitted model is identical — a unit test checks it.
-    """
-    transform, forest = pipeline[:-1], pipeline[-1]
-    total = int(forest.n_estimators)
-    step = max(1, math.ceil(total / _FIT_CHUNKS))
-    with (
-        _quiet_warm_start(),
-        tqdm(total=total, desc="fit", unit="tree", disable=not progress) as bar,
-    ):
-        Xt = transform.fit_transform(X, y)
-        forest.set_params(warm_start=True)
-        try:
-            grown = 0
-            while grown < total:
-                target = min(total, grown + step)
-                forest.set_params(n_estimators=target)
-                forest.fit(Xt, y)
-                bar.update(target - grown)
-                grown = target
-        finally:
-            forest.set_params(warm_start=False)
-    return pipeline
-
-
-@contextmanager
-def _quiet_warm_start() -> Iterator[None]:
-    """Silence the 'balanced class_weight with warm_start' warning: we refit on the same rows."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*class_weight presets.*warm_start.*")
-        yield
 
 
 def _check_features(X: pd.DataFrame, numeric: list[str], categorical: list[str]) -> list[str]:
