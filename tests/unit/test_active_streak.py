@@ -9,13 +9,17 @@ batch), so training still equals serving.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+from sklearn.dummy import DummyClassifier
 
 from driftline.core.events import EventBatch
 from driftline.core.offline import history_features
 from driftline.core.spec import DAY_MS, load_default_spec
 from driftline.core.state import FeatureState
+from driftline.model.registry import ModelRegistry
 
 START_MS = 1_767_225_600_000  # 2026-01-01
 
@@ -63,3 +67,34 @@ def test_the_worker_state_computes_the_same_streak_batch_by_batch() -> None:
         for i in range(len(events))
     ]
     np.testing.assert_allclose(online, offline["active_streak_months"].to_numpy())
+
+
+def test_the_demo_retrains_a_model_registered_under_the_old_spec(tmp_path: Path) -> None:
+    """The rename changes the spec digest: a demo model of the same history registered
+    before it would be refused by the worker, so the demo must train anew."""
+    from driftline.commands.demo import _trained_on
+    from driftline.commands.train import _day
+
+    history = purchases([0, 30, 60])
+    frame = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0]})
+    dummy = DummyClassifier().fit(frame, [0, 1, 0, 1])
+    registry = ModelRegistry(tmp_path)
+    dataset = {
+        "n_events": len(history),
+        "history": [_day(int(history["event_time"].min())), _day(int(history["event_time"].max()))],
+    }
+    for digest in ("digest-of-the-old-spec", load_default_spec().digest):
+        registry.save(
+            "churn",
+            dummy,
+            feature_names=["x"],
+            feature_types={"x": "numeric"},
+            spec_digest=digest,
+            metrics={},
+            data_hash="h",
+            reference_profile={},
+            threshold=0.5,
+            extra={"dataset": dataset},
+        )
+    assert not _trained_on(registry, "v0001", history)
+    assert _trained_on(registry, "v0002", history)

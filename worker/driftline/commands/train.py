@@ -62,9 +62,9 @@ Event log (--events): CSV or Parquet with event-field columns (customer_id, even
 event_type, amount, ...); event_time as epoch millis or ISO dates/datetimes (naive = UTC).
 The mapping flags are replay's: --mapping cdnow reads the raw CDNOW master file (its dates
 are replayed 28 years later, in 2025-26; --cutoff dates are given in the file's own
-calendar); --column FIELD=COLUMN / --constant FIELD=VALUE map any other log.  A customer active
-within --lookback-days before a cutoff is labelled churned when no --target-event follows
-within --horizon-days.  Without --cutoff, the latest date whose horizon fits in the history
+calendar); --column FIELD=COLUMN / --constant FIELD=VALUE map any other log.  A customer
+active within --lookback-days before a cutoff is labelled churned when no --target-event
+follows within --horizon-days.  Without --cutoff, the latest date whose horizon fits in the history
 is used, plus --cutoffs - 1 earlier ones, one horizon apart.  A cutoff DATE is 00:00 UTC of
 that day; events stamped exactly then count as history.
 

@@ -315,8 +315,9 @@ def train_model(
         threshold_info = {
             "value": chosen,
             "objective": threshold_objective,
-            "method": f"{objective_text(threshold_objective)} on the calibrated out-of-fold "
-            "scores of the training part",
+            "method": f"{objective_text(threshold_objective)} on the "
+            f"{'' if calibrator is None else 'calibrated '}out-of-fold scores of the "
+            "training part",
         }
     else:
         chosen = float(threshold)
