@@ -81,7 +81,7 @@ class DriftSidecar:
             "drift budget for %s %s: one false alarm per 30 days of %.6g events/day (%s)",
             loaded.name,
             loaded.version,
-            per_day,
+            monitor.budget.events_per_day,
             "--drift-events-per-day"
             if s.drift_events_per_day
             else "the reference's events per day"
