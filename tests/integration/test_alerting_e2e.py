@@ -86,7 +86,7 @@ def binaries() -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default spec without the calendar-bound features (``tests/support/specs.py``):
-    in the simulated closed cohort ``months_active`` is the calendar and really drifts."""
+    in the simulated closed cohort ``active_streak_months`` is the calendar and really drifts."""
     path = tmp_path_factory.mktemp("spec") / "features.toml"
     write_stationary_spec(path)
     return path

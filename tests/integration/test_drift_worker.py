@@ -3,7 +3,7 @@
 A drifted stream gives drift metrics on /metrics and exactly one retrain request for the
 incident, keyed by its id; a stationary stream gives none.  The stationary run uses the
 default spec without the calendar-bound features (``tests/support/specs.py``): in the
-simulated closed cohort ``months_active`` is the calendar, which really does drift.
+simulated closed cohort ``active_streak_months`` is the calendar, which really does drift.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Feature specs for drift tests (test support, not shipped: no command uses them).
 
 The simulated population is a closed cohort: everyone's first event is at the start of the
-simulation, so ``months_active`` (time since the customer's first event) is the calendar,
-and ``spend_90d_per_month`` divides by it.  Between the reference period and a live stream
-weeks later, those two features really do drift (by ~7 reference standard deviations), and
-a trustworthy monitor reports it.  A test of "no drift means no alarm" therefore needs a
-spec without the calendar-bound features; every other default feature is stationary in
-the simulator up to the cohort's slow churn.
+simulation, so ``active_streak_months`` (time since the first event of the customer's
+streak) is the calendar, and ``spend_90d_per_month`` divides by it.  Between the reference
+period and a live stream weeks later, those two features really do drift (by ~7 reference
+standard deviations), and a trustworthy monitor reports it.  A test of "no drift means no
+alarm" therefore needs a spec without the calendar-bound features; every other default
+feature is stationary in the simulator up to the cohort's slow churn.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from driftline.core.spec import FeatureSpec, default_spec_path, load_spec, parse_spec
 
 #: Default-spec features that move with the calendar in a closed simulated cohort.
-CALENDAR_FEATURES: tuple[str, ...] = ("months_active", "spend_90d_per_month")
+CALENDAR_FEATURES: tuple[str, ...] = ("active_streak_months", "spend_90d_per_month")
 
 
 def spec_without(

@@ -1,11 +1,11 @@
 """``driftline train`` on the real CDNOW purchase log: the spec's features carry signal.
 
 No broker: the log is read through ``replay.CDNOW_MAPPING`` and the training set is built
-offline by the worker's own feature engine.  CDNOW has purchases only, and the features are
-those of a customer's last purchase before the cutoff (what the worker computes when it
-scores that purchase), so time since the last purchase *as of the cutoff* is not a
-feature: the signal is frequency and spend.  The bar is "clearly better than chance", not a
-benchmark score.
+offline by the worker's own feature engine.  CDNOW has purchases only; a row is a
+customer's features as of the cutoff (as a worker's tick there scores them), so
+``days_since_last_purchase`` is the silence at the cutoff, and the model must rank better
+than that one feature alone (the recency baseline), on customers it never saw and on the
+latest cutoff.  The bar is "better than chance and than recency", not a benchmark score.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def test_cdnow_model_beats_chance_and_the_baseline(
     out = json.loads(capsys.readouterr().out)
 
     dataset, test, baseline = out["dataset"], out["test"], out["baseline"]
+    oot, recency = out["out_of_time"], out["baselines"]["test"]["recency"]
     # dates read in the file's calendar (1997-98), though replayed 28 years later
     assert dataset["history"] == ["1997-01-01", "1998-06-30"]
     assert dataset["cutoffs"] == ["1997-10-03", "1998-01-01", "1998-04-01"]
@@ -43,13 +44,18 @@ def test_cdnow_model_beats_chance_and_the_baseline(
         print(
             f"\nCDNOW: {dataset['n_rows']} rows, {dataset['n_customers']} customers, cutoffs "
             f"{', '.join(dataset['cutoffs'])}, churn rate {dataset['churn_rate']:.1%}; "
-            f"test ROC AUC {test['roc_auc']:.3f} (CV {out['cv']['roc_auc_mean']:.3f}"
-            f" ± {out['cv']['roc_auc_std']:.3f}), PR AUC {test['pr_auc']:.3f} vs majority "
-            f"baseline {baseline['pr_auc']:.3f}"
+            f"test (unseen customers) ROC AUC {test['roc_auc']:.3f} (CV "
+            f"{out['cv']['roc_auc_mean']:.3f} ± {out['cv']['roc_auc_std']:.3f}), PR AUC "
+            f"{test['pr_auc']:.3f} vs majority {baseline['pr_auc']:.3f}, recency ROC AUC "
+            f"{recency['roc_auc']:.3f}; out-of-time ROC AUC {oot['roc_auc']:.3f}"
         )
-    assert test["roc_auc"] > 0.6
-    assert out["cv"]["roc_auc_mean"] > 0.6
-    assert test["pr_auc"] > baseline["pr_auc"] + 0.05
+    # Honest split: no customer on both sides, the latest cutoff held out.
+    assert test["roc_auc"] > 0.55 and oot["roc_auc"] > 0.55
+    assert out["cv"]["roc_auc_mean"] > 0.55
+    assert test["pr_auc"] > baseline["pr_auc"] + 0.03
+    assert recency["roc_auc"] > 0.55
+    assert test["roc_auc"] > recency["roc_auc"]
+    assert oot["roc_auc"] > out["baselines"]["out_of_time"]["recency"]["roc_auc"]
 
     spec = load_default_spec()
     loaded = ModelRegistry(registry).load(

@@ -7,7 +7,7 @@ events; so the features served live are those of the history followed by the liv
 events, replayed through one state.  Their distribution must match the reference (PSI
 below 0.1 per feature and for the score), or the demo reports drift nobody injected.
 The controls show what the test catches: the closed ``Population`` the demo used before
-(everyone first seen on the history's first day: ``months_active`` is a clock), and a
+(everyone first seen on the history's first day: ``active_streak_months`` is a clock), and a
 cold state (windowed counts all small).
 """
 
@@ -155,12 +155,12 @@ def test_a_closed_population_or_a_cold_state_would_not_match(
     reference = serving_reference_profile(history, spec, pipeline, start_ms=cutoff)
     warm, times = _served(pd.concat([history, live]), spec)
     frame = warm[times >= END_MS][spec.feature_names].reset_index(drop=True)
-    assert _psi_by_feature(reference, frame)["months_active"] > 1.0
+    assert _psi_by_feature(reference, frame)["active_streak_months"] > 1.0
     # Cold: the worker starts on the live stream alone.
     steady = demo["result"].reference_profile
     cold, _ = _served(demo["live"][demo["live"]["event_time"] < END_MS + 30 * DAY_MS], spec)
     cold_psi = _psi_by_feature(steady, cold[spec.feature_names])
-    assert cold_psi["purchases_90d"] > 0.1 and cold_psi["months_active"] > 0.1, cold_psi
+    assert cold_psi["purchases_90d"] > 0.1 and cold_psi["active_streak_months"] > 0.1, cold_psi
 
 
 @pytest.mark.parametrize(

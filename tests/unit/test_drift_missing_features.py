@@ -25,8 +25,9 @@ from driftline.core.drift.goodness_of_fit import CategoricalWindowTest
 from driftline.core.drift.monitor import DRIFT, DriftMonitor, DriftUpdate, MonitorBudget
 from driftline.core.offline import history_features
 from driftline.core.spec import load_default_spec
-from driftline.model.profile import build_reference_profile
-from driftline.model.training import infer_column_types, positive_scores, train_from_table
+from driftline.model.profile import build_reference_profile, profiled_features
+from driftline.model.tables import infer_column_types, train_from_table
+from driftline.model.training import positive_scores
 
 NUMERIC = ["x", "age", "income", "rare", "constant"]
 CATEGORICAL = ["plan", "region", "flag"]
@@ -177,14 +178,12 @@ def test_cdnow_model_trained_as_the_readme_says_gets_a_working_monitor(
     result = train_on_events(events, spec, n_cutoffs=3, n_estimators=10, cv_folds=2, progress=False)
     profile = result.reference_profile
     absent = ["age", "income", "tenure_months", "plan_type", "region"]
-    assert all(
-        (profile["numeric"].get(f) or profile["categorical"].get(f))["missing_rate"] == 1.0
-        for f in absent
-    )
-    monitor = DriftMonitor(  # as the worker builds it
+    # Entirely missing in training: left out of the model and of the reference.
+    assert set(absent) <= set(result.dropped_features)
+    assert not set(absent) & (set(profile["numeric"]) | set(profile["categorical"]))
+    monitor = DriftMonitor(  # as the worker builds it (drift_sidecar.build_monitor)
         profile,
-        spec.numeric_features,
-        spec.categorical_features,
+        *profiled_features(profile, spec.numeric_features, spec.categorical_features),
         MonitorBudget(events_per_day=float(profile["events_per_day"])),
     )
     # Every event from the reference period on, scored by the model.

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from driftline.model.fitting import fit_with_progress
 from driftline.model.profile import (
     OTHER,
     assign_bins,
@@ -16,14 +17,12 @@ from driftline.model.profile import (
     categorical_profile,
     numeric_profile,
 )
+from driftline.model.tables import infer_column_types, train_from_table
 from driftline.model.training import (
     TrainResult,
-    _fit_with_progress,
     as_category_strings,
     build_pipeline,
     dataset_hash,
-    infer_column_types,
-    train_from_table,
     train_model,
 )
 
@@ -77,7 +76,9 @@ def test_known_signal_beats_the_baseline(synthetic_result: TrainResult) -> None:
     # strongest signal is asserted to rank first.
     assert synthetic_result.importances[0]["feature"] == "num__logins_7d"
     names = {item["feature"] for item in synthetic_result.importances}
-    assert "cat__region_missing" in names  # the all-missing column is kept, not dropped
+    # The all-missing column is left out of the model (and named), not one-hot encoded.
+    assert not any("region" in name for name in names)
+    assert synthetic_result.dropped_features == ["region"]
 
 
 def test_result_is_ready_for_the_registry(synthetic_result: TrainResult) -> None:
@@ -140,7 +141,7 @@ def test_chunked_fit_equals_one_shot_fit() -> None:
     X, y = _synthetic(n=300)
     columns = (["logins_7d", "payment_failures_30d", "noise"], ["plan_type", "region"])
     one_shot = build_pipeline(*columns, n_estimators=23, class_weight_balanced=True).fit(X, y)
-    chunked = _fit_with_progress(
+    chunked = fit_with_progress(
         build_pipeline(*columns, n_estimators=23, class_weight_balanced=True), X, y, progress=False
     )
     np.testing.assert_array_equal(one_shot.predict_proba(X), chunked.predict_proba(X))

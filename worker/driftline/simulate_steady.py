@@ -4,7 +4,7 @@
 of its history, a fixed share churns once, at a time spread over ``horizon_days``, and then
 the population only shrinks.  A stream that continues such a history is not the history's
 world any more: nobody new joins, nobody starts churning after the horizon, and every
-customer's "first seen" is the same day, so a feature like ``months_active`` (time since a
+customer's "first seen" is the same day, so a feature like ``active_streak_months`` (time since a
 customer's first retained event) is a clock: its distribution moves by one month per
 month of event time, and a drift monitor is right to flag it.
 
@@ -23,7 +23,7 @@ order values, warning and decay of churners) but makes time-invariant what shoul
   ``login`` (carrying the profile) every ``account_spacing_days`` from each customer's
   signup to the start: a thin past, enough for the worker's state to know when each
   customer was first seen (closer than the idle eviction, so it is never forgotten), so
-  ``months_active`` is the customer's real tenure and not "days since the log began".
+  ``active_streak_months`` is the customer's real tenure and not "days since the log began".
   Windowed features are unaffected once the longest window has passed since the start.
 """
 

@@ -46,6 +46,7 @@ from driftline.core.events import EventBatch
 from driftline.core.spec import DAY_MS, FeatureSpec, load_default_spec
 from driftline.core.state import FeatureState
 from driftline.core.watermark import PartitionWatermark
+from driftline.model.profile import profiled_features
 from driftline.model.training import positive_scores
 
 #: Name of the score's stream in alarms and in the report.
@@ -240,12 +241,10 @@ def make_monitor(profile: dict[str, Any], budget_days: float = 30.0) -> DriftMon
     ``budget_days`` days at the reference's events per day."""
     spec = load_default_spec()
     budget = MonitorBudget(events_per_day=float(profile["events_per_day"]), period_days=budget_days)
-    return DriftMonitor(
-        profile,
-        spec.numeric_features,
-        spec.categorical_features,
-        budget,
+    numeric, categorical = profiled_features(
+        profile, spec.numeric_features, spec.categorical_features
     )
+    return DriftMonitor(profile, numeric, categorical, budget)
 
 
 @dataclass

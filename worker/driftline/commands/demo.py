@@ -319,6 +319,8 @@ def _trained_on(registry: ModelRegistry, version: str, history: pd.DataFrame) ->
         dataset = metadata["extra"]["dataset"]
     except (OSError, KeyError, TypeError, ValueError):
         return False
+    if metadata.get("spec_digest") != load_default_spec().digest:
+        return False  # trained under another feature spec: the worker would refuse it
     times = history["event_time"]
     span = [train_day(int(times.min())), train_day(int(times.max()))]
     return bool(dataset.get("n_events") == len(history) and dataset.get("history") == span)

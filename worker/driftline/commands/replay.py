@@ -17,45 +17,23 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
-from pathlib import Path
 
 import pandas as pd
 
 from driftline.commands._errors import CommandError
 from driftline.commands._flags import add_bootstrap, add_topics
 from driftline.commands._kafka import connect
-from driftline.replay import (
-    CDNOW_MAPPING,
-    ColumnMapping,
-    event_file_mapping,
-    file_columns,
-    load_events,
-    replay,
-)
+from driftline.commands._mapping import MappingError, add_mapping, mapping_for_file
+from driftline.replay import ColumnMapping, load_events, replay
 
 HELP = __doc__ or ""
-
-#: Event fields every mapping must provide from a column of the file.
-_REQUIRED = ("customer_id", "event_time")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_bootstrap(parser)
     add_topics(parser, output=False)
     parser.add_argument("file", help="CSV or Parquet event log")
-    parser.add_argument(
-        "--mapping",
-        choices=["cdnow", "events", "custom"],
-        default=None,
-        help="column mapping preset (default: events, or custom with --column/--constant)",
-    )
-    parser.add_argument(
-        "--column", action="append", default=[], help="field=source_column (custom mapping)"
-    )
-    parser.add_argument(
-        "--constant", action="append", default=[], help="field=value (custom mapping)"
-    )
-    parser.add_argument("--time-format", default=None, help="strptime format of the time column")
+    add_mapping(parser)
     parser.add_argument(
         "--speedup", type=float, default=None, help="event-time speed-up (default: max speed)"
     )
@@ -66,40 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def mapping_from_args(args: argparse.Namespace) -> ColumnMapping:
     """The mapping asked for; ``CommandError`` naming what is wrong with it or the file."""
-    custom = bool(args.column or args.constant)
-    kind = args.mapping or ("custom" if custom else "events")
-    if custom and kind != "custom":
-        raise CommandError(f"--column/--constant make a custom mapping: drop --mapping {kind}")
-    path = Path(args.file)
-    if not path.is_file():
-        raise CommandError(f"{path}: no such file")
     try:
-        header = file_columns(path)
-    except (ValueError, OSError) as error:
-        raise CommandError(f"{path}: not a readable CSV or Parquet file ({error})") from error
-    try:
-        if kind == "cdnow":
-            mapping = CDNOW_MAPPING
-        elif kind == "events":
-            absent = [f for f in (*_REQUIRED, "event_type") if f not in header]
-            if absent:
-                raise CommandError(
-                    f"{path} has no column(s) {', '.join(absent)} (columns: "
-                    f"{', '.join(header) or 'none'}); map yours with --column FIELD=COLUMN"
-                )
-            mapping = event_file_mapping(path)
-        else:
-            mapping = ColumnMapping.from_strings(
-                args.column, args.constant, time_format=args.time_format
-            )
-    except ValueError as error:
-        raise CommandError(f"mapping for {path}: {error}") from error
-    absent = sorted(set(mapping.columns.values()) - set(header))
-    if absent:
-        raise CommandError(
-            f"{path} has no column(s) {', '.join(absent)} (columns: {', '.join(header) or 'none'})"
-        )
-    return mapping
+        return mapping_for_file(args.file, args)
+    except MappingError as error:
+        raise CommandError(str(error)) from error
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,18 +30,29 @@ import pandas as pd
 
 from driftline import config
 from driftline.commands._flags import add_spec
+from driftline.commands._mapping import add_mapping, mapping_kind
+from driftline.commands._train_inputs import (
+    REQUIRED_EVENT_COLUMNS,
+    UsageError,
+    dataset_summary,
+    parse_cutoff,
+    read_event_file,
+    read_table,
+    recency_days,
+)
 from driftline.core.events import EVENT_TYPES
 from driftline.core.offline import ChurnDefinition, training_set
 from driftline.core.spec import DAY_MS, FeatureSpec, load_default_spec, load_spec
+from driftline.model.calibration import METHODS as CALIBRATION_METHODS
+from driftline.model.evaluation import THRESHOLD_OBJECTIVES
 from driftline.model.registry import ModelRegistry, ModelVersion
 from driftline.model.serving_profile import NoReferenceEvents, serving_reference_profile
+from driftline.model.tables import infer_positive_label, train_from_table
 from driftline.model.training import (
     AUTO_THRESHOLD,
     DEFAULT_THRESHOLD,
     TrainResult,
-    _infer_positive_label,
     _jsonable,
-    train_from_table,
     train_model,
 )
 
@@ -49,29 +60,26 @@ HELP = """Train a churn model on an event log or a customer table, and register 
 
 Event log (--events): CSV or Parquet with event-field columns (customer_id, event_time,
 event_type, amount, ...); event_time as epoch millis or ISO dates/datetimes (naive = UTC).
---mapping cdnow reads the raw CDNOW master file instead (its dates are replayed 28 years
-later, in 2025-26; --cutoff dates are given in the file's own calendar).  A customer active
-within --lookback-days before a cutoff is labelled churned when no --target-event follows
-within --horizon-days.  Without --cutoff, the latest date whose horizon fits in the history
+The mapping flags are replay's: --mapping cdnow reads the raw CDNOW master file (its dates
+are replayed 28 years later, in 2025-26; --cutoff dates are given in the file's own
+calendar); --column FIELD=COLUMN / --constant FIELD=VALUE map any other log.  A customer
+active within --lookback-days before a cutoff is labelled churned when no --target-event
+follows within --horizon-days.  Without --cutoff, the latest date whose horizon fits in the history
 is used, plus --cutoffs - 1 earlier ones, one horizon apart.  A cutoff DATE is 00:00 UTC of
 that day; events stamped exactly then count as history.
 
 Customer table (--table): one row per customer, label in --label-column.  The model reads the
 table's columns, not the feature spec, so the worker will not serve it.
 
---threshold auto picks the threshold with the best F1 on the out-of-fold cross-validation
-scores of the training part (never on the test set).
+Evaluation is honest: no customer is in both the training and the test rows, and with two
+or more cutoffs every row of the latest cutoff is an out-of-time test set.  Scores are
+calibrated (--calibration) on the out-of-fold cross-validation scores of the training
+part, and the decision threshold (--threshold auto, the default) is chosen there for
+--threshold-objective, never on a test set.  The report sets the model beside two
+baselines: always the majority class, and (event logs) days since the last target event.
 """
 
-#: Named mappings for raw logs; imported lazily (replay pulls in the Kafka client).
-MAPPINGS = ("cdnow",)
-#: Columns an event file must have (the rest of the event fields are optional).
-REQUIRED_EVENT_COLUMNS = ("customer_id", "event_time", "event_type")
 TELCO_NOTE = "Note: IBM describes the Telco company of this sample data as fictional."
-
-
-class UsageError(ValueError):
-    """Bad input the user can fix: reported as one line on stderr, exit status 2."""
 
 
 # --- library ------------------------------------------------------------------------------
@@ -160,10 +168,20 @@ def train_on_events(
             f"every one of the {len(y)} rows is labelled {'churned' if y.iloc[0] else 'retained'}"
             ": nothing to learn; try another horizon, cutoff or target event"
         )
-    result = train_model(X, y, spec.numeric_features, spec.categorical_features, **train_kwargs)
+    result = train_model(
+        X,
+        y,
+        spec.numeric_features,
+        spec.categorical_features,
+        groups=keys["customer_id"].astype(str),
+        times=keys["cutoff_ms"],
+        recency=recency_days(events, keys, target_event),
+        **train_kwargs,
+    )
     # Customers the model never saw: their scores after the cutoff are what live scores
     # look like (module docstring of ``serving_reference_profile``).
-    fitted = ~keys.index.isin(result.X_test.index)
+    fitted = np.zeros(len(keys), dtype=bool)
+    fitted[result.train_rows] = True
     unseen = set(keys.loc[~fitted, "customer_id"].astype(str)) - set(
         keys.loc[fitted, "customer_id"].astype(str)
     )
@@ -177,6 +195,7 @@ def train_on_events(
             start_ms=max(max(cutoffs), int(times.max()) - min(horizon_days, 30) * DAY_MS),
             days=min(horizon_days, 30),
             score_customers=unseen or None,
+            profiled=[*result.used_numeric, *result.used_categorical],
         )
     except NoReferenceEvents as error:
         raise UsageError(str(error)) from None
@@ -239,57 +258,12 @@ def register(
         data_hash=result.data_hash,
         reference_profile=result.reference_profile,
         threshold=result.threshold,
-        extra={"trained_by": "driftline train", "dataset": _jsonable(result.dataset)},
+        extra={
+            "trained_by": "driftline train",
+            "dataset": _jsonable(result.dataset),
+            "dropped_features": list(result.dropped_features),
+        },
     )
-
-
-def read_event_file(path: str | Path, mapping: str | None = None) -> tuple[pd.DataFrame, int]:
-    """(events, calendar shift in ms) from an event-format file or a named raw log.
-
-    The shift is what the mapping added to every time (CDNOW is moved 28 years on so the
-    event contract accepts it); cutoffs typed by the user are in the file's calendar and
-    must be shifted the same way.
-    """
-    from driftline import replay
-
-    path = _existing_file(path)
-    if mapping is None:
-        header = _header(path)
-        missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in header]
-        if missing:
-            raise UsageError(
-                f"{path}: missing column(s) {missing} (has {header}); an event file needs "
-                f"{list(REQUIRED_EVENT_COLUMNS)}, or pass --mapping for a raw log"
-            )
-        return replay.load_events(path), 0
-    if mapping != "cdnow":
-        raise UsageError(f"unknown mapping {mapping!r}; known: {', '.join(MAPPINGS)}")
-    column_mapping = replay.CDNOW_MAPPING
-    header = _header(path)
-    missing = sorted({c for c in column_mapping.columns.values() if c not in header})
-    if missing:
-        raise UsageError(f"{path}: missing column(s) {missing} for --mapping {mapping}")
-    return replay.load_events(path, column_mapping), int(column_mapping.time_shift_ms)
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """A customer table from CSV or Parquet; ids and blank cells are kept as text."""
-    path = _existing_file(path)
-    if path.suffix.lower() == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
-
-
-def parse_cutoff(text: str) -> int:
-    """``YYYY-MM-DD`` (or any ISO datetime; naive = UTC) -> epoch millis."""
-    try:
-        stamp = pd.Timestamp(text)
-    except ValueError:
-        raise UsageError(f"bad --cutoff {text!r}: use YYYY-MM-DD") from None
-    if pd.isna(stamp):
-        raise UsageError(f"bad --cutoff {text!r}: use YYYY-MM-DD")
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return int(stamp.value // 1_000_000)
 
 
 # --- CLI -------------------------------------------------------------------------------------
@@ -302,9 +276,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     exclusive.add_argument(
         "--table", metavar="PATH", help="customer table with a label column, CSV or Parquet"
     )
-    source.add_argument(
-        "--mapping", choices=MAPPINGS, default=None, help="read --events as this raw log format"
-    )
+    add_mapping(source)
     source.add_argument(
         "--label-column", default="Churn", help="--table label column (default: %(default)s)"
     )
@@ -378,7 +350,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threshold",
         type=_threshold,
         default=DEFAULT_THRESHOLD,
-        help="decision threshold in [0, 1], or 'auto' (best out-of-fold F1) (default: %(default)s)",
+        help="decision threshold in [0, 1], or 'auto': the best --threshold-objective on the "
+        "calibrated out-of-fold scores of the training part (default: %(default)s)",
+    )
+    model.add_argument(
+        "--threshold-objective",
+        choices=THRESHOLD_OBJECTIVES,
+        default="f1",
+        help="what --threshold auto maximizes: f1, f2 (recall counts twice) or youden "
+        "(TPR - FPR) (default: %(default)s)",
+    )
+    model.add_argument(
+        "--calibration",
+        choices=CALIBRATION_METHODS,
+        default="auto",
+        help="probability calibration fitted on out-of-fold scores: isotonic, sigmoid, none, "
+        "or auto (isotonic from 1000 training rows, else sigmoid) (default: %(default)s)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -407,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(_jsonable(payload), indent=2, allow_nan=False))
     else:
-        print(_summary(result.dataset))
+        print(dataset_summary(result.dataset))
         print()
         print(result.report)
         print()
@@ -430,12 +417,14 @@ def _train(args: argparse.Namespace) -> tuple[TrainResult, FeatureSpec | None]:
         "seed": args.seed,
         "progress": not args.no_progress,
         "threshold": args.threshold,
+        "threshold_objective": args.threshold_objective,
+        "calibration": args.calibration,
     }
     if args.n_estimators < 1:
         raise UsageError("--n-estimators must be at least 1")
     if args.table is not None:
-        if args.mapping is not None:
-            raise UsageError("--mapping applies to --events, not --table")
+        if args.mapping is not None or args.column or args.constant or args.time_format:
+            raise UsageError("the mapping flags apply to --events, not --table")
         table = read_table(args.table)
         if args.label_column not in table.columns:
             raise UsageError(
@@ -452,7 +441,7 @@ def _train(args: argparse.Namespace) -> tuple[TrainResult, FeatureSpec | None]:
                 f"{labels.iloc[0]!r}: nothing to learn"
             )
         if positive is None:
-            positive = _infer_positive_label(labels)
+            positive = infer_positive_label(labels)
         result = train_from_table(table, args.label_column, positive, **train_kwargs)
         result.dataset = _jsonable(
             {
@@ -469,7 +458,7 @@ def _train(args: argparse.Namespace) -> tuple[TrainResult, FeatureSpec | None]:
         return result, None
 
     spec = load_spec(args.features) if args.features else load_default_spec()
-    events, shift_ms = read_event_file(args.events, args.mapping)
+    events, shift_ms = read_event_file(args.events, args)
     cutoffs = (
         [parse_cutoff(text) + shift_ms for text in args.cutoff] if args.cutoff is not None else None
     )
@@ -485,46 +474,10 @@ def _train(args: argparse.Namespace) -> tuple[TrainResult, FeatureSpec | None]:
         **train_kwargs,
     )
     result.dataset["path"] = str(args.events)
-    result.dataset["mapping"] = args.mapping
+    result.dataset["mapping"] = (
+        None if mapping_kind(args) == "events" else (args.mapping or "custom")
+    )
     return result, spec
-
-
-def _summary(dataset: dict[str, Any]) -> str:
-    """The dataset part of the report; dates in the source file's own calendar."""
-    if dataset.get("source") == "table":
-        lines = [
-            f"Dataset: table {dataset['path']}: {dataset['n_rows']} customers, label "
-            f"{dataset['label_column']!r} positive={dataset['positive_label']!r}, churn rate "
-            f"{dataset['churn_rate']:.1%}"
-        ]
-        if "note" in dataset:
-            lines.append(dataset["note"])
-        return "\n".join(lines)
-    rates = dataset["churn_rate_by_cutoff"]
-    rows = dataset["rows_by_cutoff"]
-    definition = dataset["churn_definition"]
-    start, end = dataset["history"]
-    shown = dataset["cutoffs"]
-    lines = [
-        f"Dataset: events {dataset['path']}"
-        + (f" (mapping {dataset['mapping']})" if dataset.get("mapping") else "")
-        + f": {dataset['n_events']} events, history {start} .. {end}",
-        f"  churned = no {definition['target_event']!r} within {definition['horizon_days']} days "
-        f"after the cutoff; customers active in the {definition['lookback_days']} days before",
-        f"  {dataset['n_rows']} rows, {dataset['n_customers']} customers, "
-        f"{len(shown)} cutoff(s), churn rate {dataset['churn_rate']:.1%}",
-        *(
-            f"    cutoff {day}: {rows[day]} rows, churn rate {rates[day]:.1%}"
-            if day in rates
-            else f"    cutoff {day}: no active customer"
-            for day in shown
-        ),
-    ]
-    if dataset["calendar_shift_days"]:
-        lines.append(
-            f"  (dates as in the file; replayed {dataset['calendar_shift_days']} days later)"
-        )
-    return "\n".join(lines)
 
 
 def _check_cutoffs(cutoffs: list[int], times: np.ndarray, horizon_ms: int, shift_ms: int) -> None:
@@ -573,24 +526,6 @@ def _threshold(text: str) -> float | str:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"threshold must be within [0, 1], got {value}")
     return value
-
-
-def _existing_file(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path}: no such file")
-    if not path.is_file():
-        raise UsageError(f"{path}: not a file")
-    return path
-
-
-def _header(path: Path) -> list[str]:
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(path).names)
-    sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    return [str(c) for c in pd.read_csv(path, nrows=0, sep=sep).columns]
 
 
 def _day(ms: int, shift_ms: int = 0) -> str:

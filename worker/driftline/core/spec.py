@@ -70,7 +70,13 @@ class RatioFeature:
 
 @dataclass(frozen=True, slots=True)
 class TenureFeature:
-    """Time since the customer's first retained event, in ``unit_ms`` (at least ``floor``)."""
+    """Time since the first event of the customer's current activity streak, in ``unit_ms``
+    (at least ``floor``).
+
+    A streak ends when the customer is silent for longer than the idle eviction
+    (:attr:`FeatureSpec.eviction_after_ms`): the next event starts a new one, as the state
+    has forgotten the old (whether or not the eviction sweep ran).  Not the time since the
+    very first event: name such a feature for what it is (``active_streak_months``)."""
 
     name: str
     unit_ms: int = 30 * DAY_MS

@@ -46,7 +46,8 @@ undefined statistics are ``null``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -142,3 +143,16 @@ def build_reference_profile(
         "categorical": {name: categorical_profile(X[name], top_k) for name in categorical},
         "score": numeric_profile(np.asarray(scores, dtype=np.float64), n_bins),
     }
+
+
+def profiled_features(
+    profile: Mapping[str, Any], numeric: Sequence[str], categorical: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """The features of ``numeric`` / ``categorical`` that ``profile`` has a reference for.
+
+    A model trained without some spec features (constant or entirely missing in its
+    training part) has no reference for them: the drift monitor watches the rest.
+    """
+    numeric_ref, categorical_ref = profile.get("numeric", {}), profile.get("categorical", {})
+    kept_numeric = [f for f in numeric if f in numeric_ref]
+    return kept_numeric, [f for f in categorical if f in categorical_ref]

@@ -8,6 +8,7 @@ the order the worker sees them, with the serial-dependence calibration the monit
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ def serving_reference_profile(
     max_calibration_rows: int = 500_000,
     seed: int = 0,
     score_customers: set[str] | None = None,
+    profiled: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The drift monitor's reference: what the worker sees in the days after ``start_ms``.
 
@@ -50,7 +52,14 @@ def serving_reference_profile(
     stationary stream the mean score of those days sat 0.06 below the steady level (0.676
     against 0.737).  So with ``score_customers`` (customers whose rows were held out of the
     fit) the *score* reference comes from their events only; the features' from all.
+
+    ``profiled`` (default: all the spec's features) are the features profiled: a feature the model
+    left out (constant or entirely missing in training) has no reference, and the drift
+    monitor then does not watch it.
     """
+    kept = set(spec.feature_names if profiled is None else profiled)
+    numeric = [f for f in spec.numeric_features if f in kept]
+    categorical = [f for f in spec.categorical_features if f in kept]
     ordered = events.sort_values("event_time", kind="stable").reset_index(drop=True)
     features, late = history_features(ordered, spec)
     times = ordered["event_time"].to_numpy(dtype=np.int64)
@@ -75,9 +84,7 @@ def serving_reference_profile(
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_rows, replace=False))
     frame = features.iloc[rows][spec.feature_names].reset_index(drop=True)
     scores = positive_scores(pipeline, frame)
-    profile = build_reference_profile(
-        frame, scores, spec.numeric_features, spec.categorical_features
-    )
+    profile = build_reference_profile(frame, scores, numeric, categorical)
     score_rows = np.flatnonzero(scored[rows])
     score_profile = numeric_profile(scores[score_rows])
     score_profile["n_rows"] = int(score_rows.size)
@@ -89,8 +96,8 @@ def serving_reference_profile(
     # dependent features"): measured on the same period, in the order the worker sees it.
     profile["serving_calibration"] = calibrate_reference(
         profile,
-        spec.numeric_features,
-        spec.categorical_features,
+        numeric,
+        categorical,
         served_frame,
         served_scores,
         customers[served],

@@ -2,15 +2,23 @@
 
 Why each step is there:
 
-* **stratified train/test split** — churn is imbalanced; a plain split can leave the test
-  set with a different positive rate and make the metrics noisy.
-* **one Pipeline** (preprocessing + forest) — the worker loads *one* object and calls
-  ``predict_proba`` on raw feature frames; imputation, scaling and one-hot encoding travel
-  with the model, so serving cannot apply a different transformation than training did.
-* **cross-validation on the training part** — the spread across folds says how much to
-  trust the single test-set number.
-* **a majority-class baseline** — an ROC AUC of 0.8 means little on its own; the report
-  always shows what "predict nobody churns" scores on the same rows.
+* **an honest split** (:mod:`driftline.model.splits`) — by customer (no customer on both
+  sides: a customer labelled at several cutoffs would otherwise be partly memorized), plus
+  an out-of-time test set, every row of the latest cutoff, held out of everything.
+* **one Pipeline** (preprocessing + forest + calibration) — the worker loads *one* object
+  and calls ``predict_proba`` on raw feature frames; imputation, scaling, one-hot encoding
+  and the calibration map travel with the model, so serving cannot apply a different
+  transformation than training did.
+* **features that cannot inform** (constant, or entirely missing, in the training part)
+  are named in a warning and left out of the model and of the drift reference.  The model
+  still takes every spec feature as input (the worker feeds them all); it ignores those.
+* **cross-validation on the training part, grouped by customer** — the spread across
+  folds says how much to trust the test figures, and the out-of-fold scores are the
+  validation data: they fit the calibration (:mod:`driftline.model.calibration`) and
+  choose the decision threshold for a stated objective (never on a test set).
+* **baselines** — an ROC AUC of 0.8 means little on its own: the report shows what
+  "always the majority class" and, for event logs, "days since the last purchase" alone
+  score on the same rows, and says so when a baseline does as well as the model.
 * **reference profile on the held-out rows** — the drift monitor compares live data with
   it; held-out scores are used because a forest's scores on its own training rows are
   overconfident.
@@ -23,7 +31,8 @@ observed in a training window is all-missing).  They are module-level functions 
 pipeline pickles; their import path is therefore part of the saved-model format.
 
 The metrics, the baseline comparison and the printed report are in
-:mod:`driftline.model.evaluation`.
+:mod:`driftline.model.evaluation`; training on a plain customer table in
+:mod:`driftline.model.tables`.
 """
 
 from __future__ import annotations
@@ -32,9 +41,7 @@ import hashlib
 import json
 import logging
 import math
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,46 +51,35 @@ from sklearn.compose import ColumnTransformer
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
-from sklearn.metrics import (
-    get_scorer,
-)
-from sklearn.model_selection import (
-    GridSearchCV,
-    ParameterGrid,
-    StratifiedKFold,
-    cross_validate,
-    train_test_split,
-)
+from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
-from tqdm import tqdm
 
+from driftline.model.calibration import CalibratedPipeline, fit_calibrator, resolve_method
 from driftline.model.evaluation import (
-    best_f1_threshold,
+    THRESHOLD_OBJECTIVES,
+    baseline_verdicts,
+    choose_threshold,
     evaluate,
+    expected_calibration_error,
+    objective_text,
     report_text,
     top_importances,
 )
+from driftline.model.fitting import cross_validate_oof, fit_with_progress, search_grid
+from driftline.model.fitting import positive_scores as positive_scores  # callers import it here
 from driftline.model.profile import build_reference_profile
+from driftline.model.splits import grouped_folds, honest_split
 
 log = logging.getLogger(__name__)
 
-#: Decision threshold the test-set precision/recall/F1 are reported at (and the default
-#: threshold a freshly trained model is registered with).
-DEFAULT_THRESHOLD = 0.5
-#: ``threshold=AUTO_THRESHOLD`` picks the threshold maximizing F1 on out-of-fold predictions
-#: of the training part (never on the test set, whose numbers would then be optimistic).
+#: ``threshold=AUTO_THRESHOLD`` picks the threshold best for the objective (max F1 by
+#: default) on the calibrated out-of-fold scores of the training part (never on a test
+#: set, whose numbers would then be optimistic).  The default: 0.5 is right for no
+#: particular model, and with a 77 % churn rate it is wrong for most.
 AUTO_THRESHOLD = "auto"
-#: Small on purpose: 9 candidates x k folds.  Depth and leaf size are what matter most for
-#: a forest on a few dozen features; more knobs would mostly buy training time.
-PARAM_GRID: dict[str, list[Any]] = {
-    "model__max_depth": [None, 8, 16],
-    "model__min_samples_leaf": [1, 5, 20],
-}
+DEFAULT_THRESHOLD: float | str = AUTO_THRESHOLD
 TOP_IMPORTANCES = 20
-#: The forest is grown in about this many chunks so that fitting shows progress.
-_FIT_CHUNKS = 20
-_POSITIVE_WORDS = {"1", "yes", "y", "true", "t", "churn", "churned", "positive"}
 
 
 # --- pipeline ---------------------------------------------------------------------------
@@ -119,8 +115,8 @@ def build_pipeline(
     class_weight_balanced: bool = False,
     n_estimators: int = 100,
     seed: int = 42,
-) -> Pipeline:
-    """Preprocessing + random forest as one estimator (unfitted).
+) -> CalibratedPipeline:
+    """Preprocessing + random forest as one estimator (unfitted, not yet calibrated).
 
     The forest uses ``n_jobs=1``: the worker runs one process per core, so parallelism comes
     from processes, not from threads inside one prediction call.
@@ -160,7 +156,11 @@ def build_pipeline(
         n_jobs=1,
         random_state=seed,
     )
-    return Pipeline([("features", ColumnTransformer(branches)), ("model", model)])
+    # Input columns not in a branch (features left out) are dropped: the model still takes
+    # them, as the worker sends every spec feature, and reads nothing from them.
+    return CalibratedPipeline(
+        [("features", ColumnTransformer(branches, remainder="drop")), ("model", model)]
+    )
 
 
 # --- results ------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def build_pipeline(
 class TrainResult:
     """Everything the CLI needs to register a model and print what it is worth."""
 
-    pipeline: Pipeline
+    pipeline: CalibratedPipeline
     #: JSON-serializable: split sizes, parameters, CV, grid search, test and baseline metrics.
     metrics: dict[str, Any]
     #: Human-readable multi-line summary, model vs baseline.
@@ -189,10 +189,22 @@ class TrainResult:
     reference_profile: dict[str, Any]
     #: :func:`dataset_hash` of the full training table (features and labels).
     data_hash: str
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float = 0.5
+    #: Row positions the model was fitted on (everything else was held out).
+    train_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.intp))
+    #: Features left out of the model (constant or entirely missing in the training part).
+    dropped_features: list[str] = field(default_factory=list)
     #: Where the rows came from (source, cutoffs, churn definition...): filled by callers
     #: that build the table (``driftline train``), stored with the model as provenance.
     dataset: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def used_numeric(self) -> list[str]:
+        return [c for c in self.numeric if c not in self.dropped_features]
+
+    @property
+    def used_categorical(self) -> list[str]:
+        return [c for c in self.categorical if c not in self.dropped_features]
 
     @property
     def feature_types(self) -> dict[str, str]:
@@ -210,6 +222,9 @@ def train_model(
     numeric: list[str],
     categorical: list[str],
     *,
+    groups: pd.Series | Sequence[Any] | None = None,
+    times: pd.Series | Sequence[int] | None = None,
+    recency: pd.Series | Sequence[float] | None = None,
     class_weight_balanced: bool = False,
     grid_search: bool = False,
     n_estimators: int = 100,
@@ -218,22 +233,36 @@ def train_model(
     seed: int = 42,
     progress: bool = True,
     threshold: float | str = DEFAULT_THRESHOLD,
+    threshold_objective: str = "f1",
+    calibration: str = "auto",
 ) -> TrainResult:
-    """Split, cross-validate (or grid-search), fit, evaluate against a baseline, profile.
+    """Split honestly, cross-validate (or grid-search), calibrate, choose the threshold, fit,
+    evaluate against the baselines, profile.
 
     ``X`` must hold exactly the ``numeric`` and ``categorical`` columns (any order); the
-    model's feature list is ``X``'s column order.  ``y`` is binary: bool, or 0/1.
-    ``threshold`` is the decision threshold reported and registered, or ``"auto"``: the one
-    maximizing F1 on the out-of-fold cross-validation scores of the training part.
+    model's input columns are ``X``'s, in order (what the worker feeds it), though features
+    constant or entirely missing in the training part are left out of the model itself.
+    ``y`` is binary: bool, or 0/1.  ``groups`` (customer id per row) keep each customer on
+    one side of every split; ``times`` (the row's cutoff) with two or more values hold out
+    the latest cutoff as an out-of-time test (:mod:`driftline.model.splits`).  ``recency``
+    (days since the customer's last target event, per row) is the one-feature baseline.
+    ``threshold`` is ``"auto"`` (best ``threshold_objective`` on the calibrated
+    out-of-fold scores of the training part) or a fixed number; ``calibration`` is
+    ``auto``, ``isotonic``, ``sigmoid`` or ``none`` (:mod:`driftline.model.calibration`).
     """
     numeric, categorical = list(numeric), list(categorical)
     feature_names = _check_features(X, numeric, categorical)
     X = X.reset_index(drop=True)
     y = _binary_target(y, len(X))
+    groups_s = _aligned(groups, len(X), "groups")
+    times_s = _aligned(times, len(X), "times")
+    recency_s = _aligned(recency, len(X), "recency")
     if not 0.0 < test_size < 1.0:
         raise ValueError(f"test_size must be within (0, 1), got {test_size}")
     if cv_folds < 2:
         raise ValueError(f"cv_folds must be at least 2, got {cv_folds}")
+    if threshold_objective not in THRESHOLD_OBJECTIVES:
+        raise ValueError(f"threshold_objective must be one of {THRESHOLD_OBJECTIVES}")
     auto_threshold = threshold == AUTO_THRESHOLD
     if not auto_threshold:
         if isinstance(threshold, str):
@@ -241,83 +270,126 @@ def train_model(
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
 
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=test_size, stratify=y, random_state=seed
-    )
+    split = honest_split(y, groups_s, times_s, test_size=test_size, seed=seed)
+    X_train, y_train = X.iloc[split.train], y.iloc[split.train]
+    X_test, y_test = X.iloc[split.test], y.iloc[split.test]
+    train_groups = None if groups_s is None else groups_s.iloc[split.train]
+    dropped = unusable_features(X_train, feature_names)
+    if dropped:
+        log.warning(
+            "%d feature(s) constant or entirely missing in the training part, left out of "
+            "the model and the drift reference: %s",
+            len(dropped),
+            ", ".join(f"{d['feature']} ({d['reason']})" for d in dropped),
+        )
+    unused = {d["feature"] for d in dropped}
+    used_numeric = [c for c in numeric if c not in unused]
+    used_categorical = [c for c in categorical if c not in unused]
+    if not used_numeric and not used_categorical:
+        raise ValueError("every feature is constant or entirely missing in the training part")
     pipeline = build_pipeline(
-        numeric,
-        categorical,
+        used_numeric,
+        used_categorical,
         class_weight_balanced=class_weight_balanced,
         n_estimators=n_estimators,
         seed=seed,
     )
-    folds = StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
+    folds = grouped_folds(train_groups, cv_folds, seed)
 
-    grid_summary: dict[str, Any] | None = None
-    if grid_search:
-        n_fits = len(ParameterGrid(PARAM_GRID)) * cv_folds
-        with tqdm(total=n_fits, desc="grid search", unit="fit", disable=not progress) as bar:
-            search = GridSearchCV(
-                pipeline,
-                PARAM_GRID,
-                scoring=_ProgressScorer(bar),
-                cv=folds,
-                n_jobs=1,
-                refit=False,  # refit below, with a progress bar
-            )
-            search.fit(X_train, y_train)
-        results = search.cv_results_
-        best = int(np.argmin(results["rank_test_score"]))
-        best_params = dict(results["params"][best])
-        cv_scores = np.array([results[f"split{k}_test_score"][best] for k in range(cv_folds)])
-        pipeline.set_params(**best_params)
-        # The grid search kept no fold predictions: re-run the best candidate's folds.
-        oof_scores = (
-            _cross_validate(pipeline, X_train, y_train, folds, progress=progress, keep_oof=True)[1]
-            if auto_threshold
-            else None
-        )
-        grid_summary = {
-            "best_params": {k.removeprefix("model__"): v for k, v in best_params.items()},
-            "candidates": [
-                {
-                    "params": {k.removeprefix("model__"): v for k, v in params.items()},
-                    "roc_auc_mean": results["mean_test_score"][i],
-                    "roc_auc_std": results["std_test_score"][i],
-                }
-                for i, params in enumerate(results["params"])
-            ],
+    grid_summary = (
+        search_grid(pipeline, X_train, y_train, folds, train_groups, progress=progress)
+        if grid_search
+        else None
+    )
+    # The out-of-fold scores are the validation data: each row scored by a fold model that
+    # did not see its customer.  They fit the calibration and choose the threshold.
+    cv_scores, oof_raw = cross_validate_oof(
+        pipeline, X_train, y_train, folds, progress=progress, groups=train_groups
+    )
+    y_train_np = y_train.to_numpy()
+    method = resolve_method(calibration, len(y_train))
+    calibrator = None if method == "none" else fit_calibrator(y_train_np, oof_raw, method)
+    oof = oof_raw if calibrator is None else calibrator(oof_raw)
+    if auto_threshold:
+        chosen = choose_threshold(y_train_np, oof, threshold_objective)
+        threshold_info = {
+            "value": chosen,
+            "objective": threshold_objective,
+            "method": f"{objective_text(threshold_objective)} on the "
+            f"{'' if calibrator is None else 'calibrated '}out-of-fold scores of the "
+            "training part",
         }
     else:
-        cv_scores, oof_scores = _cross_validate(
-            pipeline, X_train, y_train, folds, progress=progress, keep_oof=auto_threshold
-        )
-
-    if oof_scores is not None:
-        chosen = best_f1_threshold(y_train.to_numpy(), oof_scores)
-        threshold_info = {"value": chosen, "method": "max F1 on out-of-fold CV scores (train)"}
-    else:
         chosen = float(threshold)
-        threshold_info = {"value": chosen, "method": "fixed"}
+        threshold_info = {"value": chosen, "objective": None, "method": "fixed"}
 
-    _fit_with_progress(pipeline, X_train, y_train, progress=progress)
+    fit_with_progress(pipeline, X_train, y_train, progress=progress)
+    pipeline.calibrator_ = calibrator
+    majority = DummyClassifier(strategy="most_frequent").fit(X_train, y_train)
+    recency_threshold = (
+        None
+        if recency_s is None
+        else choose_threshold(
+            y_train_np, _recency_scores(recency_s.iloc[split.train]), threshold_objective
+        )
+    )
+    prior = float(y_train.mean())
+
+    def judge(rows: np.ndarray) -> tuple[dict[str, Any], dict[str, Any], str]:
+        X_part, y_part = X.iloc[rows], y.iloc[rows]
+        raw = positive_scores(pipeline[-1], pipeline[:-1].transform(X_part))
+        scores = raw if calibrator is None else calibrator(raw)  # = pipeline.predict_proba
+        model_metrics, text = evaluate(y_part, scores, chosen)
+        y_np = y_part.to_numpy()
+        model_metrics["brier_uncalibrated"] = float(np.mean((raw - y_np) ** 2))
+        model_metrics["calibration_error_uncalibrated"] = expected_calibration_error(y_np, raw)
+        model_metrics["roc_auc_uncalibrated"] = (
+            float(roc_auc_score(y_np, raw)) if len(np.unique(y_np)) == 2 else None
+        )
+        base: dict[str, Any] = {
+            "majority": {
+                "strategy": "most_frequent",
+                **evaluate(y_part, positive_scores(majority, X_part), chosen)[0],
+            },
+            "recency": None,
+            "prior_brier": float(np.mean((y_part.to_numpy() - prior) ** 2)),
+        }
+        if recency_s is not None and recency_threshold is not None:
+            base["recency"] = evaluate(
+                y_part,
+                _recency_scores(recency_s.iloc[rows]),
+                recency_threshold,
+                probabilities=False,
+            )[0]
+        return model_metrics, base, text
+
+    model_metrics, test_baselines, model_text = judge(split.test)
+    oot_metrics, oot_baselines = (None, None)
+    if split.oot.size:
+        oot_metrics, oot_baselines, _ = judge(split.oot)
+    verdicts = baseline_verdicts("Test", model_metrics, _comparable(test_baselines))
+    if oot_metrics is not None and oot_baselines is not None:
+        verdicts += baseline_verdicts("Out-of-time", oot_metrics, _comparable(oot_baselines))
     test_scores = positive_scores(pipeline, X_test)
-    model_metrics, model_text = evaluate(y_test, test_scores, chosen)
-
-    baseline = DummyClassifier(strategy="most_frequent").fit(X_train, y_train)
-    baseline_scores = positive_scores(baseline, X_test)
-    baseline_metrics, _ = evaluate(y_test, baseline_scores, chosen)
 
     importances = top_importances(pipeline, TOP_IMPORTANCES)
     forest: RandomForestClassifier = pipeline[-1]
     metrics = _jsonable(
         {
             "n_rows": len(X),
-            "n_train": len(X_train),
-            "n_test": len(X_test),
+            "n_train": len(split.train),
+            "n_test": len(split.test),
+            "n_out_of_time": len(split.oot),
             "n_features": len(feature_names),
+            "n_features_used": len(used_numeric) + len(used_categorical),
+            "dropped_features": dropped,
             "positive_rate_train": float(y_train.mean()),
             "positive_rate_test": float(y_test.mean()),
+            "split": {
+                "method": split.method,
+                "by_customer": groups_s is not None,
+                "out_of_time_cutoff_ms": split.oot_cutoff,
+            },
             "params": {
                 "n_estimators": forest.n_estimators,
                 "class_weight": forest.class_weight,
@@ -328,18 +400,26 @@ def train_model(
             },
             "cv": {
                 "folds": cv_folds,
+                "grouping": "grouped by customer" if train_groups is not None else "stratified",
                 "roc_auc_mean": float(np.mean(cv_scores)),
                 "roc_auc_std": float(np.std(cv_scores)),
                 "roc_auc_folds": [float(s) for s in cv_scores],
             },
             "grid_search": grid_summary,
+            "calibration": {
+                **({"method": "none"} if calibrator is None else calibrator.describe()),
+                "fitted_on": f"out-of-fold scores of the {len(y_train)} training rows",
+            },
             "threshold": threshold_info,
             "test": model_metrics,
-            "baseline": {"strategy": "most_frequent", **baseline_metrics},
+            "baseline": test_baselines["majority"],
+            "out_of_time": oot_metrics,
+            "baselines": {"test": test_baselines, "out_of_time": oot_baselines},
+            "verdicts": verdicts,
             "top_importances": importances,
         }
     )
-    profile = build_reference_profile(X_test, test_scores, numeric, categorical)
+    profile = build_reference_profile(X_test, test_scores, used_numeric, used_categorical)
     report = report_text(metrics, model_text, importances)
     return TrainResult(
         pipeline=pipeline,
@@ -355,79 +435,12 @@ def train_model(
         reference_profile=profile,
         data_hash=dataset_hash(X, y),
         threshold=chosen,
+        train_rows=split.train,
+        dropped_features=sorted(unused, key=feature_names.index),
     )
 
 
-def train_from_table(
-    df: pd.DataFrame,
-    label_column: str,
-    positive_label: object = None,
-    drop_columns: Iterable[str] = ("customerID", "customer_id"),
-    **train_kwargs: Any,
-) -> TrainResult:
-    """Train on a plain customer table: one row per customer, one label column.
-
-    ``positive_label`` defaults to the obvious one for 0/1, bool and yes/no-style labels;
-    anything else must be given.  Columns in ``drop_columns`` are dropped when present (ids
-    carry no signal and would one-hot into one column per customer).  Column types are
-    inferred by :func:`infer_column_types`.  ``train_kwargs`` go to :func:`train_model`.
-    """
-    if label_column not in df.columns:
-        raise ValueError(f"label column {label_column!r} not in the table")
-    labels = df[label_column]
-    if labels.isna().any():
-        raise ValueError(f"{int(labels.isna().sum())} rows have no {label_column!r} label")
-    if positive_label is None:
-        positive_label = _infer_positive_label(labels)
-    elif not (labels == positive_label).any():
-        raise ValueError(f"positive_label {positive_label!r} never occurs in {label_column!r}")
-    y = pd.Series((labels == positive_label).to_numpy(dtype=np.int64), name=label_column)
-    dropped = [c for c in drop_columns if c in df.columns and c != label_column]
-    X, numeric, categorical = infer_column_types(df.drop(columns=[label_column, *dropped]))
-    return train_model(X, y, numeric, categorical, **train_kwargs)
-
-
-def infer_column_types(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """Split columns into numeric and categorical; returns the coerced frame and both lists.
-
-    Numeric and bool dtypes are numeric.  A text column is numeric when every non-blank
-    value parses as a number (Telco's ``TotalCharges`` is text because of 11 blank cells);
-    blanks become NaN.  Everything else is categorical, with blank strings as missing.
-    """
-    out: dict[str, pd.Series] = {}
-    numeric: list[str] = []
-    categorical: list[str] = []
-    for name in df.columns:
-        column = df[name]
-        if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
-            out[name] = column.astype(np.float64)
-            numeric.append(name)
-            continue
-        text = column.astype(object).where(column.notna(), None)
-        stripped = text.map(lambda v: v.strip() if isinstance(v, str) else v)
-        blank = stripped.isna() | (stripped == "")
-        parsed = pd.to_numeric(stripped.where(~blank, None), errors="coerce")
-        present = int((~blank).sum())
-        if present and int(parsed.notna().sum()) == present:
-            out[name] = parsed.astype(np.float64)
-            numeric.append(name)
-        else:
-            out[name] = stripped.where(~blank, None).astype(object)
-            categorical.append(name)
-            if present > 50 and stripped[~blank].nunique() == present:
-                log.warning("column %r has a distinct value on every row (an id?)", name)
-    return pd.DataFrame(out, index=df.index), numeric, categorical
-
-
 # --- helpers --------------------------------------------------------------------------------
-
-
-def positive_scores(estimator: Any, X: pd.DataFrame) -> np.ndarray:
-    """The positive-class column of ``predict_proba`` (class ``1`` / ``True``)."""
-    classes = list(estimator.classes_)
-    if 1 not in classes:  # True == 1, so this covers bool labels too
-        raise ValueError(f"no positive class 1/True among classes {classes}")
-    return np.asarray(estimator.predict_proba(X)[:, classes.index(1)], dtype=np.float64)
 
 
 def dataset_hash(X: pd.DataFrame, y: pd.Series | None = None) -> str:
@@ -444,97 +457,42 @@ def dataset_hash(X: pd.DataFrame, y: pd.Series | None = None) -> str:
     return digest.hexdigest()
 
 
-def _cross_validate(
-    pipeline: Pipeline,
-    X: pd.DataFrame,
-    y: pd.Series,
-    folds: StratifiedKFold,
-    *,
-    progress: bool,
-    keep_oof: bool,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-fold ROC AUC, and (``keep_oof``) every row's score from the fold that held it out.
-
-    Out-of-fold scores come from the fold models themselves (``return_estimator``), so
-    choosing a threshold on them costs predictions, not another round of fits.
-    """
-    with tqdm(
-        total=folds.get_n_splits(), desc="cross-validation", unit="fold", disable=not progress
-    ) as bar:
-        results = cross_validate(
-            pipeline,
-            X,
-            y,
-            cv=folds,
-            scoring=_ProgressScorer(bar),
-            n_jobs=1,
-            return_estimator=keep_oof,
-            return_indices=keep_oof,
-        )
-    scores = np.asarray(results["test_score"], dtype=np.float64)
-    if not keep_oof:
-        return scores, None
-    oof = np.full(len(X), np.nan)
-    for estimator, rows in zip(results["estimator"], results["indices"]["test"], strict=True):
-        oof[rows] = positive_scores(estimator, X.iloc[rows])
-    return scores, oof
+def unusable_features(X: pd.DataFrame, names: Sequence[str]) -> list[dict[str, str]]:
+    """Features that cannot inform a model trained on ``X``: entirely missing, or one value
+    on every row (missing counts as a value: a column that is sometimes missing still
+    says something through its missing indicator)."""
+    out = []
+    for name in names:
+        column = X[name]
+        if column.isna().all():
+            out.append({"feature": str(name), "reason": "entirely missing"})
+        elif column.nunique(dropna=False) <= 1:
+            value = column.iloc[0]
+            value = value.item() if isinstance(value, np.generic) else value
+            out.append({"feature": str(name), "reason": f"constant {value!r}"})
+    return out
 
 
-class _ProgressScorer:
-    """ROC AUC scorer that ticks a progress bar.
-
-    scikit-learn has no per-fit callback, but it calls the scorer exactly once per fitted
-    fold (``return_train_score`` is off), which is what the bar counts.
-    """
-
-    def __init__(self, bar: tqdm) -> None:
-        self._bar = bar
-        self._scorer = get_scorer("roc_auc")
-
-    def __call__(self, estimator: Any, X: pd.DataFrame, y: pd.Series) -> float:
-        try:
-            return float(self._scorer(estimator, X, y))
-        finally:
-            self._bar.update(1)
+def _aligned(values: Any, n_rows: int, what: str) -> pd.Series | None:
+    if values is None:
+        return None
+    series = pd.Series(values).reset_index(drop=True)
+    if len(series) != n_rows:
+        raise ValueError(f"{what} has {len(series)} rows, X has {n_rows}")
+    return series
 
 
-def _fit_with_progress(
-    pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, *, progress: bool
-) -> Pipeline:
-    """Fit the pipeline, growing the forest in chunks (``warm_start``) to show progress.
-
-    Equivalent to ``pipeline.fit(X, y)``: the forest seeds tree *i* the same way whether it
-    grows all trees at once or in steps (scikit-learn advances its random state over the
-    trees already grown), so the fitted model is identical — a unit test checks it.
-    """
-    transform, forest = pipeline[:-1], pipeline[-1]
-    total = int(forest.n_estimators)
-    step = max(1, math.ceil(total / _FIT_CHUNKS))
-    with (
-        _quiet_warm_start(),
-        tqdm(total=total, desc="fit", unit="tree", disable=not progress) as bar,
-    ):
-        Xt = transform.fit_transform(X, y)
-        forest.set_params(warm_start=True)
-        try:
-            grown = 0
-            while grown < total:
-                target = min(total, grown + step)
-                forest.set_params(n_estimators=target)
-                forest.fit(Xt, y)
-                bar.update(target - grown)
-                grown = target
-        finally:
-            forest.set_params(warm_start=False)
-    return pipeline
+def _recency_scores(recency: pd.Series) -> np.ndarray:
+    """Days since the last target event as a churn score (higher: likelier gone); a customer
+    with none yet ranks above everyone."""
+    values = pd.to_numeric(recency, errors="coerce").to_numpy(dtype=np.float64)
+    observed = values[~np.isnan(values)]
+    ceiling = (float(observed.max()) if observed.size else 0.0) + 1.0
+    return np.where(np.isnan(values), ceiling, values)
 
 
-@contextmanager
-def _quiet_warm_start() -> Iterator[None]:
-    """Silence the 'balanced class_weight with warm_start' warning: we refit on the same rows."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*class_weight presets.*warm_start.*")
-        yield
+def _comparable(baselines: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    return {"majority": baselines["majority"], "recency": baselines["recency"]}
 
 
 def _check_features(X: pd.DataFrame, numeric: list[str], categorical: list[str]) -> list[str]:
@@ -569,18 +527,6 @@ def _binary_target(y: pd.Series, n_rows: int) -> pd.Series:
     if len(values) < 2:
         raise ValueError("y has a single class: nothing to learn")
     return y.astype(np.int64)
-
-
-def _infer_positive_label(labels: pd.Series) -> object:
-    values = pd.unique(labels).tolist()
-    if len(values) != 2:
-        raise ValueError(f"label must have two values, got {len(values)}: {values[:10]}")
-    if set(values) <= {0, 1}:
-        return 1 if 1 in values else True
-    positive = [v for v in values if str(v).strip().lower() in _POSITIVE_WORDS]
-    if len(positive) != 1:
-        raise ValueError(f"cannot tell the positive label among {values}: pass positive_label")
-    return positive[0]
 
 
 def _jsonable(value: Any) -> Any:

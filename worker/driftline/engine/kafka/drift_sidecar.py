@@ -28,6 +28,7 @@ from driftline.engine.kafka.ports import ProducerPort
 from driftline.engine.kafka.retrain_history import read_retrain_requests
 from driftline.engine.kafka.settings import WorkerSettings
 from driftline.engine.kafka.transactions import ExactlyOnce
+from driftline.model.profile import profiled_features
 from driftline.model.registry import LoadedModel
 from driftline.observability.alerts import AlertIntake
 from driftline.observability.drift_coverage import UnmonitoredEvents
@@ -68,14 +69,7 @@ class DriftSidecar:
                     loaded.version,
                 )
             return None, None
-        per_day = s.drift_events_per_day or profile.get("events_per_day") or 100_000.0
-        monitor = DriftMonitor(
-            profile,
-            self.spec.numeric_features,
-            self.spec.categorical_features,
-            MonitorBudget(false_triggers=1.0, period_days=30.0, events_per_day=float(per_day)),
-            importances=feature_importances(loaded, self.spec),
-        )
+        monitor = build_monitor(loaded, self.spec, s.drift_events_per_day)
         trigger = RetrainTrigger(
             RetrainPolicy(persistence_s=s.retrain_persistence_s, cooldown_s=s.retrain_cooldown_s),
             loaded.name,
@@ -87,7 +81,7 @@ class DriftSidecar:
             "drift budget for %s %s: one false alarm per 30 days of %.6g events/day (%s)",
             loaded.name,
             loaded.version,
-            per_day,
+            monitor.budget.events_per_day,
             "--drift-events-per-day"
             if s.drift_events_per_day
             else "the reference's events per day"
@@ -254,6 +248,30 @@ class DriftSidecar:
             lambda: produce_with_backpressure(producer, topic, value, key),
             "retrain request",
         )
+
+
+def build_monitor(
+    loaded: LoadedModel, spec: FeatureSpec, events_per_day: float | None = None
+) -> DriftMonitor:
+    """The drift monitor of a model, from the reference profile in its metadata.
+
+    Only the features the profile has a reference for are watched: a model trained without
+    some spec features (constant or entirely missing in training) has none for them.  The
+    positive rate is counted at the model's own decision threshold, as the worker decides.
+    """
+    profile = loaded.metadata["reference_profile"]
+    per_day = events_per_day or profile.get("events_per_day") or 100_000.0
+    numeric, categorical = profiled_features(
+        profile, spec.numeric_features, spec.categorical_features
+    )
+    return DriftMonitor(
+        profile,
+        numeric,
+        categorical,
+        MonitorBudget(false_triggers=1.0, period_days=30.0, events_per_day=float(per_day)),
+        importances=feature_importances(loaded, spec),
+        decision_threshold=loaded.threshold,
+    )
 
 
 def reference_start(loaded: LoadedModel) -> int:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import numpy as np
 import pandas as pd
 
+from driftline.model.calibration import calibration_of
 from driftline.model.registry import LoadedModel
 from driftline.model.runtimes.sklearn import Scorer
 from driftline.model.runtimes.verification import (
@@ -76,6 +77,9 @@ class CompiledScorer(Scorer):
         self._fallback = self.pipeline[:-1]
         self._forest = forest
         self._forest_positive = list(self.pipeline[-1].classes_).index(1)
+        #: The model's calibration map, applied to the forest's scores as its own
+        #: ``predict_proba`` does (``driftline.model.calibration``).
+        self._calibrator = calibration_of(self.pipeline)
 
     def score(self, features: pd.DataFrame) -> np.ndarray:
         absent = [name for name in self.feature_names if name not in features.columns]
@@ -101,7 +105,8 @@ class CompiledScorer(Scorer):
 
     def _positive_scores(self, matrix: np.ndarray) -> np.ndarray:
         probabilities = self._forest(matrix)
-        return np.asarray(probabilities[:, self._forest_positive], dtype=np.float64)
+        scores = np.asarray(probabilities[:, self._forest_positive], dtype=np.float64)
+        return scores if self._calibrator is None else self._calibrator(scores)
 
 
 def compile_forest(estimator: Any) -> Forest | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from driftline.model.calibration import calibration_of
 from driftline.model.registry import LoadedModel
 from driftline.model.runtimes.compiled import compile_preprocess
 from driftline.model.runtimes.sklearn import Scorer
@@ -101,6 +102,7 @@ class OnnxScorer(Scorer):
         )
         self._output = self._session.get_outputs()[1].name  # [label, probabilities]
         self._forest_positive = list(forest.classes_).index(1)
+        self._calibrator = calibration_of(self.pipeline)  # applied as predict_proba does
 
     def score(self, features: pd.DataFrame) -> np.ndarray:
         absent = [name for name in self.feature_names if name not in features.columns]
@@ -116,7 +118,8 @@ class OnnxScorer(Scorer):
                 matrix = matrix.toarray()
         x = np.ascontiguousarray(matrix, dtype=np.float32)
         probabilities = self._session.run([self._output], {"X": x})[0]
-        return np.asarray(probabilities[:, self._forest_positive], dtype=np.float64)
+        scores = np.asarray(probabilities[:, self._forest_positive], dtype=np.float64)
+        return scores if self._calibrator is None else self._calibrator(scores)
 
 
 def verify(
