@@ -118,3 +118,20 @@ def test_bad_windows_are_refused_with_a_reason(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         realised_quality(scores, labels)
+
+
+def test_calibration_error_is_the_equal_width_definition_training_reports_too() -> None:
+    from driftline.model.evaluation import expected_calibration_error
+
+    scores, labels = _window(5, 5_000, ties=False)
+    index = np.minimum((scores * 10).astype(int), 9)
+    oracle = (
+        sum(
+            abs(labels[index == b].mean() - scores[index == b].mean()) * np.sum(index == b)
+            for b in range(10)
+            if np.any(index == b)
+        )
+        / scores.size
+    )
+    assert realised_quality(scores, labels).calibration_error == pytest.approx(oracle, abs=1e-12)
+    assert expected_calibration_error(labels, scores) == pytest.approx(oracle, abs=1e-12)

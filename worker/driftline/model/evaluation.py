@@ -29,6 +29,8 @@ from sklearn.metrics import (
 )
 from sklearn.pipeline import Pipeline
 
+from driftline.core.quality.realised import calibration_error
+
 #: Class names in the classification report.
 TARGET_NAMES = ["negative", "positive"]
 #: What the decision threshold maximizes on validation scores: F1, F2 (recall weighs
@@ -74,17 +76,11 @@ def best_f1_threshold(y: np.ndarray, scores: np.ndarray) -> float:
 
 def expected_calibration_error(y: np.ndarray, scores: np.ndarray, n_bins: int = ECE_BINS) -> float:
     """Mean |observed positive rate - mean score| over equal-width score bins, weighted by
-    the bin's share of rows (0 = calibrated)."""
+    the bin's share of rows (0 = calibrated): core's definition, the one the live quality
+    windows use, so training and serving figures compare."""
     y = np.asarray(y, dtype=np.float64)
     scores = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
-    if scores.size == 0:
-        return float("nan")
-    bins = np.minimum((scores * n_bins).astype(np.intp), n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins).astype(np.float64)
-    observed = np.bincount(bins, weights=y, minlength=n_bins)
-    predicted = np.bincount(bins, weights=scores, minlength=n_bins)
-    used = count > 0
-    return float(np.sum(np.abs(observed[used] - predicted[used])) / scores.size)
+    return calibration_error(scores, y, n_bins)
 
 
 def confusion(y: np.ndarray, predicted: np.ndarray) -> dict[str, int]:

@@ -12,8 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
-#: Bins of the calibration error: equal-mass (each holds about the same number of
-#: predictions), so that sparse high-score regions do not get a bin of their own.
+#: Equal-width bins of the calibration error (scikit-learn's ``calibration_curve`` default).
 CALIBRATION_BINS = 10
 
 
@@ -94,14 +93,15 @@ def average_precision(scores: npt.NDArray[np.float64], weights: npt.NDArray[np.f
 def calibration_error(
     scores: npt.NDArray[np.float64], outcomes: npt.NDArray[np.float64], bins: int
 ) -> float:
-    """Expected calibration error over equal-mass bins: the mean, weighted by bin size,
-    of |mean score - mean outcome|."""
+    """Expected calibration error over ``bins`` equal-width score bins: the mean, weighted
+    by each bin's share of predictions, of |mean outcome - mean score| (0 = calibrated).
+    One definition for the training report and the live windows, so the two compare."""
     if scores.size == 0:
         return float("nan")
-    order = np.argsort(scores, kind="stable")
-    chunks = np.array_split(order, min(bins, scores.size))
-    gaps = [abs(scores[c].mean() - outcomes[c].mean()) * c.size for c in chunks if c.size]
-    return float(np.sum(gaps) / scores.size)
+    index = np.minimum((scores * bins).astype(np.intp), bins - 1)
+    observed = np.bincount(index, weights=outcomes, minlength=bins)
+    predicted = np.bincount(index, weights=scores, minlength=bins)
+    return float(np.sum(np.abs(observed - predicted)) / scores.size)
 
 
 def rates_at(
