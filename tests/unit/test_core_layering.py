@@ -1,11 +1,11 @@
 """``driftline.core`` is the pure domain: it must not depend on the layers built on it.
 
 The model layer (``driftline.model``), the engines (``driftline.engine``: Kafka, Faust),
-the metrics (``driftline.observability``), the command line (``driftline.commands``) and the Kafka clients (``confluent_kafka``,
-``faust``) all import core, never the other way round: core stays testable without a
-broker or a trained model, and a second engine can reuse it whole.  This reads every
-module of ``worker/driftline/core`` (imports inside functions included, since a lazy
-import is a dependency too) without importing anything.
+the metrics (``driftline.observability``), the command line (``driftline.commands``) and
+the Kafka clients (``confluent_kafka``, ``faust``) all import core, never the other way
+round: core stays testable without a broker or a trained model, and a second engine can
+reuse it whole.  This reads every module of ``worker/driftline/core`` (imports inside
+functions included, since a lazy import is a dependency too) without importing anything.
 """
 
 from __future__ import annotations
