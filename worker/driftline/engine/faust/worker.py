@@ -59,8 +59,8 @@ from driftline.engine.kafka.admin import TopicSpec, ensure_topics, wait_for_brok
 from driftline.engine.kafka.client_config import kafka_client_config
 from driftline.engine.kafka.dead_letters import batch_size_for, topic_max_message_bytes
 from driftline.engine.kafka.worker import WorkerSettings
-from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
-from driftline.model.runtimes import serving_scorer
+from driftline.engine.model_runtime import load_first_model, model_watcher, scorer_for
+from driftline.model.registry import LoadedModel, ModelRefused
 from driftline.model.runtimes.sklearn import Scorer, limit_native_threads
 from driftline.model.runtimes.verification import RuntimeRefused
 from driftline.model.watcher import ModelWatcher
@@ -154,31 +154,11 @@ class FaustScoringWorker(ScoringEngine):
         return asyncio.run(self._main(ready))
 
     def load_model(self) -> Scorer:
-        s = self.settings
-        self.model_watcher = ModelWatcher(
-            ModelRegistry(s.registry),
-            s.model_name,
-            s.model_version,
-            expected_features=self.spec.feature_names,
-            expected_spec_digest=self.spec.digest,
-            interval_s=s.model_poll_interval_s,
-        )
-        try:
-            loaded = self.model_watcher.load()
-        except ModelRefused as refused:
-            self.metrics.inc_model_load_failures(refused.reason)
-            self.health.set_model_loaded(False, f"{refused.reason}: {refused.message}")
-            raise
-        return self._use_model(loaded)
+        self.model_watcher = model_watcher(self.settings, self.spec)
+        return self._use_model(load_first_model(self.model_watcher, self.metrics, self.health))
 
     def _use_model(self, loaded: LoadedModel) -> Scorer:
-        s = self.settings
-        scorer = serving_scorer(
-            loaded,
-            s.model_runtime,
-            compiled_tolerance=s.compiled_tolerance,
-            onnx_tolerance=s.onnx_tolerance,
-        )
+        scorer = scorer_for(loaded, self.settings)
         self.metrics.set_model(loaded.name, loaded.version, loaded.sha256)
         self.health.set_model_loaded(True)
         log.info("model %s %s loaded (sha256 %s)", loaded.name, loaded.version, loaded.sha256[:12])
