@@ -17,6 +17,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -80,36 +81,54 @@ def test_events_faust_hands_out_after_a_stale_read_offset_are_scored_in_order(
     kafka_bootstrap: str,
 ) -> None:
     """Faust's fetcher is given the stale read offset a revocation leaves it: 200 past
-    what it has queued of partition 0, so it drops the next 200 events it fetches there.
-    Once events after those are scored, a second worker joins.  Before the fix the
-    dropped events were scored only after the later ones, and taken for redeliveries."""
+    what it has queued of a partition, so it drops the events it fetches there below
+    that.  Once events after those are scored, a second worker joins.  Before the fix
+    the dropped events were scored only after the later ones (late, or taken for
+    redeliveries): about 200 lost, every run."""
     worker_settings.model_runtime = "sklearn"
     worker_settings.batch_size = 50
     events = live_events(20_000, seed=22)
+    sizes = collections.Counter(zlib.crc32(e["customer_id"].encode()) % 4 for e in events)
     produce(worker_settings.bootstrap_servers, worker_settings.input_topic, events)
     with engine_worker("faust", worker_settings, spec) as first:
         deadline = time.monotonic() + 90
         while first.events_processed < 300 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert first.events_processed >= 300, "the first worker made no progress"
-        tp = TP(worker_settings.input_topic, 0)
-        hole: concurrent.futures.Future[int] = concurrent.futures.Future()
+        stale: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
+        loop, consumer = first._loop, first._app.consumer
+        topic = worker_settings.input_topic
 
-        def stale_read_offset() -> None:
-            offsets = first._app.consumer._read_offset
-            offsets[tp] = (offsets[tp] or 0) + 200
-            hole.set_result(offsets[tp])
+        def make_stale() -> None:
+            # The partition its fetcher is least far into, with 400 events still ahead.
+            read = {p: consumer._read_offset[TP(topic, p)] for p in range(4)}
+            ahead = [(o, p) for p, o in read.items() if o is not None and o + 400 < sizes[p]]
+            if not ahead:
+                stale.set_exception(RuntimeError(f"nothing left to fetch: {read} {sizes}"))
+                return
+            offset, p = min(ahead)
+            stale.set_result((p, offset + 200))
+            keep_stale(TP(topic, p), offset + 200, time.monotonic() + 30)
 
-        first._loop.call_soon_threadsafe(stale_read_offset)
-        after_hole = hole.result(timeout=10) + 100
-        assert _wait_for_prediction(kafka_bootstrap, worker_settings.output_topic, 0, after_hole)
-        assert first.holes >= 1, "the events Faust dropped were not noticed"
+        def keep_stale(tp: TP, offset: int, until: float) -> None:
+            # The fetcher writes its read offset after each event it queues: keep it
+            # stale until the fetcher reaches it.
+            if (consumer._read_offset[tp] or 0) < offset and time.monotonic() < until:
+                consumer._read_offset[tp] = offset
+                loop.call_later(0.002, keep_stale, tp, offset, until)
+
+        loop.call_soon_threadsafe(make_stale)
+        partition, offset = stale.result(timeout=10)
+        assert _wait_for_prediction(
+            kafka_bootstrap, worker_settings.output_topic, partition, offset + 100
+        )
         joining = dataclasses.replace(worker_settings, worker_id="second-worker")
         with engine_worker("faust", joining, spec):
             messages = consume_all(worker_settings.output_topic, expected=len(events), timeout=120)
     ids = {decode_prediction(m.value()).event_id for m in messages}
     assert ids == {e["event_id"] for e in events}, _missing(messages, events)
     assert_scored_once_as_offline(messages, events, spec, loaded_model)
+    assert first.holes >= 1, "Faust dropped no events: the test did not test"
 
 
 def _wait_for_prediction(bootstrap: str, topic: str, partition: int, offset: int) -> bool:
