@@ -307,21 +307,7 @@ def test_a_batch_whose_predictions_the_broker_refuses_is_not_committed(
     assert [tp.offset for tp in committed if tp.offset >= 0] == []
 
 
-@pytest.mark.parametrize(
-    "engine",
-    [
-        "kafka",
-        pytest.param(
-            "faust",
-            marks=pytest.mark.xfail(
-                reason="open defect (issue #15): on the fresh-clone CI of 2026-12-05 the Faust "
-                "engine left ~10 events of a 20,000-event backlog without a prediction when a "
-                "second worker joined; passed in 2 earlier runs; cause not found yet",
-                strict=False,
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("engine", ENGINES)
 def test_a_second_worker_joining_mid_stream_loses_and_repeats_nothing(
     engine: str,
     worker_settings: WorkerSettings,

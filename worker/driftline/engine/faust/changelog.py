@@ -35,23 +35,31 @@ class Restored:
     records: dict[int, int] = field(default_factory=dict)
     #: The group's committed input offset (-1: none yet).
     committed: dict[int, int] = field(default_factory=dict)
+    #: Where the group's consumer starts reading the input partition (``group_positions``).
+    starts: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
 
 
-async def committed_offsets(
+async def group_positions(
     bootstrap: str, group_id: str, topic: str, partitions: list[int]
-) -> dict[int, int]:
-    """The group's committed offsets of ``topic``'s ``partitions`` (-1: none)."""
+) -> tuple[dict[int, int], dict[int, int]]:
+    """The group's committed offsets of ``topic``'s ``partitions`` (-1: none), and where
+    its consumer starts reading each: the committed offset, or the partition's first
+    offset when there is none (``auto.offset.reset=earliest``)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group_id, enable_auto_commit=False
     )
     await consumer.start()
     try:
-        out: dict[int, int] = {}
+        committed: dict[int, int] = {}
         for p in partitions:
             offset = await consumer.committed(TopicPartition(topic, p))
-            out[p] = -1 if offset is None else int(offset)
-        return out
+            committed[p] = -1 if offset is None else int(offset)
+        unset = [TopicPartition(topic, p) for p, offset in committed.items() if offset < 0]
+        first = await consumer.beginning_offsets(unset) if unset else {}
+        starts = {p: offset for p, offset in committed.items() if offset >= 0}
+        starts.update({tp.partition: int(offset) for tp, offset in first.items()})
+        return committed, starts
     finally:
         await consumer.stop()
 
@@ -118,6 +126,6 @@ async def restore(
 ) -> Restored:
     """Everything ``ScoringProcessor.restore`` needs for ``partitions``."""
     started = time.perf_counter()
-    committed = await committed_offsets(bootstrap, group_id, input_topic, partitions)
+    committed, starts = await group_positions(bootstrap, group_id, input_topic, partitions)
     latest, records = await read_changelog(bootstrap, changelog_topic, partitions, timeout_s)
-    return Restored(latest, records, committed, time.perf_counter() - started)
+    return Restored(latest, records, committed, starts, time.perf_counter() - started)

@@ -5,10 +5,16 @@ within=...)``: ``take`` with the acks left to the agent) and runs them through t
 ``ScoringProcessor`` as the Kafka engine: decode, future and late split, state update,
 features, one scorer call, predictions.  ``engine.faust.delivery`` then produces
 predictions and dead letters, then the state changelog; only once all of that is
-acknowledged by the broker are the batch's events acked, and Faust commits acked offsets
-(every ``broker_commit_interval`` and when it stops or loses partitions).  That is the
-Kafka engine's at-least-once contract.  ``Stream.take`` itself acks its buffer in a
-``finally``, even when the agent raised: a batch whose delivery failed would be committed.
+acknowledged by the broker does the worker commit the batch's offsets, itself: Faust's
+own commits are off (``engine.faust.transport`` says why).  That is the Kafka engine's
+at-least-once contract.  ``Stream.take`` itself acks its buffer in a ``finally``, even
+when the agent raised, and Faust would commit acked offsets.
+
+Rebalances: each partition this worker owns has a cursor (``engine.faust.cursors``), and
+only the events that continue from it reach the processor, in offset order, so that
+events Faust hands out late or out of order around a rebalance are neither skipped nor
+scored twice.  Between a revocation and the next assignment the worker owns nothing and
+scores nothing: the partitions' next owner may already be restoring them.
 
 State: Driftline's changelog topic and format (``engine.faust.changelog``), restored
 before a newly assigned partition's first batch; ``/readyz`` is false meanwhile.
@@ -32,14 +38,15 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
+import numpy as np
 from faust.streams import Stream
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT
 
 from driftline.core.clock_skew import ClockSkewPolicy
 from driftline.core.spec import FeatureSpec
 from driftline.engine.base import ScoringEngine
-from driftline.engine.faust.changelog import RestoreFailed, restore
+from driftline.engine.faust.changelog import RestoreFailed, group_positions, restore
+from driftline.engine.faust.cursors import GapProbe, select_in_order
 from driftline.engine.faust.delivery import DeliveryFailed, FaustDelivery
 from driftline.engine.faust.records import (
     SourceRecord,
@@ -47,12 +54,13 @@ from driftline.engine.faust.records import (
     next_offsets,
     raw_batch,
 )
+from driftline.engine.faust.transport import EngineCommittedConsumer, EngineTransport
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics, wait_for_broker
 from driftline.engine.kafka.client_config import kafka_client_config
 from driftline.engine.kafka.dead_letters import batch_size_for, topic_max_message_bytes
 from driftline.engine.kafka.worker import WorkerSettings
-from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
-from driftline.model.runtimes import serving_scorer
+from driftline.engine.model_runtime import load_first_model, model_watcher, scorer_for
+from driftline.model.registry import LoadedModel, ModelRefused
 from driftline.model.runtimes.sklearn import Scorer, limit_native_threads
 from driftline.model.runtimes.verification import RuntimeRefused
 from driftline.model.watcher import ModelWatcher
@@ -90,23 +98,6 @@ def unsupported(settings: WorkerSettings) -> list[str]:
     return missing
 
 
-class _IdempotentProducer(faust_aiokafka.Producer):
-    """Faust's aiokafka producer with idempotence on, as the Kafka engine's producer has.
-
-    Faust turns idempotence on only for its exactly-once mode; without it a send retried
-    after a lost answer can write a prediction twice.
-    """
-
-    def _settings_extra(self) -> dict[str, Any]:
-        return {"acks": "all", "enable_idempotence": True}
-
-
-class _Transport(faust_aiokafka.Transport):
-    """Faust's aiokafka transport, producing with ``_IdempotentProducer``."""
-
-    Producer = _IdempotentProducer
-
-
 class FaustScoringWorker(ScoringEngine):
     """One worker process: a Faust app in the consumer group, scoring what it is assigned."""
 
@@ -132,6 +123,12 @@ class FaustScoringWorker(ScoringEngine):
         self.last_batch_done: float | None = None
         #: Partitions whose state is restored (the processor holds them).
         self.restored: set[int] = set()
+        #: Per partition this worker owns: the next offset to score (``engine.faust.cursors``).
+        self.cursors: dict[int, int] = {}
+        #: Times a partition was sought back to its cursor over a hole in what Faust handed out.
+        self.holes = 0
+        self._sought: dict[int, tuple[int, float]] = {}  # partition: (offset, monotonic)
+        self._gaps: GapProbe | None = None
         self._pending_changelog: list[tuple[int, bytes, bytes | None]] = []
         self._lag_series: set[int] = set()
         self._stop_requested = threading.Event()
@@ -157,31 +154,11 @@ class FaustScoringWorker(ScoringEngine):
         return asyncio.run(self._main(ready))
 
     def load_model(self) -> Scorer:
-        s = self.settings
-        self.model_watcher = ModelWatcher(
-            ModelRegistry(s.registry),
-            s.model_name,
-            s.model_version,
-            expected_features=self.spec.feature_names,
-            expected_spec_digest=self.spec.digest,
-            interval_s=s.model_poll_interval_s,
-        )
-        try:
-            loaded = self.model_watcher.load()
-        except ModelRefused as refused:
-            self.metrics.inc_model_load_failures(refused.reason)
-            self.health.set_model_loaded(False, f"{refused.reason}: {refused.message}")
-            raise
-        return self._use_model(loaded)
+        self.model_watcher = model_watcher(self.settings, self.spec)
+        return self._use_model(load_first_model(self.model_watcher, self.metrics, self.health))
 
     def _use_model(self, loaded: LoadedModel) -> Scorer:
-        s = self.settings
-        scorer = serving_scorer(
-            loaded,
-            s.model_runtime,
-            compiled_tolerance=s.compiled_tolerance,
-            onnx_tolerance=s.onnx_tolerance,
-        )
+        scorer = scorer_for(loaded, self.settings)
         self.metrics.set_model(loaded.name, loaded.version, loaded.sha256)
         self.health.set_model_loaded(True)
         log.info("model %s %s loaded (sha256 %s)", loaded.name, loaded.version, loaded.sha256[:12])
@@ -240,7 +217,7 @@ class FaustScoringWorker(ScoringEngine):
             producer_partitioner=consistent_partition,
             consumer_group_instance_id=s.group_instance_id,
         )
-        app.transport = _Transport(app.conf.broker, app)  # creates the app's producer
+        app.transport = EngineTransport(app.conf.broker, app)  # before the app's clients
         topic = app.topic(
             s.input_topic,
             key_type=bytes,
@@ -281,6 +258,7 @@ class FaustScoringWorker(ScoringEngine):
         datadir = Path(tempfile.mkdtemp(prefix="driftline-faust-"))
         app = self._make_app(datadir, record_limit)
         self._app = app
+        self._gaps = gaps = GapProbe(s.bootstrap_servers, s.input_topic)
         exit_code = 0
         try:
             await app.start()
@@ -307,6 +285,7 @@ class FaustScoringWorker(ScoringEngine):
         finally:
             self.metrics.set_up(False)
             await app.stop()
+            await gaps.close()
             shutil.rmtree(datadir, ignore_errors=True)
         if self._failure is not None:
             log.error("stopped without committing the failed batch: %s", self._failure)
@@ -335,8 +314,9 @@ class FaustScoringWorker(ScoringEngine):
 
         Faust's ``on_partitions_revoked`` signal: ``args[0]`` holds the revoked partitions.
 
-        Faust sends this after every event it handed out was acked: their batches are
-        delivered and their changelog written.
+        Under the lock: the batch being scored is delivered and committed first.  Events
+        of these partitions handed out later are not scored (no cursor): they come again
+        to whoever owns the partitions next, from the group's committed offsets.
         """
         assert self._lock is not None
         async with self._lock:
@@ -347,6 +327,8 @@ class FaustScoringWorker(ScoringEngine):
             return
         self.processor.revoke(sorted(partitions))
         self.restored -= partitions
+        for p in partitions:
+            self.cursors.pop(p, None)
         self._pending_changelog = [r for r in self._pending_changelog if r[0] not in partitions]
         for p in partitions & self._lag_series:
             self.metrics.consumer_lag.remove(self.settings.input_topic, str(p))
@@ -361,8 +343,12 @@ class FaustScoringWorker(ScoringEngine):
             return
         s = self.settings
         if not s.changelog:
+            _, starts = await group_positions(
+                s.bootstrap_servers, s.group_id, s.input_topic, partitions
+            )
             self.processor.assign(partitions)
             self.restored.update(partitions)
+            self.cursors.update(starts)
             return
         self.health.set_restoring(f"restoring state of partitions {partitions}")
         try:
@@ -388,6 +374,7 @@ class FaustScoringWorker(ScoringEngine):
                     done.committed[p],
                 )
             self.restored.update(partitions)
+            self.cursors.update(done.starts)
         finally:
             self.health.set_restoring(None)
 
@@ -424,17 +411,10 @@ class FaustScoringWorker(ScoringEngine):
         processor, delivery, app = self.processor, self._delivery, self._app
         assert processor is not None and delivery is not None and app is not None
         started = time.perf_counter()
-        assignment = self._input_partitions(app.consumer.assignment())
-        records = [SourceRecord.of(e.message) for e in events]
-        stale = [r for r in records if r.partition() not in assignment]
-        if stale:
-            # Fetched before a rebalance took their partitions: the new owner has them.
-            log.info("%d events of partitions no longer assigned: left to their owner", len(stale))
-            records = [r for r in records if r.partition() in assignment]
-            if not records:
-                return
+        records = await self._in_order([SourceRecord.of(e.message) for e in events])
+        if not records:
+            return
         raw = raw_batch(s.input_topic, records)
-        await self._restore(sorted(set(raw.partitions.tolist()) - self.restored))
         self.health.begin_batch()
         columns_s = time.perf_counter() - started
         prepared = processor.prepare(raw)
@@ -449,7 +429,10 @@ class FaustScoringWorker(ScoringEngine):
         await delivery.deliver(result, records, changelog)
         m.observe_stage("produce", time.perf_counter() - t0 + result.stage_seconds["encode"])
         self._count(result, raw.topic, len(records))
-        self._set_lag(next_offsets(raw))
+        done = next_offsets(raw)
+        self.cursors.update(done)
+        await self._commit(done)
+        self._set_lag(done)
         self.health.note_commit()
         self.health.end_batch()
         self.health.beat()
@@ -458,6 +441,47 @@ class FaustScoringWorker(ScoringEngine):
         self.events_processed += len(records)
         self.first_batch_started = self.first_batch_started or started
         self.last_batch_done = time.perf_counter()
+
+    async def _in_order(self, records: list[SourceRecord]) -> list[SourceRecord]:
+        """The records to score: per owned partition, those continuing from its cursor,
+        in offset order; a partition with a hole is sought back to its cursor."""
+        app, gaps = self._app, self._gaps
+        assert app is not None and gaps is not None
+        selection = await select_in_order(
+            np.array([r.partition() for r in records], np.int32),
+            np.array([r.offset() for r in records], np.int64),
+            self.cursors,
+            gaps.records_between,
+        )
+        if selection.dropped:
+            log.debug(
+                "%d events not scored: not owned, scored already, or after a hole",
+                selection.dropped,
+            )
+        now = time.monotonic()
+        for p, offset in selection.holes.items():
+            # Faust left events out (handed out later, or dropped): read them again, once
+            # (events fetched before the seek still come, and show the same hole).
+            if self._sought.get(p, (-1, 0.0))[0] == offset and now - self._sought[p][1] < 1.0:
+                continue
+            log.warning(
+                "partition %d: events missing after offset %d; reading again from it", p, offset
+            )
+            self.holes += 1
+            self._sought[p] = (offset, now)
+            await app.consumer.seek(TP(self.settings.input_topic, p), offset)
+        return [records[i] for i in selection.indexes.tolist()]
+
+    async def _commit(self, next_offsets: dict[int, int]) -> None:
+        """Commit the delivered batch's offsets (the group rebalancing meanwhile: not)."""
+        app = self._app
+        assert app is not None
+        consumer = cast(EngineCommittedConsumer, app.consumer)
+        topic = self.settings.input_topic
+        if not await consumer.commit_processed(
+            {TP(topic, p): offset for p, offset in next_offsets.items()}
+        ):
+            log.info("offsets %s not committed: the group is rebalancing", next_offsets)
 
     def _count(self, result: BatchResult, topic: str, n: int) -> None:
         m, processor = self.metrics, self.processor

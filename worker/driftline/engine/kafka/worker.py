@@ -53,7 +53,6 @@ from driftline.engine.kafka.delivery import (
 )
 from driftline.engine.kafka.drift_sidecar import DriftSidecar
 from driftline.engine.kafka.errors import DeliveryFailed, RestoreFailed, TransactionFailed
-from driftline.engine.kafka.model_runtime import model_watcher, scorer_for
 from driftline.engine.kafka.offsets import COMMITTED_ATTEMPTS, BrokerOffsets
 from driftline.engine.kafka.ports import ProducerPort
 from driftline.engine.kafka.rebalance import Rebalance
@@ -64,6 +63,7 @@ from driftline.engine.kafka.transactions import (
     ExactlyOnce,
     transactional_producer,
 )
+from driftline.engine.model_runtime import load_first_model, model_watcher, scorer_for
 from driftline.model.registry import LoadedModel, ModelRefused
 from driftline.model.runtimes.process import ScoringProcessFailed
 from driftline.model.runtimes.sklearn import Scorer, limit_native_threads
@@ -206,13 +206,7 @@ class KafkaScoringWorker(ScoringEngine):
 
     def load_model(self) -> Scorer:
         self.model_watcher = model_watcher(self.settings, self.spec)
-        try:
-            loaded = self.model_watcher.load()
-        except ModelRefused as refused:
-            self.metrics.inc_model_load_failures(refused.reason)
-            self.health.set_model_loaded(False, f"{refused.reason}: {refused.message}")
-            raise
-        return self._use_model(loaded)
+        return self._use_model(load_first_model(self.model_watcher, self.metrics, self.health))
 
     def _use_model(self, loaded: LoadedModel) -> Scorer:
         scorer = scorer_for(loaded, self.settings)

@@ -1,4 +1,4 @@
-"""Choosing the model runtime a worker scores with.
+"""The model a worker serves, and the runtime it scores with: one rule for every engine.
 
 scikit-learn always works; the compiled runtime (numpy preprocessing, direct tree calls)
 and ONNX Runtime are faster, and are used only once they reproduce scikit-learn on the
@@ -11,10 +11,12 @@ import logging
 
 from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.settings import WorkerSettings
-from driftline.model.registry import LoadedModel, ModelRegistry
+from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
 from driftline.model.runtimes import serving_scorer
 from driftline.model.runtimes.sklearn import Scorer
 from driftline.model.watcher import ModelWatcher
+from driftline.observability.http import HealthState
+from driftline.observability.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -42,3 +44,16 @@ def scorer_for(loaded: LoadedModel, settings: WorkerSettings) -> Scorer:
         compiled_tolerance=settings.compiled_tolerance,
         onnx_tolerance=settings.onnx_tolerance,
     )
+
+
+def load_first_model(
+    watcher: ModelWatcher, metrics: WorkerMetrics, health: HealthState
+) -> LoadedModel:
+    """The model a worker starts with; a refused one is counted and shown on ``/readyz``
+    before ``ModelRefused`` propagates (the worker does not start)."""
+    try:
+        return watcher.load()
+    except ModelRefused as refused:
+        metrics.inc_model_load_failures(refused.reason)
+        health.set_model_loaded(False, f"{refused.reason}: {refused.message}")
+        raise
