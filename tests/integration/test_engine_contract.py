@@ -317,11 +317,14 @@ def test_a_second_worker_joining_mid_stream_loses_and_repeats_nothing(
 ) -> None:
     """Partitions move to a second worker during a backlog: the first delivers what it
     handed out before they go, the second restores their state from the changelog, so
-    every event is scored once with the offline score."""
+    every event is scored once with the offline score.  More events follow once the
+    second worker holds partitions, so it always has work even if the first finished
+    the backlog before the group rebalanced (a quick machine)."""
     worker_settings.model_runtime = "sklearn"  # slower batches: the backlog lasts
     worker_settings.batch_size = 200
-    events = live_events(20_000, seed=14)
-    produce(worker_settings.bootstrap_servers, worker_settings.input_topic, events)
+    events = live_events(24_000, seed=14)
+    backlog, later = events[:20_000], events[20_000:]
+    produce(worker_settings.bootstrap_servers, worker_settings.input_topic, backlog)
     with engine_worker(engine, worker_settings, spec) as first:
         deadline = time.monotonic() + 90
         while first.events_processed < 1_000 and time.monotonic() < deadline:
@@ -329,6 +332,13 @@ def test_a_second_worker_joining_mid_stream_loses_and_repeats_nothing(
         assert first.events_processed >= 1_000, "the first worker made no progress"
         joining = dataclasses.replace(worker_settings, worker_id="second-worker")
         with engine_worker(engine, joining, spec) as second:
+            deadline = time.monotonic() + 90
+            while (
+                metric(second, "driftline_assigned_partitions") < 1 and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
+            assert metric(second, "driftline_assigned_partitions") >= 1, "no partition moved"
+            produce(worker_settings.bootstrap_servers, worker_settings.input_topic, later)
             messages = consume_all(worker_settings.output_topic, expected=len(events), timeout=180)
             assert second.events_processed > 0, "the second worker got no partition"
         assert first.events_processed < len(events)
