@@ -57,3 +57,12 @@ def test_without_drift_the_demo_worker_gets_no_drift_flags() -> None:
     settings = _settings(argv)
     assert not settings.drift
     assert settings.drift_events_per_day is None
+
+
+def test_the_demo_worker_ticks_from_the_live_streams_start_only() -> None:
+    """The warm-up replays the history: a year of daily re-scores nobody reads (millions
+    of records in an in-memory broker) unless ticks start where the live stream does."""
+    live_start = 1_710_028_800_000
+    argv = worker_command("127.0.0.1:9092", Path("m"), 9300, tick_from_ms=live_start)
+    assert _settings(argv).tick_from_ms == live_start
+    assert _settings(worker_command("127.0.0.1:9092", Path("m"), 9300)).tick_from_ms is None

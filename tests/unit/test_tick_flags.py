@@ -34,3 +34,13 @@ def test_faust_does_not_tick_and_refuses_to_be_asked() -> None:
     assert not any("--tick" in m for m in unsupported(quiet))
     asked = settings("--engine", "faust", "--tick", "1d")
     assert any("--tick" in m and "Kafka engine only" in m for m in unsupported(asked))
+
+
+def test_tick_from_takes_a_zoned_time_or_epoch_milliseconds() -> None:
+    assert settings().tick_from_ms is None
+    assert settings("--tick-from", "2024-03-10T00:00:00Z").tick_from_ms == 1_710_028_800_000
+    assert settings("--tick-from", "2024-03-10T01:00:00+01:00").tick_from_ms == 1_710_028_800_000
+    assert settings("--tick-from", "1710028800000").tick_from_ms == 1_710_028_800_000
+    for bad in ("2024-03-10", "2024-03-10T00:00:00", "yesterday"):
+        with pytest.raises(CommandError, match="--tick-from"):
+            settings("--tick-from", bad)

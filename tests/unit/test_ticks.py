@@ -28,6 +28,7 @@ def stream_ticks(
     period_ms: int,
     spec=SMALL_SPEC,
     native: bool | None = None,
+    from_ms: int | None = None,
 ) -> dict[tuple[int, int], pd.DataFrame]:
     """Run the engine as the worker does (per partition, in the given micro-batches, idle
     customers evicted after each batch) and collect every tick: (partition, boundary) ->
@@ -53,6 +54,7 @@ def stream_ticks(
                 partition=p,
                 period_ms=period_ms,
                 high_mark_ms=before,
+                from_ms=from_ms,
             )
             assert len(update.block) == len(on_time)
             for tick in update.ticks:
@@ -135,6 +137,24 @@ def test_ticks_do_not_depend_on_the_batching_or_change_event_features(
     frame.index = single.index[on_time.index]
     assert_same(frame, stream_features(single, []))
     assert len(plain) == len(stream_features(events, []))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=event_streams(),
+    cuts=st.lists(st.integers(0, 60), max_size=6),
+    skipped=st.integers(0, 12),
+)
+def test_ticks_from_a_time_on_are_the_same_ticks_without_the_earlier_ones(
+    events: pd.DataFrame, cuts: list[int], skipped: int
+) -> None:
+    """``--tick-from``: a warm-up replay publishes no ticks before the given time, and
+    the ticks after it are exactly those of a worker ticking all along."""
+    every = stream_ticks(events, [], 2 * HOUR)
+    boundaries = sorted({b for _, b in every})
+    from_ms = boundaries[skipped] if skipped < len(boundaries) else T0 + 10_000 * HOUR
+    later = {key: frame for key, frame in every.items() if key[1] >= from_ms}
+    assert_same_ticks(stream_ticks(events, cuts, 2 * HOUR, from_ms=from_ms), later)
 
 
 def test_default_spec_ticks_on_a_daily_stream_equal_the_oracle() -> None:

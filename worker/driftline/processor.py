@@ -139,9 +139,11 @@ class ScoringProcessor:
         clock: Callable[[], float] = time.time,
         clock_skew: ClockSkewPolicy | None = None,
         tick_ms: int | None = None,
+        tick_from_ms: int | None = None,
     ) -> None:
         """``tick_ms``: re-score every customer in state at each event-time boundary of
-        that period (``core.ticks``); None: score on events only."""
+        that period (``core.ticks``), from ``tick_from_ms`` on if given; None: score on
+        events only."""
         if scorer.feature_names != spec.feature_names:
             raise ValueError(
                 "model and feature spec disagree on the features: "
@@ -161,6 +163,7 @@ class ScoringProcessor:
         self._clock = clock
         self.clock_skew = clock_skew or ClockSkewPolicy()
         self.tick_ms = tick_ms
+        self.tick_from_ms = tick_from_ms
         self.states: dict[int, FeatureState] = {}
         self.watermarks: dict[int, PartitionWatermark] = {}
         #: Each partition's recent event times, for the future-event rule.
@@ -317,6 +320,7 @@ class ScoringProcessor:
                 period_ms=self.tick_ms,
                 high_mark_ms=before,
                 skip=applied if applied.any() else None,
+                from_ms=self.tick_from_ms,
             )
             if applied.any():
                 n_redelivered += int(applied.sum())

@@ -257,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
             group_id=prefix + CONSUMER_GROUP,
             retrain_topic=retrain_topic,
             events_per_day=min(args.rate * 86_400, MAX_DEMO_EVENTS_PER_DAY),
+            tick_from_ms=world.end_ms,
         )
         producer = threading.Thread(
             target=_produce_live,
@@ -364,30 +365,14 @@ def _start_worker(
     port: int,
     workdir: Path,
     kafka_config: str | None = None,
-    *,
-    drift: bool = True,
-    retrain_persistence_s: float = 30.0,
-    names: TopicNames | None = None,
-    group_id: str = CONSUMER_GROUP,
-    retrain_topic: str = RETRAIN_TOPIC,
-    events_per_day: float | None = None,
+    **flags: Any,
 ) -> subprocess.Popen[bytes]:
-    """The worker process, run with :func:`worker_command`'s command line."""
+    """The worker process, run with :func:`worker_command`'s command line (``flags``:
+    its keyword arguments)."""
     log = open(workdir / "worker.log", "ab")  # noqa: SIM115 - owned by the child's lifetime
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        worker_command(
-            bootstrap,
-            registry,
-            port,
-            kafka_config,
-            drift=drift,
-            retrain_persistence_s=retrain_persistence_s,
-            names=names,
-            group_id=group_id,
-            retrain_topic=retrain_topic,
-            events_per_day=events_per_day,
-        ),
+        worker_command(bootstrap, registry, port, kafka_config, **flags),
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -406,13 +391,16 @@ def worker_command(
     group_id: str = CONSUMER_GROUP,
     retrain_topic: str = RETRAIN_TOPIC,
     events_per_day: float | None = None,
+    tick_from_ms: int | None = None,
 ) -> list[str]:
     """The demo's ``driftline worker`` command line.  Demo-specific flags: drift on; a
     short retrain persistence; the false-alarm budget counted in ``events_per_day`` (the
     demo's events per wall-clock day, see :data:`MAX_DEMO_EVENTS_PER_DAY`; without it
     the worker counts in the reference's events per simulated day, which the demo streams
     in about a second); a replay jump as coarse as the history's pre-log account events
-    (one per 60 days), so the warm-up replay of them is not refused as future-dated."""
+    (one per 60 days), so the warm-up replay of them is not refused as future-dated;
+    ticks from ``tick_from_ms`` (the live stream's start) on, so the warm-up replay of
+    the history does not publish a year of daily re-scores nobody reads."""
     names = names or TopicNames()
     budget = ["--drift-events-per-day", repr(float(events_per_day))] if events_per_day else []
     return [
@@ -446,6 +434,7 @@ def worker_command(
             else []
         ),
         *(["--kafka-config", kafka_config] if kafka_config else []),
+        *(["--tick-from", str(tick_from_ms)] if tick_from_ms is not None else []),
     ]
 
 

@@ -26,6 +26,7 @@ commit and exit 0.
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime, timedelta
 
 from driftline.commands._errors import CommandError
 from driftline.commands._flags import (
@@ -247,6 +248,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "kafka, off with --engine faust, which does not support ticks)",
     )
     parser.add_argument(
+        "--tick-from",
+        default=None,
+        metavar="TIME",
+        help="no ticks at boundaries before TIME (RFC 3339, e.g. 2024-03-10T00:00:00Z, or "
+        "epoch milliseconds): a replay that warms the state up does not re-score the past "
+        "(default: every boundary)",
+    )
+    parser.add_argument(
         "--group-instance-id",
         default=None,
         help="static group membership: a restart within the session timeout keeps the "
@@ -296,7 +305,28 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     if args.worker_id:
         settings.worker_id = args.worker_id
     settings.tick_ms = tick_period(args)
+    settings.tick_from_ms = tick_from(args)
     return settings
+
+
+def tick_from(args: argparse.Namespace) -> int | None:
+    """``--tick-from`` as epoch milliseconds (None: every boundary)."""
+    text = getattr(args, "tick_from", None)
+    if text is None:
+        return None
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise CommandError(
+            f"--tick-from: {text!r} is neither an RFC 3339 time with its zone "
+            "(2024-03-10T00:00:00Z) nor epoch milliseconds"
+        )
+    return (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
 def tick_period(args: argparse.Namespace) -> int | None:

@@ -146,20 +146,25 @@ def apply_with_ticks(
     period_ms: int | None,
     high_mark_ms: int,
     skip: np.ndarray | None = None,
+    from_ms: int | None = None,
 ) -> PartitionUpdate:
     """Apply a partition's accepted events (arrival order) to its state, firing the ticks
     they cross on the way (see the module docstring).
 
     ``high_mark_ms`` is the partition's greatest event time before ``part``.  ``skip``
     marks events the state already holds (redelivered): they still move the high mark,
-    as they did when first applied, but are not applied again.  Returns the events'
-    features (rows of the applied events, in order) and the ticks.
+    as they did when first applied, but are not applied again.  ``from_ms``: boundaries
+    before it fire nothing (a replay that only warms the state up, then goes live).
+    Returns the events' features (rows of the applied events, in order) and the ticks.
     """
     found = (
         crossings(period_ms, high_mark_ms, part.event_time_ms, state.spec.eviction_after_ms)
         if period_ms is not None
         else None
     )
+    if found is not None and from_ms is not None and len(found):
+        wanted = found.boundaries >= from_ms
+        found = Crossings(found.positions[wanted], found.boundaries[wanted])
     if found is None or not len(found):  # the usual batch: no boundary crossed
         if skip is None:
             return PartitionUpdate(state.update_block(part, offsets))

@@ -99,6 +99,9 @@ class WorkerSettings:
     #: again at each event-time boundary of this period (``driftline worker`` defaults to
     #: a day); None: events only.
     tick_ms: int | None = None
+    #: No ticks at boundaries before this event time (epoch ms): a replay that warms the
+    #: state up publishes no re-scores of the past.  None: every boundary.
+    tick_from_ms: int | None = None
     retrain_cooldown_s: float = 86400.0
     consumer_config: dict[str, Any] = field(default_factory=dict)
     producer_config: dict[str, Any] = field(default_factory=dict)
