@@ -28,6 +28,7 @@ import pytest
 
 from driftline.observability.drift_metrics import DriftMetrics
 from driftline.observability.metrics import WorkerMetrics
+from driftline.observability.quality_metrics import QualityMetrics
 
 PROVISIONED_UID = "driftline-prometheus"
 GRAFANA_SCHEMAS = ("dashboard", "timeseries", "stat", "prometheus", "common")
@@ -615,6 +616,35 @@ def test_prediction_dashboard_content(repo_root: Path) -> None:
         assert needle in exprs, needle
 
 
+def test_model_quality_dashboard_content(repo_root: Path) -> None:
+    dashboard = load_dashboard(repo_root / "grafana/dashboards/model-quality.json")
+    assert dashboard["uid"] == "driftline-model-quality"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert list(variables) == ["model_name", "model_version"]
+    assert variables["model_version"]["includeAll"] and variables["model_version"]["multi"]
+    exprs = exprs_of(dashboard)
+    # Realised beside estimated for each figure both bases have.
+    for metric in (
+        "driftline_quality_roc_auc",
+        "driftline_quality_pr_auc",
+        "driftline_quality_brier_score",
+        "driftline_quality_positive_ratio",
+    ):
+        for basis in ("realised", "estimated"):
+            selector = f'model_name="$model_name", model_version=~"$model_version", basis="{basis}"'
+            assert f"{metric}{{{selector}}}" in exprs, (metric, basis)
+    for needle in (
+        "driftline_quality_calibration_error",
+        "driftline_quality_label_coverage_ratio",
+        "driftline_quality_labels",
+        "driftline_quality_predictions",
+        "driftline_quality_training_roc_auc",
+        "driftline_quality_min_labels",
+        "driftline_quality_records_total",
+    ):
+        assert needle in exprs, needle
+
+
 def test_every_query_uses_the_provisioned_datasource(repo_root: Path) -> None:
     expected = {"type": "prometheus", "uid": PROVISIONED_UID}
     for path in dashboards(repo_root):
@@ -651,10 +681,12 @@ def test_every_dashboard_variable_used_is_defined(repo_root: Path) -> None:
 
 def test_dashboard_queries_name_only_metrics_the_worker_exposes(repo_root: Path) -> None:
     """A renamed metric or recording rule would leave a panel empty; catch it without a
-    Prometheus.  Drift metrics are those of a worker run with ``--drift``."""
+    Prometheus.  Drift metrics are those of a worker run with ``--drift``; quality metrics
+    those of ``driftline quality``."""
     metrics = WorkerMetrics()
     DriftMetrics(metrics.registry)
     exposition = metrics.render().decode()
+    exposition += QualityMetrics(200, {"predictions": "p", "outcomes": "o"}).render().decode()
     families = set(re.findall(r"^# TYPE (\S+) (\S+)", exposition, flags=re.MULTILINE))
     names = set()
     for family, kind in families:

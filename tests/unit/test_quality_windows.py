@@ -91,9 +91,12 @@ def stream(seed: int, n: int, *, weeks: int = 3, duplicate_share: float = 0.1) -
     return shuffled
 
 
-def feed(quality: WindowedQuality, records: list[Any], cuts: list[int]) -> WindowedQuality:
+def feed(
+    quality: WindowedQuality, records: list[Any], cuts: list[int], *, read: bool = False
+) -> WindowedQuality:
     """Feed ``records`` cut at ``cuts``, each batch split into runs of one kind as the
-    service splits a poll by topic."""
+    service splits a poll by topic; ``read``: the figures after every batch, as the
+    service refreshes them (their cache must follow)."""
     bounds = [0, *sorted(set(cuts)), len(records)]
     for lo, hi in itertools.pairwise(bounds):
         batch = records[lo:hi]
@@ -107,6 +110,8 @@ def feed(quality: WindowedQuality, records: list[Any], cuts: list[int]) -> Windo
                 run = []
             if record is not None:
                 run.append(record)
+        if read:
+            quality.figures()
     return quality
 
 
@@ -206,7 +211,7 @@ def test_the_same_records_give_the_same_figures_whatever_the_batching(
         min_labels=10, max_records=cap, retention_ms=retention_weeks * WEEK, horizon_ms=DAY_MS
     )
     whole = feed(WindowedQuality(config), records, [])
-    cut = feed(WindowedQuality(config), records, cuts)
+    cut = feed(WindowedQuality(config), records, cuts, read=True)
     assert comparable(cut.figures()) == comparable(whole.figures())
     assert cut.watermark_ms == whole.watermark_ms
     assert cut.counts.late == whole.counts.late

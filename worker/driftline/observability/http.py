@@ -30,13 +30,12 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from driftline.config import DEFAULT_METRICS_PORT
 from driftline.observability.alerts import MAX_BODY_BYTES, AlertIntake
-from driftline.observability.metrics import WorkerMetrics
 
 __all__ = ["DEFAULT_MAX_HEARTBEAT_AGE", "HealthServer", "HealthState", "PortInUse"]
 
@@ -180,6 +179,12 @@ class HealthState:
         }
 
 
+class MetricsSource(Protocol):
+    """What ``/metrics`` serves: a registry (the worker's, ``driftline quality``'s)."""
+
+    registry: CollectorRegistry
+
+
 class PortInUse(OSError):
     """The HTTP port is taken by another process (``str()`` names host and port)."""
 
@@ -191,7 +196,7 @@ class _Server(ThreadingHTTPServer):
     """Carries the shared objects to the handler; request threads never block shutdown."""
 
     daemon_threads = True
-    metrics: WorkerMetrics
+    metrics: MetricsSource
     health: HealthState
     max_heartbeat_age: float
     alerts: AlertIntake | None
@@ -326,7 +331,7 @@ class HealthServer:
 
     def __init__(
         self,
-        metrics: WorkerMetrics,
+        metrics: MetricsSource,
         host: str = "127.0.0.1",
         port: int = DEFAULT_METRICS_PORT,
         health: HealthState | None = None,

@@ -43,7 +43,7 @@ shows why a figure is absent.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -184,6 +184,9 @@ class WindowedQuality:
         self.counts = Counts()
         self._windows: dict[tuple[str, int], _Window] = {}
         self._thresholds: dict[str, float] = {}
+        #: Figures of windows unchanged since the last :meth:`figures` (only their label
+        #: coverage follows the watermark), so a refresh costs the windows that changed.
+        self._cached: dict[tuple[str, int], WindowFigures] = {}
 
     def add_predictions(self, columns: Columns) -> None:
         """A batch of predictions (``labels`` ignored)."""
@@ -236,6 +239,7 @@ class WindowedQuality:
                 self._windows[(model, start)] = window
             sample = window.outcomes if kind == "outcomes" else window.predictions
             sample.add(columns.take(index))
+            self._cached.pop((model, start), None)
 
     def _retire(self) -> None:
         s = self.settings
@@ -246,6 +250,7 @@ class WindowedQuality:
         ]
         for key in expired:
             del self._windows[key]
+            self._cached.pop(key, None)
         self.counts.windows_retired += len(expired)
 
     def windows(self) -> list[tuple[str, str, int]]:
@@ -255,9 +260,26 @@ class WindowedQuality:
     def figures(self) -> list[WindowFigures]:
         """Every held window's figures, sorted by model, version and window."""
         found = []
-        for (model, start), window in sorted(self._windows.items()):
-            found.append(self._figures(model, start, window))
+        for key, window in sorted(self._windows.items()):
+            cached = self._cached.get(key)
+            if cached is None:
+                cached = self._figures(*key, window)
+            else:
+                cached = self._with_coverage(cached, window)
+            self._cached[key] = cached
+            found.append(cached)
         return found
+
+    def _with_coverage(self, figures: WindowFigures, window: _Window) -> WindowFigures:
+        due, resolved_due = _coverage(
+            window.predictions, window.outcomes, self.watermark_ms - self.settings.horizon_ms
+        )
+        return replace(
+            figures,
+            due=due,
+            resolved_due=resolved_due,
+            label_coverage=resolved_due / due if due else math.nan,
+        )
 
     def _figures(self, model: str, start: int, window: _Window) -> WindowFigures:
         s = self.settings
