@@ -14,7 +14,8 @@ prediction's ``event_time``, an outcome's ``resolved_at`` (the time its label be
 known).  A record is late when its window ended more than ``retention`` before the
 watermark *as it stood before that record*; late records are counted and dropped, and
 after every batch the windows past their retention are retired (memory stays bounded by
-``versions x (retention / window + 1) x 2 x max_records``).  Because each record is judged
+``versions x (retention / window + 2) x 2 x max_records`` records of 25 bytes: at the
+defaults, 180 MB per model version at most).  Because each record is judged
 by the records before it, the figures do not depend on how the stream is cut into batches.
 
 **Label coverage** is the share of a window's predictions whose horizon has elapsed by the
@@ -30,7 +31,7 @@ depends on arrival order, which would make figures depend on the batching).  Pre
 and outcomes share the key hash, so below the smaller of the two samples' largest keys the
 samples are coordinated and coverage stays an unbiased join.  The figures of a capped
 window are then those of a uniform sample of ``max_records`` (standard error of AUC about
-0.001 at 500 000), and ``sampled`` says so.
+0.002 at 200 000), and ``sampled`` says so.
 
 **Minimum sample.**  Realised figures are reported only from ``min_labels`` labelled
 predictions in the window (ROC AUC and PR AUC also need both classes); the estimate from
@@ -56,7 +57,7 @@ from driftline.core.spec import DAY_MS
 #: Labelled predictions a window needs before its realised figures are reported.
 MIN_LABELS = 200
 #: Distinct records held per window and kind (predictions, outcomes) before sampling.
-MAX_RECORDS = 500_000
+MAX_RECORDS = 200_000
 #: Monday 1970-01-05 00:00 UTC: 7-day windows start on Mondays.
 MONDAY_ORIGIN_MS = 4 * DAY_MS
 #: Records appended to a window before they are merged (sorted, deduplicated) into it.
