@@ -156,6 +156,7 @@ class Run:
     prometheus: Prometheus
     process: subprocess.Popen[bytes]
     log: Path
+    command: list[str]
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -206,48 +207,60 @@ def run(
 
     port = free_port()
     log = workdir / "quality.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "driftline.cli", "quality",
-                "--bootstrap-servers", kafka_bootstrap,
-                "--predictions-topic", topics["predictions"],
-                "--outcomes-topic", topics["outcomes"],
-                "--registry", str(registry),
-                "--metrics-port", str(port),
-                "--refresh", "1s",
-                "--batch-size", "2000",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    command = [
+        sys.executable, "-m", "driftline.cli", "quality",
+        "--bootstrap-servers", kafka_bootstrap,
+        "--predictions-topic", topics["predictions"],
+        "--outcomes-topic", topics["outcomes"],
+        "--registry", str(registry),
+        "--refresh", "1s",
+        "--batch-size", "2000",
+    ]  # fmt: skip
     rules = shortened_rules(
         sorted((repo_root / "monitoring" / "rules").glob("*.yml")), workdir / "rules", "1s"
     )
     prometheus = Prometheus(binary, workdir, f"127.0.0.1:{port}", rules[0].parent)
+    process = None
     try:
         prometheus.wait_ready()
-        yield Run(fixture, f"http://127.0.0.1:{port}/metrics", prometheus, process, log)
+        process = start(command, port, log)
+        yield Run(fixture, f"http://127.0.0.1:{port}/metrics", prometheus, process, log, command)
     finally:
         prometheus.stop()
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-    assert process.returncode == 0, log.read_text()
+        if process is not None:
+            stop(process)
+    assert process.returncode == 0, log.read_text()  # SIGTERM: a clean exit
+
+
+def start(command: list[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [*command, "--metrics-port", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 @pytest.fixture(scope="module")
 def samples(run: Run) -> dict[Any, float]:
     """/metrics once every valid record has been read and the figures refreshed."""
+    return read_all(run, run.process, run.metrics_url)
+
+
+def read_all(run: Run, process: subprocess.Popen[bytes], url: str) -> dict[Any, float]:
     expected = run.fixture.produced
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
-        assert run.process.poll() is None, run.log.read_text()
+        assert process.poll() is None, run.log.read_text()
         try:
-            found = scrape(run.metrics_url)
+            found = scrape(url)
         except OSError:
             time.sleep(0.5)
             continue
@@ -261,7 +274,7 @@ def samples(run: Run) -> dict[Any, float]:
         # The snapshot is taken after the last poll: wait for one more refresh.
         if accepted == expected:
             time.sleep(2.5)
-            return scrape(run.metrics_url)
+            return scrape(url)
         time.sleep(0.5)
     raise AssertionError(f"records not all read in {DEADLINE_S} s:\n{run.log.read_text()}")
 
@@ -399,3 +412,22 @@ def test_model_performance_degraded_fires_for_the_useless_version_only(
     assert not wait_for(missing, DEADLINE_S), run.prometheus.log.read_text()
     time.sleep(3)  # v0001 stays quiet a few evaluations later too
     assert not missing()
+
+
+def test_a_second_process_rebuilds_the_same_figures_from_the_topics(
+    run: Run, samples: dict[Any, float]
+) -> None:
+    """Nothing is committed: a restart (here a second instance) reads both topics from the
+    beginning and exports the same figures."""
+    port = free_port()
+    process = start(run.command, port, run.log)
+    try:
+        again = read_all(run, process, f"http://127.0.0.1:{port}/metrics")
+    finally:
+        stop(process)
+    figures = {
+        key: v
+        for key, v in samples.items()
+        if key[0].startswith("driftline_quality_") and "refresh" not in key[0]
+    }
+    assert figures and {key: again.get(key) for key in figures} == figures
