@@ -294,7 +294,7 @@ def test_the_figures_equal_the_offline_computation(run: Run, samples: dict[Any, 
     fixture = run.fixture
     for version in ("v0001", "v0002"):
         for w, window in enumerate(WINDOWS):
-            labels = {"model_name": "churn", "model_version": version, "window": window}
+            labels = {"model": "churn", "model_version": version, "window": window}
             outcomes = deduplicated(fixture.outcomes, version, w)
             predictions = deduplicated(fixture.predictions, version, w)
             y = np.array([o["label"] for o in outcomes])
@@ -325,7 +325,7 @@ def test_the_figures_equal_the_offline_computation(run: Run, samples: dict[Any, 
                     else:
                         assert got == pytest.approx(expected, abs=1e-9), (metric, basis, window)
         assert value(
-            samples, "driftline_quality_training_roc_auc", model_name="churn", model_version=version
+            samples, "driftline_quality_training_roc_auc", model="churn", model_version=version
         ) == pytest.approx(fixture.training_auc[version])
     assert samples[("driftline_quality_watermark_timestamp_seconds", ())] == pytest.approx(
         max(o["resolved_at"] for o in fixture.outcomes) / 1000
@@ -344,7 +344,7 @@ def test_the_estimate_is_the_realised_quality_of_the_calibrated_version_only(
                 (version, basis): value(
                     samples,
                     f"driftline_quality_{metric}",
-                    model_name="churn",
+                    model="churn",
                     model_version=version,
                     window=window,
                     basis=basis,
@@ -359,7 +359,7 @@ def test_the_estimate_is_the_realised_quality_of_the_calibrated_version_only(
             basis: value(
                 samples,
                 "driftline_quality_roc_auc",
-                model_name="churn",
+                model="churn",
                 model_version="v0002",
                 window=window,
                 basis=basis,

@@ -620,7 +620,7 @@ def test_model_quality_dashboard_content(repo_root: Path) -> None:
     dashboard = load_dashboard(repo_root / "grafana/dashboards/model-quality.json")
     assert dashboard["uid"] == "driftline-model-quality"
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert list(variables) == ["model_name", "model_version"]
+    assert list(variables) == ["model", "model_version"]
     assert variables["model_version"]["includeAll"] and variables["model_version"]["multi"]
     exprs = exprs_of(dashboard)
     # Realised beside estimated for each figure both bases have.
@@ -631,7 +631,7 @@ def test_model_quality_dashboard_content(repo_root: Path) -> None:
         "driftline_quality_positive_ratio",
     ):
         for basis in ("realised", "estimated"):
-            selector = f'model_name="$model_name", model_version=~"$model_version", basis="{basis}"'
+            selector = f'model="$model", model_version=~"$model_version", basis="{basis}"'
             assert f"{metric}{{{selector}}}" in exprs, (metric, basis)
     for needle in (
         "driftline_quality_calibration_error",

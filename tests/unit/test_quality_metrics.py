@@ -104,7 +104,7 @@ def test_figures_are_exposed_per_version_basis_and_window_and_never_as_nan() -> 
     assert records_total[("predictions", "invalid")] == 2
     assert records_total[("prediction-outcomes", "late")] == 0
     assert found["driftline_quality_training_roc_auc"] == [
-        ({"model_name": "churn", "model_version": "v0001"}, 0.8)
+        ({"model": "churn", "model_version": "v0001"}, 0.8)
     ]
     assert found["driftline_quality_min_labels"] == [({}, 200.0)]
     assert found["driftline_quality_watermark_timestamp_seconds"][0][1] == pytest.approx(

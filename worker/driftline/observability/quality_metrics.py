@@ -6,7 +6,8 @@ window's series disappear with it (a labelled ``Gauge`` would keep them until re
 one by one).  Names follow Prometheus' conventions: ratios in 0..1 (``_ratio`` where the
 figure is a share), timestamps in seconds, counters ending in ``_total``.
 
-Labels: ``model_name``, ``model_version``; ``basis`` = ``realised`` (from labels) or
+Labels: ``model`` (the model name, as in the worker's metrics), ``model_version``;
+``basis`` = ``realised`` (from labels) or
 ``estimated`` (label-free, from calibrated scores); ``window`` = the window's start,
 ISO 8601 UTC (``2026-01-05`` for day-aligned windows).  Label values are bounded: versions
 times windows held (retention / window + 1), never a customer.  docs/model-quality.md lists
@@ -52,8 +53,8 @@ FIGURES: dict[str, tuple[str, str]] = {
     "recall": (P + "recall_ratio", "Recall at the decision threshold."),
     "f1": (P + "f1_score", "F1 score at the decision threshold."),
 }
-WINDOW_LABELS = ["model_name", "model_version", "window"]
-BASIS_LABELS = ["model_name", "model_version", "basis", "window"]
+WINDOW_LABELS = ["model", "model_version", "window"]
+BASIS_LABELS = ["model", "model_version", "basis", "window"]
 
 
 def window_label(start_ms: int) -> str:
@@ -171,7 +172,7 @@ class QualityMetrics:
             P + "training_roc_auc",
             "ROC AUC of the model version on its held-out test split at training time "
             "(registry metadata), the reference of ModelPerformanceDegraded.",
-            labels=["model_name", "model_version"],
+            labels=["model", "model_version"],
         )
         for (name, version), auc in sorted(snap.training_auc.items()):
             training.add_metric([name, version], auc)
