@@ -19,6 +19,7 @@ the tests call; :func:`run` adds file reading, argument checking and printing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from driftline.commands._train_inputs import (
     recency_days,
 )
 from driftline.core.events import EVENT_TYPES
+from driftline.core.labels import label_definition
 from driftline.core.offline import ChurnDefinition, training_set
 from driftline.core.spec import DAY_MS, FeatureSpec, load_default_spec, load_spec
 from driftline.model.calibration import METHODS as CALIBRATION_METHODS
@@ -62,11 +64,12 @@ Event log (--events): CSV or Parquet with event-field columns (customer_id, even
 event_type, amount, ...); event_time as epoch millis or ISO dates/datetimes (naive = UTC).
 The mapping flags are replay's: --mapping cdnow reads the raw CDNOW master file (its dates
 are replayed 28 years later, in 2025-26; --cutoff dates are given in the file's own
-calendar); --column FIELD=COLUMN / --constant FIELD=VALUE map any other log.  A customer
-active within --lookback-days before a cutoff is labelled churned when no --target-event
-follows within --horizon-days.  Without --cutoff, the latest date whose horizon fits in the history
-is used, plus --cutoffs - 1 earlier ones, one horizon apart.  A cutoff DATE is 00:00 UTC of
-that day; events stamped exactly then count as history.
+calendar); --column FIELD=COLUMN / --constant FIELD=VALUE map any other log.  Labels are the
+feature spec's [label] (default: churned = no purchase within 90 days, rows for customers
+active within 180 days before a cutoff); --target-event, --horizon-days and
+--lookback-days override its parts.  Without --cutoff, the latest date whose horizon fits
+in the history is used, plus --cutoffs - 1 earlier ones, one horizon apart.  A cutoff DATE
+is 00:00 UTC of that day; events stamped exactly then count as history.
 
 Customer table (--table): one row per customer, label in --label-column.  The model reads the
 table's columns, not the feature spec, so the worker will not serve it.
@@ -116,9 +119,9 @@ def train_on_events(
     *,
     cutoffs_ms: Sequence[int] | None = None,
     n_cutoffs: int = 1,
-    horizon_days: int = 90,
-    target_event: str = "purchase",
-    lookback_days: int = 180,
+    horizon_days: int | None = None,
+    target_event: str | None = None,
+    lookback_days: int | None = None,
     calendar_shift_ms: int = 0,
     **train_kwargs: Any,
 ) -> TrainResult:
@@ -131,6 +134,10 @@ def train_on_events(
     :func:`train_model` (``n_estimators``, ``cv_folds``, ``threshold``, ``progress``...).
     Raises :class:`UsageError` (a ``ValueError``) for inputs that cannot give labels.
 
+    The label is the spec's (``core.labels.label_definition``: its ``[label]`` table, or
+    no purchase within 90 days); ``horizon_days``, ``target_event`` and ``lookback_days``
+    override its parts when given.
+
     ``calendar_shift_ms`` is how far a loader moved the times (``CDNOW_MAPPING`` moves
     1997 to 2025): dates in messages and in ``result.dataset`` are shifted back by it, so
     they read as in the source file.  ``cutoffs_ms`` are in the shifted (loaded) time.
@@ -140,18 +147,15 @@ def train_on_events(
         raise UsageError(f"events lack column(s) {missing}")
     if events.empty:
         raise UsageError("no events")
-    if target_event not in EVENT_TYPES:
-        raise UsageError(f"unknown target event {target_event!r}; known: {', '.join(EVENT_TYPES)}")
-    if horizon_days <= 0 or lookback_days <= 0:
-        raise UsageError("horizon and lookback must be positive numbers of days")
+    churn = _churn_definition(spec, horizon_days, target_event, lookback_days)
+    target_event = churn.target_event
     if not (events["event_type"] == target_event).any():
-        raise UsageError(f"no {target_event!r} events in the history: every customer would churn")
+        raise UsageError(
+            f"no {target_event!r} events in the history: every customer would be labelled "
+            f"{churn.label_of(False)}"
+        )
     times = events["event_time"].to_numpy(dtype=np.int64)
-    churn = ChurnDefinition(
-        horizon_ms=int(horizon_days) * DAY_MS,
-        target_event=target_event,
-        lookback_ms=int(lookback_days) * DAY_MS,
-    )
+    horizon_days = max(1, churn.horizon_ms // DAY_MS)
     if cutoffs_ms is None:
         cutoffs = auto_cutoffs(
             times, churn.horizon_ms, n_cutoffs, calendar_shift_ms=calendar_shift_ms
@@ -218,15 +222,41 @@ def train_on_events(
             },
             "churn_rate": float(y.mean()),
             "churn_definition": {
+                "name": churn.name,
+                "kind": churn.kind,
                 "target_event": target_event,
-                "horizon_days": int(horizon_days),
-                "lookback_days": int(lookback_days),
+                "horizon_days": churn.horizon_ms / DAY_MS,
+                "lookback_days": churn.lookback_ms / DAY_MS,
             },
             "spec_digest": spec.digest,
             "calendar_shift_days": calendar_shift_ms // DAY_MS,
         }
     )
     return result
+
+
+def _churn_definition(
+    spec: FeatureSpec,
+    horizon_days: int | None,
+    target_event: str | None,
+    lookback_days: int | None,
+) -> ChurnDefinition:
+    """The spec's label, with the parts given as arguments (the train flags) replaced."""
+    if target_event is not None and target_event not in EVENT_TYPES:
+        raise UsageError(f"unknown target event {target_event!r}; known: {', '.join(EVENT_TYPES)}")
+    if (horizon_days is not None and horizon_days <= 0) or (
+        lookback_days is not None and lookback_days <= 0
+    ):
+        raise UsageError("horizon and lookback must be positive numbers of days")
+    churn = label_definition(spec)  # label: spec
+    overrides: dict[str, Any] = {}
+    if horizon_days is not None:
+        overrides["horizon_ms"] = int(horizon_days) * DAY_MS
+    if target_event is not None:
+        overrides["target_event"] = target_event
+    if lookback_days is not None:
+        overrides["lookback_ms"] = int(lookback_days) * DAY_MS
+    return dataclasses.replace(churn, **overrides)
 
 
 def register(
@@ -304,20 +334,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     churn.add_argument(
         "--horizon-days",
         type=int,
-        default=90,
-        help="churned = no target event within this many days (default: %(default)s)",
+        default=None,
+        help="override the spec's [label] horizon (default: the spec's, else 90)",
     )
     churn.add_argument(
         "--target-event",
-        default="purchase",
+        default=None,
         choices=EVENT_TYPES,
-        help="the event that counts as 'still a customer' (default: %(default)s)",
+        help="override the spec's [label] target_event (default: the spec's, else purchase)",
     )
     churn.add_argument(
         "--lookback-days",
         type=int,
-        default=180,
-        help="only customers active this many days before a cutoff (default: %(default)s)",
+        default=None,
+        help="override the spec's [label] lookback (default: the spec's, else 180)",
     )
     add_spec(parser)
 

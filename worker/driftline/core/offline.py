@@ -21,13 +21,12 @@ production code: it lives in ``tests/support/feature_oracle.py``.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
 from driftline.core.events import EventBatch
-from driftline.core.spec import DAY_MS, FeatureSpec
+from driftline.core.labels.definition import ChurnDefinition
+from driftline.core.spec import FeatureSpec
 from driftline.core.state import AsOf, FeatureState
 from driftline.core.watermark import PartitionWatermark
 
@@ -89,19 +88,6 @@ def cutoff_features(
     return out
 
 
-@dataclass(frozen=True)
-class ChurnDefinition:
-    """A customer churns at ``cutoff`` if no ``target_event`` follows within ``horizon``.
-
-    Only customers with an event within ``lookback`` before the cutoff are included: a
-    customer long gone before the cutoff is not a prediction anyone needs.
-    """
-
-    horizon_ms: int = 90 * DAY_MS
-    target_event: str = "purchase"
-    lookback_ms: int = 180 * DAY_MS
-
-
 def training_set(
     events: pd.DataFrame,
     spec: FeatureSpec,
@@ -112,8 +98,9 @@ def training_set(
 
     X is the customer's features as of the cutoff, as the worker's tick at the cutoff
     scores them (``cutoff_features``), for the customers the tick scores that had an event
-    within ``lookback`` before it; rows in customer id order.  y is 1 when no
-    ``target_event`` follows in ``(cutoff, cutoff + horizon]``.  Cutoffs whose horizon
+    within ``lookback`` before it; rows in customer id order.  y is the label of
+    ``churn`` (``core.labels``): for kind ``silence`` 1 when no ``target_event`` follows in
+    ``(cutoff, cutoff + horizon]``, for ``occurrence`` 1 when one does.  Cutoffs whose horizon
     runs past the end of the history are refused: their labels would be unknown, not
     negative.
     """
@@ -139,10 +126,10 @@ def training_set(
         after = is_target & (times > cutoff) & (times <= cutoff + churn.horizon_ms)
         returned = set(ordered["customer_id"][after].astype(str))
         xs.append(tick.block.take(rows).frame())
-        ys.append(np.array([c not in returned for c in customers], dtype=np.int64))
+        ys.append(np.array([churn.label_of(c in returned) for c in customers], dtype=np.int64))
         keys.append(pd.DataFrame({"customer_id": customers, "cutoff_ms": cutoff}))
     if not xs:
         raise ValueError("no customer is active before any cutoff: nothing to train on")
     x = pd.concat(xs, ignore_index=True)
-    y = pd.Series(np.concatenate(ys), name="churned")
+    y = pd.Series(np.concatenate(ys), name=churn.name)
     return x, y, pd.concat(keys, ignore_index=True)

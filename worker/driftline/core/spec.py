@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from driftline.core.events import CATEGORICAL_FIELDS, EVENT_TYPES, NUMERIC_FIELDS, PROFILE_FIELDS
+from driftline.core.labels.definition import ChurnDefinition, parse_label
 
 Aggregation = Literal["count", "sum", "mean", "min", "max", "last", "time_since_last"]
 AGGREGATIONS: tuple[str, ...] = ("count", "sum", "mean", "min", "max", "last", "time_since_last")
@@ -105,6 +106,10 @@ class FeatureSpec:
     buckets_per_window: int = 12
     idle_eviction_ms: int | None = None  # default: the longest window plus lateness
     source: str = field(default="", compare=False)
+    #: The ``[label]`` table (``core.labels.label_definition`` reads it).  Not part of the
+    #: digest: the label is what a model is trained and judged against, not an input it
+    #: reads, so a model stays servable under a spec whose label changed.
+    label: ChurnDefinition | None = field(default=None, compare=False)
 
     # --- derived views -------------------------------------------------------------
     @property
@@ -218,6 +223,17 @@ def parse_spec(data: dict[str, object], source: str = "<dict>") -> FeatureSpec:
             parse_duration_ms(state["idle_eviction"]) if "idle_eviction" in state else None
         ),
         source=source,
+        label=(
+            parse_label(
+                data["label"],
+                source,
+                event_types=EVENT_TYPES,
+                parse_duration_ms=parse_duration_ms,
+                error=SpecError,
+            )
+            if "label" in data
+            else None
+        ),
     )
     if not 1 <= spec.buckets_per_window <= 1024:
         raise SpecError(f"{source}: buckets_per_window must be within 1..1024")
