@@ -33,6 +33,7 @@ from driftline.core.events import (
     MIN_EPOCH_MS,
     CustomerEvent,
 )
+from driftline.core.labels.records import CustomerOutcome, PredictionOutcome
 from driftline.core.predictions import DeadLetterHeaders, Prediction
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -406,11 +407,120 @@ RETRAIN_REQUEST = Contract(
     ),
 )
 
+# The outcome join's records (``driftline outcomes``, docs/labels.md).
+PREDICTION_OUTCOME = Contract(
+    name="prediction-outcome",
+    struct=PredictionOutcome,
+    title="Prediction outcome",
+    description=(
+        "One live prediction whose label became known: the value of a record on the "
+        "Driftline prediction-outcomes topic, UTF-8 JSON, keyed by customer_id (UTF-8), "
+        "written by driftline outcomes. The label is the feature spec's [label] (e.g. "
+        "churned = no purchase within 90 days): a prediction at prediction_time resolves "
+        "when a target event of the customer follows within (prediction_time, "
+        "prediction_time + horizon_ms], when the input partition's event-time watermark "
+        "passes prediction_time + horizon_ms with none, or when an external outcome "
+        "(customer-outcomes) dated within that horizon arrives, whichever comes first. "
+        "Predictions are sampled (the first of each customer per sampling bucket, default "
+        "7 days), so not every prediction gets an outcome. Written exactly once per "
+        "prediction kept (transactions; read with isolation.level=read_committed). Unknown "
+        "extra properties may be added in later versions; ignore them."
+    ),
+    fields={
+        "event_id": (
+            'The prediction\'s event_id (for a tick "tick-" and its time); with '
+            "customer_id, the prediction's key."
+        ),
+        "customer_id": "The customer; also the record key.",
+        "prediction_time": "The prediction's event_time, epoch milliseconds (UTC).",
+        "score": "The prediction's score, 0..1.",
+        "decision": "The prediction's decision (score >= threshold).",
+        "threshold": "The decision threshold of the model version that scored, 0..1.",
+        "model_name": "Registry name of the model that scored.",
+        "model_version": "Registry version of the model that scored.",
+        "trigger": 'What was scored: "event" or "tick" (as on the prediction).',
+        "label": (
+            "1: the label's positive happened (e.g. churned: no target event within the "
+            "horizon, for a label of kind silence; a target event within it, for kind "
+            "occurrence); 0: it did not."
+        ),
+        "label_source": (
+            '"events": decided by the input events (a target event, or the watermark '
+            'passing the horizon); "external": by a customer-outcomes record.'
+        ),
+        "resolved_at": (
+            "Event time (epoch ms, UTC) at which the label became known: the resolving "
+            "target event's time, prediction_time + horizon_ms for a horizon that passed "
+            "in silence, or the external outcome's event_time."
+        ),
+        "horizon_ms": "The label's horizon, milliseconds.",
+    },
+    examples=(
+        {
+            "event_id": "tick-1714608000000",
+            "customer_id": "cust-0042",
+            "prediction_time": 1714608000000,
+            "score": 0.8731,
+            "decision": True,
+            "threshold": 0.5,
+            "model_name": "churn",
+            "model_version": "v0003",
+            "trigger": "tick",
+            "label": 1,
+            "label_source": "events",
+            "resolved_at": 1722384000000,
+            "horizon_ms": 7776000000,
+        },
+        {
+            "event_id": "evt-000001",
+            "customer_id": "cust-0042",
+            "prediction_time": 1714566600000,
+            "score": 0.8125,
+            "decision": True,
+            "threshold": 0.5,
+            "model_name": "churn",
+            "model_version": "v0003",
+            "trigger": "event",
+            "label": 0,
+            "label_source": "events",
+            "resolved_at": 1715000000000,
+            "horizon_ms": 7776000000,
+        },
+    ),
+)
+
+CUSTOMER_OUTCOME = Contract(
+    name="customer-outcome",
+    struct=CustomerOutcome,
+    title="Customer outcome",
+    description=(
+        "An outcome known outside the event stream (a CRM's cancellation, a renewal): the "
+        "value of a record on the customer-outcomes topic, UTF-8 JSON, keyed by "
+        "customer_id (UTF-8), read by driftline outcomes. It resolves the customer's "
+        "pending predictions whose horizon holds its event_time (prediction_time < "
+        "event_time <= prediction_time + horizon) with its label, and those of the next "
+        "ones still to come likewise, unless the events resolved them first. The topic must "
+        "have as many partitions as the input topic, keyed the same way. Unknown extra "
+        "properties are ignored."
+    ),
+    fields={
+        "customer_id": "The customer; also the record key.",
+        "event_time": "When the outcome happened, epoch milliseconds (UTC).",
+        "label": "1: the label's positive (e.g. churned) happened; 0: it did not.",
+        "source": "Optional: which system said so (for people; not used).",
+    },
+    examples=(
+        {"customer_id": "cust-0042", "event_time": 1716000000000, "label": 1, "source": "crm"},
+    ),
+)
+
 CONTRACTS: tuple[Contract, ...] = (
     CUSTOMER_EVENT,
     PREDICTION,
     DEAD_LETTER_HEADERS,
     RETRAIN_REQUEST,
+    PREDICTION_OUTCOME,
+    CUSTOMER_OUTCOME,
 )
 
 
