@@ -22,6 +22,7 @@ COMMANDS = (
     "replay",
     "train",
     "worker",
+    "outcomes",
     "demo",
     "bench",
     "schemas",
