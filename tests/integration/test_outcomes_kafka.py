@@ -31,7 +31,13 @@ from driftline.core.watermark import PartitionWatermark
 from driftline.event_producer import produce
 from driftline.simulate import Population
 from support.outcomes_process import OutcomesProcess
-from support.topic_reading import committed_all, read_topic, topic_layout, wait_committed
+from support.topic_reading import (
+    committed_all,
+    committed_offsets,
+    read_topic,
+    topic_layout,
+    wait_committed,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -295,3 +301,49 @@ def test_external_outcomes_dead_letters_and_partition_counts(
     )  # fmt: skip
     assert refused.returncode == 2, refused.stderr
     assert "same partition count" in refused.stderr and "co-partitioned" in refused.stderr
+
+
+def test_events_far_ahead_of_the_predictions_wait_for_them(
+    kafka_bootstrap: str, topic_factory: Callable[..., str], unique_group: str, tmp_path: Path
+) -> None:
+    """Sixty days of events but predictions of day 1 only: the service reads the events
+    to about the horizon plus a day past the predictions (enough to resolve them) and
+    pauses there, keeping a few days of target times rather than sixty; a prediction of
+    day 58 lets it read on to the end."""
+    events_topic, predictions_topic = topic_factory(1, "events"), topic_factory(1, "predictions")
+    t0 = 20_000 * DAY_MS
+    daily = [
+        {"event_id": f"{c}{d}", "customer_id": c, "event_time": t0 + d * DAY_MS + i,
+         "event_type": "purchase" if c == "a" else "login"}
+        for d in range(60)
+        for i, c in enumerate(("a", "z1", "z2"))
+    ]  # fmt: skip
+    produce(kafka_bootstrap, events_topic, daily)
+    producer = _producer(kafka_bootstrap)
+    for customer in ("a", "b"):
+        producer.produce(predictions_topic, _prediction(customer, t0 + DAY_MS), customer.encode())
+    producer.flush(30)
+    group = f"{unique_group}-outcomes"
+    service = OutcomesProcess(
+        kafka_bootstrap, events_topic=events_topic, predictions_topic=predictions_topic,
+        output_topic=f"outcomes-{unique_group}", dead_letter_topic=f"dlq-{unique_group}",
+        group=group,
+        extra_args=["--features", str(spec_with_horizon(tmp_path, "4d")), "--batch-size", "5"],
+        log_path=tmp_path / "outcomes.log",
+    )  # fmt: skip
+    with killed_on_exit(service):
+        service.start().wait_assigned(1)
+        service.wait_metric("driftline_outcomes_resolved_total", 2, 60)
+        service.wait_metric("driftline_outcomes_paused_partitions", 1, 30)
+        time.sleep(2)  # would it read on?
+        read = committed_offsets(kafka_bootstrap, group, events_topic)[0]
+        assert 3 * 6 <= read <= 3 * 9, f"read {read} events of {len(daily)}: not paused at ~day 6"
+        assert service.metric("driftline_outcomes_retained_times") <= 10
+        producer.produce(predictions_topic, _prediction("c", t0 + 58 * DAY_MS), b"c")
+        producer.flush(30)
+        wait_until(
+            lambda: committed_all(kafka_bootstrap, group, events_topic, {0: len(daily)}),
+            60, "the events read to their end", service,
+        )  # fmt: skip
+        assert service.metric("driftline_outcomes_paused_partitions") == 0
+        assert service.sigterm(timeout=60) == 0, service.log_tail()

@@ -67,6 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-pending", type=int, default=1_000_000,
                         help="pending predictions at most, over all partitions")  # fmt: skip
+    parser.add_argument(
+        "--max-lead",
+        type=duration_ms,
+        default=None,
+        metavar="DURATION",
+        help="pause a partition's events while they run this far (event time) ahead of its "
+        "predictions; must exceed the label horizon (default: the horizon plus 1d)",
+    )
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--metrics-host", default="0.0.0.0")
     parser.add_argument(
@@ -95,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--max-pending and --batch-size must be at least 1")
     connect(args)
     label = label_definition(spec)
+    if args.max_lead is not None and args.max_lead <= label.horizon_ms:
+        raise CommandError(
+            f"--max-lead must exceed the label horizon ({label.horizon_ms} ms): pending "
+            "predictions resolve only once the events run past their horizon"
+        )
     settings = OutcomeSettings(
         bootstrap_servers=args.bootstrap_servers,
         label=label,
@@ -109,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         sample_every_ms=args.sample_every,
         triggers=("event", "tick") if args.triggers == "all" else (args.triggers,),
         max_pending=args.max_pending,
+        max_lead_ms=args.max_lead,
         batch_size=args.batch_size,
     )
     metrics = OutcomeMetrics()

@@ -26,6 +26,11 @@ class OutcomeMetrics:
             namespace=ns, registry=reg,
         )  # fmt: skip
         self.partitions = Gauge("partitions", "Partitions assigned.", namespace=ns, registry=reg)
+        self.paused = Gauge(
+            "paused_partitions",
+            "Input-event partitions paused: their events ran too far ahead of the predictions.",
+            namespace=ns, registry=reg,
+        )  # fmt: skip
         self.resolved = Counter(
             "resolved_total", "Predictions resolved, by label and label source.",
             ["label", "source"], namespace=ns, registry=reg,

@@ -48,6 +48,7 @@ from driftline.core.labels.records import (
     PredictionOutcome,
 )
 from driftline.core.labels.resolver import DROP_REASONS, OutcomeResolver
+from driftline.core.state import NO_TIME
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics, wait_for_broker
 from driftline.engine.kafka.client_config import kafka_client_config
 from driftline.engine.kafka.dead_letters import (
@@ -89,6 +90,9 @@ class OutcomeSettings:
     disorder_ms: int | None = None
     triggers: tuple[str, ...] = ("event", "tick")
     max_pending: int = 1_000_000
+    #: How far (event time) a partition's events may run ahead of its predictions before
+    #: its events are paused; None: the horizon plus a day.  See ``_flow``.
+    max_lead_ms: int | None = None
     batch_size: int = 5000
     poll_timeout_s: float = 0.5
     restore_timeout_s: float = 120.0
@@ -118,6 +122,7 @@ class OutcomeService:
         self._late_seen: dict[int, int] = {}
         self.record_limit = PRODUCER_MAX_MESSAGE_BYTES
         self.ready = threading.Event()
+        self.paused: set[int] = set()
 
     # ------------------------------------------------------------------ start-up
     def check_topics(self) -> int:
@@ -284,6 +289,7 @@ class OutcomeService:
         def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
             numbers = {tp.partition for tp in partitions} - set(self.resolvers)
             self.restore(numbers)
+            self.paused.clear()  # a new assignment starts unpaused
             self.metrics.partitions.set(len(self.resolvers))
 
         def on_revoke(c: Consumer, partitions: list[TopicPartition]) -> None:
@@ -299,6 +305,7 @@ class OutcomeService:
             while not self.stop.is_set():
                 messages = consumer.consume(s.batch_size, s.poll_timeout_s)
                 if not messages:
+                    self._flow(consumer)
                     continue
                 try:
                     self._batch(producer, consumer, messages)
@@ -316,9 +323,41 @@ class OutcomeService:
                     except KafkaException:
                         producer = self._producer()
                     self._rewind(consumer)
+                self._flow(consumer)
         finally:
             consumer.close()
             producer.flush(10)
+
+    def _flow(self, consumer: Consumer) -> None:
+        """Pause a partition's events while they run more than the lead ahead of its
+        predictions (in event time); resume them once the predictions caught up.
+
+        The resolver keeps every target-event time a prediction still to come may need:
+        without this, a service started behind (or a worker lagging) would keep the
+        target events of the whole backlog.  With it, it keeps about ``lead`` of them.
+        A lead above the horizon keeps every pending prediction resolvable: the events
+        may always run past ``t + H`` for any prediction at ``t`` already read.
+        """
+        lead = self.s.max_lead_ms
+        if lead is None:
+            lead = self.s.label.horizon_ms + 86_400_000
+        assigned = {tp.partition for tp in consumer.assignment() if tp.topic == self.s.events_topic}
+        ahead = set()
+        for p, resolver in self.resolvers.items():
+            events_at = resolver.watermark.max_event_time_ms
+            predictions_at = resolver.max_prediction_ms
+            if events_at != NO_TIME and (
+                predictions_at == NO_TIME or events_at - predictions_at > lead
+            ):
+                ahead.add(p)
+        ahead &= assigned
+        pause, resume = ahead - self.paused, (self.paused & assigned) - ahead
+        if pause:
+            consumer.pause([TopicPartition(self.s.events_topic, p) for p in sorted(pause)])
+        if resume:
+            consumer.resume([TopicPartition(self.s.events_topic, p) for p in sorted(resume)])
+        self.paused = ahead
+        self.metrics.paused.set(len(ahead))
 
     def _rewind(self, consumer: Consumer) -> None:
         """Back to the last committed batch: state from the changelog, offsets from the
