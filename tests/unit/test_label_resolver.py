@@ -328,8 +328,7 @@ def replay_with_restarts(
         if rng.random() < cuts / 13:
             live = resolver(label, sample_every_ms=DAY_MS)
             live.restore_partition(meta)
-            for customer, snapshot in changelog.items():
-                live.restore_customer(customer, snapshot)
+            live.restore_customers(changelog.items())
     rest = batch.take(np.arange(13 * chunk_e, len(events)))
     out += live.step(events=rest, predictions=predictions[13 * chunk_p :])
     return out

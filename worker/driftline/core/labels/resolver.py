@@ -43,7 +43,7 @@ customer-id lookup and the outcome records themselves are per item.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -136,7 +136,7 @@ class OutcomeResolver:
     Feed it each micro-batch with ``step`` (or ``on_events`` / ``on_predictions`` /
     ``on_external``); each returns the outcomes it resolved.  ``take_dirty`` gives the
     customers whose state changed since its last call (for the changelog), ``snapshot``
-    the partition's clocks; ``restore_customer`` / ``restore_partition`` rebuild it.
+    the partition's clocks; ``restore_customers`` / ``restore_partition`` rebuild it.
     """
 
     def __init__(
@@ -206,10 +206,13 @@ class OutcomeResolver:
                 code = self._free.pop() if self._free else len(self._ids)
                 if code == len(self._ids):
                     self._ids.append(customer)
-                    self._last_bucket = np.append(self._last_bucket, np.int64(NO_TIME))
+                    if code >= len(self._last_bucket):  # grow by doubling: amortised O(1)
+                        grown = np.full(max(1024, 2 * code), NO_TIME, dtype=np.int64)
+                        grown[: len(self._last_bucket)] = self._last_bucket
+                        self._last_bucket = grown
                 else:
                     self._ids[code] = customer
-                    self._last_bucket[code] = NO_TIME
+                self._last_bucket[code] = NO_TIME
                 self._codes[customer] = code
             codes[i] = code
         return codes[inverse.reshape(-1)]
@@ -237,12 +240,14 @@ class OutcomeResolver:
         late = self.watermark.classify(events.event_time_ms)
         self.late_events += int(late.sum())
         rows = np.flatnonzero(~late & (events.event_type == self._target_code))
+        out: list[PredictionOutcome] = []
         if rows.size:
             codes = self._code_of(events.customer_id[rows])
             # All kept until pruned below: an old one may still resolve an old prediction.
             self._targets.append(code=codes, time=events.event_time_ms[rows])
             self._dirty.update(codes.tolist())
-        out = self._resolve_pending_by_targets()
+            # Only these customers' pending predictions can have a new target.
+            out += self._resolve_by_targets(self._pending_of(codes))
         out += self._expire()
         self._prune()
         return out
@@ -258,13 +263,15 @@ class OutcomeResolver:
         self._external.append(code=codes, time=times, label=labels)
         self._dirty.update(codes.tolist())
         pending = self._pending
-        hit = self._within(pending["code"], pending["time"], self._external)
-        rows = np.flatnonzero(hit >= 0)
+        candidates = self._pending_of(codes)
+        hit = self._within(pending["code"][candidates], pending["time"][candidates], self._external)
+        rows = candidates[hit >= 0]
+        hit = hit[hit >= 0]
         out = self._emit(
             rows,
-            self._external["label"][hit[rows]],
+            self._external["label"][hit],
             LABEL_SOURCE_EXTERNAL,
-            self._external["time"][hit[rows]],
+            self._external["time"][hit],
         )
         self._prune()
         return out
@@ -306,7 +313,7 @@ class OutcomeResolver:
         before_count = len(self._pending)
         self._pending.append(code=codes, time=times[rows], slot=slots)
         out = self._resolve_new(before_count)
-        out += self._resolve_pending_by_targets(start=before_count)
+        out += self._resolve_by_targets(np.arange(before_count, len(self._pending)))
         out += self._expire(start=before_count)
         if capacity is not None and len(self._pending) - before_count > capacity:
             over = np.zeros(len(self._pending), dtype=bool)
@@ -338,10 +345,13 @@ class OutcomeResolver:
             self._external["time"][hit[found]],
         )
 
-    def _resolve_pending_by_targets(self, start: int = 0) -> list[PredictionOutcome]:
-        """Pending predictions (from row ``start``) with a kept target in their horizon."""
+    def _pending_of(self, codes: Int64s) -> Int64s:
+        """Rows of the pending predictions of these customers."""
+        return np.flatnonzero(np.isin(self._pending["code"], codes))
+
+    def _resolve_by_targets(self, rows: Int64s) -> list[PredictionOutcome]:
+        """Pending ``rows`` with a kept target in their horizon."""
         pending = self._pending
-        rows = np.arange(start, len(pending))
         hit = self._within(pending["code"][rows], pending["time"][rows], self._targets)
         found = hit >= 0
         label = np.full(int(found.sum()), self.label.label_of(True), dtype=np.int64)
@@ -416,33 +426,36 @@ class OutcomeResolver:
             return []
         dirty = np.fromiter(self._dirty, dtype=np.int64, count=len(self._dirty))
         self._dirty = set()
-        state: dict[int, CustomerSnapshot] = {}
-
-        def of(code: int) -> CustomerSnapshot:
-            if code not in state:
-                state[code] = CustomerSnapshot([], [], [], None)
-            return state[code]
-
-        pending = self._pending
-        for row in np.flatnonzero(np.isin(pending["code"], dirty)).tolist():
-            of(int(pending["code"][row])).pending.append(self._payload[int(pending["slot"][row])])
-        for row in np.flatnonzero(np.isin(self._targets["code"], dirty)).tolist():
-            of(int(self._targets["code"][row])).targets.append(int(self._targets["time"][row]))
-        external = self._external
-        for row in np.flatnonzero(np.isin(external["code"], dirty)).tolist():
-            of(int(external["code"][row])).external.append(
-                (int(external["time"][row]), int(external["label"][row]))
-            )
+        pending: dict[int, list[Prediction]] = defaultdict(list)
+        targets: dict[int, list[int]] = defaultdict(list)
+        external: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        p = self._pending
+        rows = np.flatnonzero(np.isin(p["code"], dirty))
+        for code, slot in zip(p["code"][rows].tolist(), p["slot"][rows].tolist(), strict=True):
+            pending[code].append(self._payload[slot])
+        t = self._targets
+        rows = np.flatnonzero(np.isin(t["code"], dirty))
+        for code, time in zip(t["code"][rows].tolist(), t["time"][rows].tolist(), strict=True):
+            targets[code].append(time)
+        x = self._external
+        rows = np.flatnonzero(np.isin(x["code"], dirty))
+        for code, time, label in zip(
+            x["code"][rows].tolist(), x["time"][rows].tolist(), x["label"][rows].tolist(),
+            strict=True,
+        ):  # fmt: skip
+            external[code].append((time, label))
         out: list[tuple[str, CustomerSnapshot | None]] = []
-        for code in sorted(dirty.tolist()):
-            bucket = int(self._last_bucket[code])
-            if bucket != NO_TIME:
-                of(code).last_bucket = bucket
-            snapshot = state.get(code)
-            out.append((self._ids[code], snapshot))
-            if snapshot is None:  # nothing left: forget the customer
+        for code, bucket in zip(dirty.tolist(), self._last_bucket[dirty].tolist(), strict=True):
+            marker = None if bucket == NO_TIME else bucket
+            if marker is None and not (code in pending or code in targets or code in external):
+                out.append((self._ids[code], None))  # nothing left: forget the customer
                 del self._codes[self._ids[code]]
                 self._free.append(code)
+                continue
+            snapshot = CustomerSnapshot(
+                pending.get(code, []), targets.get(code, []), external.get(code, []), marker
+            )
+            out.append((self._ids[code], snapshot))
         return out
 
     def snapshot(self) -> PartitionSnapshot:
@@ -455,26 +468,35 @@ class OutcomeResolver:
         self.watermark.max_event_time_ms = snapshot.max_event_time_ms
         self.max_prediction_ms = snapshot.max_prediction_time_ms
 
-    def restore_customer(self, customer_id: str, snapshot: CustomerSnapshot) -> None:
-        """One customer's state from the changelog (before any new input)."""
-        code = int(self._code_of([customer_id])[0])
-        if snapshot.last_bucket is not None:
-            self._last_bucket[code] = snapshot.last_bucket
-        n = len(snapshot.pending)
-        slots = np.arange(self._next_slot, self._next_slot + n, dtype=np.int64)
-        self._next_slot += n
-        for slot, p in zip(slots.tolist(), snapshot.pending, strict=True):
-            self._payload[slot] = p
-        self._pending.append(
-            code=np.full(n, code),
-            time=np.array([p.event_time for p in snapshot.pending], dtype=np.int64),
-            slot=slots,
-        )
-        self._targets.append(
-            code=np.full(len(snapshot.targets), code), time=np.array(snapshot.targets)
-        )
+    def restore_customers(self, customers: Iterable[tuple[str, CustomerSnapshot]]) -> int:
+        """Customers' state from the changelog (before any new input); returns how many.
+        One append per column for all of them (a restore holds up to millions)."""
+        items = list(customers)
+        if not items:
+            return 0
+        codes = self._code_of([customer for customer, _ in items]).tolist()
+        pending_code: list[int] = []
+        pending_time: list[int] = []
+        target_code: list[int] = []
+        target_time: list[int] = []
+        external: list[tuple[int, int, int]] = []
+        for code, (_, snapshot) in zip(codes, items, strict=True):
+            if snapshot.last_bucket is not None:
+                self._last_bucket[code] = snapshot.last_bucket
+            for p in snapshot.pending:
+                self._payload[self._next_slot + len(pending_code)] = p
+                pending_code.append(code)
+                pending_time.append(p.event_time)
+            target_code.extend([code] * len(snapshot.targets))
+            target_time.extend(snapshot.targets)
+            external.extend((code, t, y) for t, y in snapshot.external)
+        slots = np.arange(self._next_slot, self._next_slot + len(pending_code), dtype=np.int64)
+        self._next_slot += len(pending_code)
+        self._pending.append(code=np.array(pending_code), time=np.array(pending_time), slot=slots)
+        self._targets.append(code=np.array(target_code), time=np.array(target_time))
         self._external.append(
-            code=np.full(len(snapshot.external), code),
-            time=np.array([t for t, _ in snapshot.external], dtype=np.int64),
-            label=np.array([y for _, y in snapshot.external], dtype=np.int64),
+            code=np.array([c for c, _, _ in external]),
+            time=np.array([t for _, t, _ in external]),
+            label=np.array([y for _, _, y in external]),
         )
+        return len(items)

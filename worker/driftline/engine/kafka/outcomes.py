@@ -258,15 +258,14 @@ class OutcomeService:
             reader.close()
         for p in wanted:
             resolver = self._new_resolver()
-            customers = 0
-            for key, value in latest[p].items():
-                if value is None:
-                    continue
-                if key == PARTITION_KEY:
-                    resolver.restore_partition(_decode_partition(value))
-                else:
-                    resolver.restore_customer(key.decode(), _decode_customer(value))
-                    customers += 1
+            clocks = latest[p].pop(PARTITION_KEY, None)
+            if clocks is not None:
+                resolver.restore_partition(_decode_partition(clocks))
+            customers = resolver.restore_customers(
+                (key.decode(), _decode_customer(value))
+                for key, value in latest[p].items()
+                if value is not None
+            )
             resolver.take_dirty()  # restored state is on the changelog already
             self.resolvers[p] = resolver
             self._late_seen[p] = resolver.late_events
