@@ -42,8 +42,8 @@ from driftline.commands._train_inputs import (
     recency_days,
 )
 from driftline.core.events import EVENT_TYPES
-from driftline.core.labels import label_definition
-from driftline.core.offline import ChurnDefinition, training_set
+from driftline.core.labels import ChurnDefinition, label_definition
+from driftline.core.offline import training_set
 from driftline.core.spec import DAY_MS, FeatureSpec, load_default_spec, load_spec
 from driftline.model.calibration import METHODS as CALIBRATION_METHODS
 from driftline.model.evaluation import THRESHOLD_OBJECTIVES

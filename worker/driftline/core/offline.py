@@ -30,6 +30,10 @@ from driftline.core.spec import FeatureSpec
 from driftline.core.state import AsOf, FeatureState
 from driftline.core.watermark import PartitionWatermark
 
+#: ``ChurnDefinition`` lives in ``core.labels`` (the spec's ``[label]``); it is re-exported
+#: here, where training sets have always taken it from.
+__all__ = ["ChurnDefinition", "cutoff_features", "history_features", "training_set"]
+
 
 # --------------------------------------------------------------------------- training
 def history_features(
