@@ -57,8 +57,9 @@ def listening_socket() -> Iterator[int]:
         ["simulate", "--limit", "10", "--days", "5", "--customers", "20", "--no-progress"],
         ["worker", "--registry", "/nonexistent"],
         ["replay", "EVENTS"],
+        ["outcomes", "--metrics-port", "0"],
     ],
-    ids=["topics", "simulate", "worker", "replay"],
+    ids=["topics", "simulate", "worker", "replay", "outcomes"],
 )
 def test_no_broker_is_one_line_and_exit_2(argv: list[str], tmp_path: Path) -> None:
     port = free_port()  # nobody listens there
