@@ -139,3 +139,20 @@ def test_train_uses_the_spec_label_and_its_flags_override_it() -> None:
         "name": "complains", "kind": "occurrence", "target_event": "purchase",
         "horizon_days": 20.0, "lookback_days": 60.0,
     }  # fmt: skip
+
+
+def test_what_the_outcome_service_writes_the_quality_reader_reads() -> None:
+    """The closed loop's contract: every field of a written outcome decodes, unchanged,
+    with ``driftline quality``'s own struct (a subset of the same fields)."""
+    import msgspec
+
+    from driftline.contracts import PREDICTION_OUTCOME
+    from driftline.core.labels.records import PredictionOutcome
+    from driftline.core.quality.records import PredictionOutcome as QualityOutcome
+
+    for example in PREDICTION_OUTCOME.examples:
+        written = msgspec.json.encode(msgspec.convert(example, PredictionOutcome))
+        read = msgspec.json.decode(written, type=QualityOutcome)
+        assert msgspec.structs.asdict(read) == {
+            k: v for k, v in example.items() if k in msgspec.structs.asdict(read)
+        }
