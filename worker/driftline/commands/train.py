@@ -47,6 +47,7 @@ from driftline.core.offline import training_set
 from driftline.core.spec import DAY_MS, FeatureSpec, load_default_spec, load_spec
 from driftline.model.calibration import METHODS as CALIBRATION_METHODS
 from driftline.model.evaluation import THRESHOLD_OBJECTIVES
+from driftline.model.evaluation_arrays import EVALUATION_FILE, to_bytes
 from driftline.model.registry import ModelRegistry, ModelVersion
 from driftline.model.serving_profile import NoReferenceEvents, serving_reference_profile
 from driftline.model.tables import infer_positive_label, train_from_table
@@ -293,6 +294,7 @@ def register(
             "dataset": _jsonable(result.dataset),
             "dropped_features": list(result.dropped_features),
         },
+        files={EVALUATION_FILE: to_bytes(result.evaluation)} if result.evaluation else None,
     )
 
 

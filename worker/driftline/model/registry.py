@@ -35,6 +35,7 @@ import platform
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,8 +176,13 @@ class ModelRegistry:
         reference_profile: dict[str, Any],
         threshold: float,
         extra: dict[str, Any] | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> ModelVersion:
         """Write a new version atomically and return where it went.
+
+        ``files`` are extra files written into the version with the model (e.g. the
+        held-out arrays reports are drawn from): same atomic rename, their sha256 and size
+        recorded under the metadata's ``files``; the loader never reads them.
 
         Refuses (``ValueError``) a model the loader would refuse anyway: no
         ``predict_proba``, input columns that differ from ``feature_names``, types that do not
@@ -194,6 +200,9 @@ class ModelRegistry:
             )
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        files = dict(files or {})
+        for file_name in files:
+            _check_file_name(file_name)
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
@@ -203,6 +212,14 @@ class ModelRegistry:
             joblib.dump(pipeline, model_path, compress=3)
             _fsync(model_path)
             digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+            recorded_files = {}
+            for file_name, payload in files.items():
+                (staging / file_name).write_bytes(payload)
+                _fsync(staging / file_name)
+                recorded_files[file_name] = {
+                    "sha256": hashlib.sha256(payload).hexdigest(),
+                    "bytes": len(payload),
+                }
             base_metadata = {
                 "format": METADATA_FORMAT,
                 "name": name,
@@ -217,6 +234,7 @@ class ModelRegistry:
                 "threshold": float(threshold),
                 "reference_profile": reference_profile,
                 "extra": extra or {},
+                **({"files": recorded_files} if recorded_files else {}),
             }
             for _ in range(_SAVE_ATTEMPTS):
                 version = self._next_version(name)
@@ -352,6 +370,16 @@ def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"bad model name {name!r}: use letters, digits, '.', '_', '-'")
     return name
+
+
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _check_file_name(file_name: str) -> str:
+    """An extra file of a version: a plain name, not one of the registry's own."""
+    if not _FILE_NAME.match(file_name) or file_name in (MODEL_FILE, METADATA_FILE):
+        raise ValueError(f"bad extra file name {file_name!r}")
+    return file_name
 
 
 def _check_model(

@@ -66,6 +66,7 @@ from driftline.model.evaluation import (
     report_text,
     top_importances,
 )
+from driftline.model.evaluation_arrays import feature_arrays, scored_arrays
 from driftline.model.fitting import cross_validate_oof, fit_with_progress, search_grid
 from driftline.model.fitting import positive_scores as positive_scores  # callers import it here
 from driftline.model.profile import build_reference_profile
@@ -197,6 +198,9 @@ class TrainResult:
     #: Where the rows came from (source, cutoffs, churn definition...): filled by callers
     #: that build the table (``driftline train``), stored with the model as provenance.
     dataset: dict[str, Any] = field(default_factory=dict)
+    #: Held-out labels, scores and feature samples for ``driftline report model``
+    #: (:mod:`driftline.model.evaluation_arrays`), saved beside the model.
+    evaluation: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def used_numeric(self) -> list[str]:
@@ -421,6 +425,18 @@ def train_model(
     )
     profile = build_reference_profile(X_test, test_scores, used_numeric, used_categorical)
     report = report_text(metrics, model_text, importances)
+    evaluation = _evaluation_arrays(
+        X,
+        y,
+        split.test,
+        split.oot,
+        split.train,
+        test_scores,
+        pipeline,
+        recency_s,
+        used_numeric,
+        used_categorical,
+    )
     return TrainResult(
         pipeline=pipeline,
         metrics=metrics,
@@ -437,6 +453,7 @@ def train_model(
         threshold=chosen,
         train_rows=split.train,
         dropped_features=sorted(unused, key=feature_names.index),
+        evaluation=evaluation,
     )
 
 
@@ -489,6 +506,33 @@ def _recency_scores(recency: pd.Series) -> np.ndarray:
     observed = values[~np.isnan(values)]
     ceiling = (float(observed.max()) if observed.size else 0.0) + 1.0
     return np.where(np.isnan(values), ceiling, values)
+
+
+def _evaluation_arrays(
+    X: pd.DataFrame,
+    y: pd.Series,
+    test: np.ndarray,
+    oot: np.ndarray,
+    train: np.ndarray,
+    test_scores: np.ndarray,
+    pipeline: CalibratedPipeline,
+    recency: pd.Series | None,
+    numeric: list[str],
+    categorical: list[str],
+) -> dict[str, np.ndarray]:
+    """What ``driftline report model`` draws: held-out labels and scores (model and recency
+    baseline), and samples of each used feature in the training and test parts."""
+
+    def recency_of(rows: np.ndarray) -> np.ndarray | None:
+        return None if recency is None else _recency_scores(recency.iloc[rows])
+
+    arrays = scored_arrays("test", y.iloc[test], test_scores, recency_of(test))
+    if oot.size:
+        oot_scores = positive_scores(pipeline, X.iloc[oot])
+        arrays.update(scored_arrays("oot", y.iloc[oot], oot_scores, recency_of(oot)))
+    arrays.update(feature_arrays("train", X.iloc[train], numeric, categorical))
+    arrays.update(feature_arrays("test", X.iloc[test], numeric, categorical))
+    return arrays
 
 
 def _comparable(baselines: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
