@@ -14,11 +14,12 @@ STAMP  := $(VENV)/.installed-stamp
 
 # Debian packages the tests use: prometheus (the server the dashboard queries run on,
 # and promtool for the alert rules), prometheus-alertmanager (amtool checks its config),
-# and Java 17 with Maven for the Apache Kafka broker the integration tests run on.
-SYSTEM_PACKAGES := prometheus prometheus-alertmanager openjdk-17-jre-headless maven
+# Java 17 with Maven for the Apache Kafka broker the integration tests run on, and
+# Chromium, in which the report tests open the HTML reports (headless, a screenshot).
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager openjdk-17-jre-headless maven chromium
 system-deps:
 	@missing=""; \
-	for tool in promtool amtool java mvn; do \
+	for tool in promtool amtool java mvn chromium; do \
 	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -39,11 +40,12 @@ kafka-jars: $(STAMP) system-deps
 
 install: $(STAMP)
 
-# The onnx extra is installed too, so that the tests exercise the ONNX Runtime path.
+# The onnx extra is installed too, so that the tests exercise the ONNX Runtime path, and
+# the report extra (matplotlib), so that they draw the reports.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==25.3
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,onnx]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,onnx,report]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -27,6 +27,7 @@ COMMANDS = (
     "bench",
     "schemas",
     "quality",
+    "report",
 )
 
 

@@ -354,6 +354,13 @@ RETRAIN_REQUEST = Contract(
             "cap compare these."
         ),
         "worker_id": "The worker instance that sent it.",
+        "report": (
+            "Optional: path or URL of the drift report (reference vs live histograms of "
+            "the drifted features and the score, with the detector readings) that an "
+            "operator can open. Absent from what the worker sends; `driftline report "
+            "drift --request FILE --json` draws the report and prints the request with it "
+            "filled, for a retrain service to forward."
+        ),
         "created_at": (
             "When it was sent, worker wall clock, epoch seconds (with fraction); only the "
             "wait for an answer (in-flight timeout) is measured on it."

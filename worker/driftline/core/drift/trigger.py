@@ -103,7 +103,7 @@ class DriftedFeature(msgspec.Struct, frozen=True):
     psi: float | None
 
 
-class RetrainRequest(msgspec.Struct, frozen=True):
+class RetrainRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     """Message of the retrain-requests topic (contract: field names and types are stable).
 
     Times: ``window_start_ms`` is the event time (epoch ms) of the incident's first drifting
@@ -112,6 +112,9 @@ class RetrainRequest(msgspec.Struct, frozen=True):
     restart (:meth:`RetrainTrigger.recall`), compare it.  ``created_at`` is the worker's wall
     clock (epoch seconds) when it fired; only the in-flight timeout uses it.  ``reason`` is
     ``alert`` when an external alert made it fire (:meth:`RetrainTrigger.on_alert`).
+    ``report`` (optional, absent from what the worker sends: drawing plots has no place in
+    the scoring process) is the drift report's path or URL, filled by whoever draws it
+    (``driftline report drift --request``).
     """
 
     request_id: str
@@ -126,6 +129,7 @@ class RetrainRequest(msgspec.Struct, frozen=True):
     window_end_ms: int
     worker_id: str
     created_at: float
+    report: str | None = None
 
 
 def incident_id(
