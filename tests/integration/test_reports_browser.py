@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from confluent_kafka import Producer
 
 from driftline.cli import main
 from driftline.commands.train import register, train_on_events
-from driftline.core.drift.trigger import DriftedFeature, RetrainRequest
+from driftline.core.drift.trigger import RetrainRequest
 from driftline.core.spec import FeatureSpec
+from driftline.engine.kafka.worker import WorkerSettings
 from driftline.event_producer import produce
 from driftline.model.registry import ModelRegistry
 from driftline.simulate import Population, frame_to_events
@@ -102,40 +101,45 @@ def drifted(event: dict[str, Any]) -> dict[str, Any]:
     return changed
 
 
-def test_drift_report_of_a_retrain_request_renders_in_chromium(
-    trained: dict[str, Any],
-    kafka_bootstrap: str,
+def test_drift_report_of_a_workers_retrain_request_renders_in_chromium(
+    worker_settings: WorkerSettings,
+    spec: FeatureSpec,
     topic_factory: Callable[..., str],
+    consume_all: Callable[..., list[Any]],
+    worker_in_thread: Callable[..., Any],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    registry, version = trained["registry"], trained["version"]
-    input_topic, retrain_topic = topic_factory(2, "report-in"), topic_factory(1, "report-rt")
-    live = list(trained["population"].stream_events(max_events=4000))
-    later = [drifted(e) for e in live[1500:]]
-    produce(kafka_bootstrap, input_topic, frame_to_events(trained["history"]))
-    produce(kafka_bootstrap, input_topic, live[:1500] + later)
-    request = RetrainRequest(
-        request_id=uuid.uuid4().hex,
-        incident_id=uuid.uuid4().hex * 2,
-        model_name="churn",
-        model_version=version.version,
-        reference_hash="0" * 64,
-        reason="feature_drift",
-        drifted_features=[
-            DriftedFeature("plan_type", "unseen", 812.0, 25.0, 6.1),
-            DriftedFeature("purchases_30d", "mean", 95.0, 21.0, 0.4),
-            DriftedFeature("__score__", "mean", 40.0, 21.0, 0.2),
-        ],
-        drifted_share=0.45,
-        window_start_ms=int(later[0]["event_time"]),
-        window_end_ms=int(later[-1]["event_time"]),
-        worker_id="test-worker",
-        created_at=0.0,
+    """A real worker scores a stream that drifts and sends its retrain request; the report
+    of that request reads the request back from the retrain topic and the live events back
+    from the input topic (4 partitions) of the real broker.  The model and stream are
+    ``test_drift_worker``'s, whose drift is known to make the worker request a retrain."""
+    population = Population(n_customers=400, seed=31)
+    frame = population.generate_history(days=240)
+    result = train_on_events(
+        frame, spec, horizon_days=60, n_estimators=20, cv_folds=3, progress=False
     )
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
-    producer.produce(retrain_topic, msgspec.json.encode(request), request.incident_id.encode())
-    assert producer.flush(30) == 0
+    registry = ModelRegistry(tmp_path / "models")
+    version = register(result, registry, "churn", spec)
+    settings = worker_settings
+    settings.registry = str(registry.root)
+    settings.model_name = "churn"
+    settings.drift = True
+    settings.retrain_topic = topic_factory(1, "report-retrain")
+    settings.retrain_persistence_s = 1.0
+    history = list(frame_to_events(frame))
+    live = list(population.stream_events(max_events=12_000))
+    later = [drifted(e) for e in live[3000:]]
+    with worker_in_thread(settings, spec):
+        produce(settings.bootstrap_servers, settings.input_topic, history)
+        produce(settings.bootstrap_servers, settings.input_topic, live[:3000])
+        produce(settings.bootstrap_servers, settings.input_topic, later, rate=3000)
+        total = len(history) + len(live)
+        assert len(consume_all(settings.output_topic, expected=total, timeout=90)) >= total
+        records = consume_all(settings.retrain_topic, expected=1, timeout=30)
+    assert records, "the worker sent no retrain request"
+    request = msgspec.json.decode(records[0].value(), type=RetrainRequest)
+    assert request.report is None  # the worker leaves it out
 
     out = run_cli(
         [
@@ -144,11 +148,11 @@ def test_drift_report_of_a_retrain_request_renders_in_chromium(
             "--registry",
             str(registry.root),
             "--bootstrap-servers",
-            kafka_bootstrap,
+            settings.bootstrap_servers,
             "--input-topic",
-            input_topic,
+            settings.input_topic,
             "--retrain-topic",
-            retrain_topic,
+            settings.retrain_topic,
             "--request-id",
             request.request_id,
             "--json",
@@ -157,16 +161,26 @@ def test_drift_report_of_a_retrain_request_renders_in_chromium(
     )
     page = Path(out["report"])
     assert page == version.path / "reports" / f"drift-{request.incident_id[:16]}.html"
-    # Every drifted live event was read back from the topic and compared (none is late:
-    # the stream is in event order), and the request now names its report.
-    assert out["events_compared"] == len(later)
+    # Every event of the request's window was read back from the topic and compared
+    # (none is late: the stream is in event order).
+    events = [*history, *live[:3000], *later]
+    in_window = [
+        e for e in events if request.window_start_ms <= e["event_time"] <= request.window_end_ms
+    ]
+    assert out["window_ms"] == [request.window_start_ms, request.window_end_ms]
+    assert out["events_compared"] == len(in_window) > 0
     annotated = msgspec.convert(out["request"], RetrainRequest)
     assert annotated.report == str(page)
     assert msgspec.structs.replace(annotated, report=None) == request
     text = page.read_text(encoding="utf-8")
-    assert request.request_id in text and "812.000" in text  # the detector readings
+    assert request.request_id in text
+    for reading in request.drifted_features:  # the detector readings are on the page
+        assert f"<td>{reading.feature}</td><td>{reading.detector}</td>" in text
+    drifted_plots = {f"feature-{d.feature}" for d in request.drifted_features} - {
+        "feature-__score__"
+    }
     rendered = open_in_chromium(page, tmp_path)
-    assert_rendered(rendered, {"score", "feature-plan_type", "feature-purchases_30d"})
+    assert_rendered(rendered, {"score", *drifted_plots})
 
 
 @pytest.mark.parametrize(

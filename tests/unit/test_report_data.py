@@ -10,6 +10,7 @@ checksum; reports are written beside the version's files without touching them.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
+from driftline.cli import main
 from driftline.commands.train import register, train_on_events
 from driftline.core.drift.bins import OTHER
 from driftline.core.drift.trigger import DriftedFeature, RetrainRequest
@@ -48,7 +50,8 @@ from driftline.simulate import Population
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     spec = load_default_spec()
-    history = Population(n_customers=300, seed=7).generate_history(days=240)
+    population = Population(n_customers=300, seed=7)
+    history = population.generate_history(days=240)
     result = train_on_events(
         history, spec, horizon_days=60, n_cutoffs=2, n_estimators=15, cv_folds=3, progress=False
     )
@@ -56,7 +59,18 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     version = register(result, registry, "churn", spec)
     metadata = read_metadata(registry, "churn", version.version)
     arrays = read_evaluation(registry, "churn", version.version, metadata)
-    return {"result": result, "registry": registry, "version": version, "arrays": arrays}
+    events = tmp_path_factory.mktemp("events") / "events.csv"
+    live = pd.DataFrame(list(population.stream_events(max_events=2000)))
+    pd.concat([history, live], ignore_index=True).to_csv(events, index=False)
+    return {
+        "result": result,
+        "registry": registry,
+        "version": version,
+        "arrays": arrays,
+        "events": events,
+        "n_live": len(live),
+        "live_start": int(live["event_time"].min()),
+    }
 
 
 def test_curves_are_sklearns() -> None:
@@ -270,3 +284,38 @@ def test_the_worker_never_imports_matplotlib() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_report_command_errors_are_one_line_usage_errors(
+    saved: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = str(saved["registry"].root)
+    assert main(["report", "model", "churn", "v0009", "--registry", root]) == 2
+    assert "churn v0009 not found" in capsys.readouterr().err
+    events = str(saved["events"])
+    assert main(["report", "drift", "--registry", root, "--events", events]) == 2
+    assert "give --from TIME or --last DURATION" in capsys.readouterr().err
+
+
+def test_report_drift_on_demand_from_an_event_file(
+    saved: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, start = str(saved["registry"].root), saved["live_start"]
+    argv = ["report", "drift", "--registry", root, "--events", str(saved["events"])]
+    assert main([*argv, "--from", str(start), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["events_compared"] == saved["n_live"]  # every live event, none late
+    page = Path(out["report"])
+    assert page.name == f"drift-{start}-{out['window_ms'][1]}.html"
+    assert page.parent == saved["version"].path / "reports"
+    profile = read_metadata(saved["registry"], "churn", saved["version"].version)[
+        "reference_profile"
+    ]
+    text = page.read_text(encoding="utf-8")
+    monitored = [*profile["numeric"], *profile["categorical"]]
+    # On demand every monitored feature is drawn, and the score.
+    assert all(f'data-plot="feature-{f}"' in text for f in monitored)
+    assert text.count('<figure class="plot"') == len(monitored) + 1
+    # Self-contained: no script, and nothing referenced outside the page.
+    assert "<script" not in text
+    assert not re.search(r'(src|href)="(?!#)', text)

@@ -29,8 +29,8 @@ HELP = """Write an HTML report (plots inline, no scripts, one file) beside a mod
   report drift                  reference vs live histograms of the drifted features and of
                                 the score, with the detector readings: for a retrain request
                                 (--request FILE, or --request-id ID read from the retrain
-                                topic), or on demand (--model-name/--model-version, --from
-                                and --to)
+                                topic; --from/--to/--last widen its window), or on demand
+                                (--model-name/--model-version, --from and --to, or --last)
 
 Live values are recomputed from the input topic (or --events FILE) by the offline replay,
 which computes exactly the worker's features, and scored with the model.  Reports go to
@@ -242,20 +242,23 @@ def _request(args: argparse.Namespace) -> Any:
 
 
 def _window(args: argparse.Namespace, request: Any, events: Any) -> tuple[int, int]:
-    """(start, end) epoch ms: the request's window, or --from/--to/--last."""
+    """(start, end) epoch ms: the request's window, or --from/--to/--last (which, with a
+    request, widen or move its window: an incident fires minutes after it starts, and the
+    days since may say more)."""
     from driftline.commands._train_inputs import parse_cutoff
 
-    if request is not None:
-        if args.start or args.end or args.last:
-            raise CommandError("--from/--to/--last do not apply with a request (it has a window)")
+    if request is not None and not (args.start or args.end or args.last):
         return int(request.window_start_ms), int(request.window_end_ms)
     last_event = int(events["event_time"].max())
-    end = _time(args.end, parse_cutoff) if args.end else last_event
+    default_end = int(request.window_end_ms) if request is not None else last_event
+    end = _time(args.end, parse_cutoff) if args.end else default_end
     if args.last is not None:
         if args.start:
             raise CommandError("give --from or --last, not both")
         return end - int(args.last), end
     if not args.start:
+        if request is not None:
+            return int(request.window_start_ms), end
         raise CommandError("without a request, give --from TIME or --last DURATION")
     start = _time(args.start, parse_cutoff)
     if start > end:

@@ -24,6 +24,8 @@ from driftline.reports.live import LiveWindow
 
 REFERENCE = "reference"
 LIVE = "live window"
+#: Below this many live events, the page says the live shares are noisy.
+FEW_EVENTS = 500
 
 
 @dataclass
@@ -108,6 +110,12 @@ def build(
             ]
         )
     sections: list[tuple[str, str]] = []
+    few = (
+        f'<p class="warn">Only {len(scores)} live events in this window: the live shares are '
+        "noisy. --from/--to/--last widen the window (e.g. --to a day after the request).</p>"
+        if 0 < len(scores) < FEW_EVENTS
+        else ""
+    )
     if request is not None:
         rows[:0] = [
             ["reason", request.reason],
@@ -122,10 +130,10 @@ def build(
                 for d in request.drifted_features
             ],
         )
-        sections.append(("Summary", render.table(["", "value"], rows, "kv")))
+        sections.append(("Summary", render.table(["", "value"], rows, "kv") + few))
         sections.append(("Detector readings when the request was made", readings))
     else:
-        sections.append(("Summary", render.table(["", "value"], rows, "kv")))
+        sections.append(("Summary", render.table(["", "value"], rows, "kv") + few))
     if not len(scores):
         sections.append(
             (

@@ -160,7 +160,7 @@ table { border-collapse: collapse; margin: .6rem 0; font-size: .92rem; }
 th, td { border: 1px solid #ddd; padding: .25rem .6rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #f4f4f4; }
-table.kv td:last-child { text-align: left; }
+table.kv td:last-child, table.kv th { text-align: left; }
 .warn { color: #a04000; } .note { color: #555; font-size: .9rem; }
 """
 
