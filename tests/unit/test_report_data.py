@@ -154,13 +154,14 @@ def test_drift_histograms_are_on_the_profiles_bins_with_its_shares() -> None:
             "plan": rng.choice(["basic", "gold", "platinum", None], 1000, p=[0.4, 0.3, 0.2, 0.1]),
         }
     )
+    edges = profile["numeric"]["spend"]["edges"]
+    live.loc[: len(edges) - 1, "spend"] = edges  # values on the edges: right-closed bins
     scores = rng.random(1000) ** 0.5
     window = LiveWindow(live, np.arange(1000), 1000, 0, 0)
     data = compare_window(
         profile, {"spend": "numeric", "plan": "categorical"}, window, scores, ["spend"]
     )
     spend = next(h for h in data.features if h.feature == "spend")
-    edges = profile["numeric"]["spend"]["edges"]
     np.testing.assert_array_equal(spend.shares[REFERENCE], profile["numeric"]["spend"]["shares"])
     np.testing.assert_allclose(spend.shares[LIVE], numeric_shares(live["spend"].to_numpy(), edges))
     assert spend.missing[LIVE] == pytest.approx(0.005)
