@@ -12,6 +12,9 @@ Two runs of Debian's ``chromium`` (``--headless --no-sandbox --disable-gpu``):
   into the DOM, which ``--dump-dom`` prints.  Chromium's own console log
   (``--enable-logging=stderr --v=0``, ``CONSOLE`` lines) is read as well.
 
+Each run has a profile directory of its own (``--user-data-dir``): two Chromiums on one
+profile (two test processes) would hand the second's page to the first and exit.
+
 Why not a DevTools-protocol client: the two plain runs need nothing but the browser, and
 what they report is exactly what a page that is opened from disk shows.
 """
@@ -77,6 +80,7 @@ def open_in_chromium(page: Path, out_dir: Path, *, height: int = 2400) -> Render
         [
             browser,
             *CHROMIUM_FLAGS,
+            f"--user-data-dir={out_dir / 'profile-shot'}",
             f"--window-size=1280,{height}",
             f"--screenshot={screenshot}",
             page.resolve().as_uri(),
@@ -93,6 +97,7 @@ def open_in_chromium(page: Path, out_dir: Path, *, height: int = 2400) -> Render
         [
             browser,
             *CHROMIUM_FLAGS,
+            f"--user-data-dir={out_dir / 'profile-probe'}",
             "--enable-logging=stderr",
             "--v=0",
             "--virtual-time-budget=5000",
