@@ -320,3 +320,14 @@ def test_report_drift_on_demand_from_an_event_file(
     # Self-contained: no script, and nothing referenced outside the page.
     assert "<script" not in text
     assert not re.search(r'(src|href)="(?!#)', text)
+
+
+def test_a_version_saved_without_arrays_still_gets_a_page(saved: dict[str, Any]) -> None:
+    """Versions trained before reports existed: tables, confusion matrices and
+    importances, and a note saying which plots are missing."""
+    from driftline.reports.model_report import build
+
+    metadata = read_metadata(saved["registry"], "churn", saved["version"].version)
+    text = build("churn", "v0001", metadata, None)
+    assert 'data-plot="confusion-test"' in text and 'data-plot="importances"' in text
+    assert 'data-plot="roc-test"' not in text and "saved without its held-out arrays" in text
