@@ -296,6 +296,8 @@ def test_report_command_errors_are_one_line_usage_errors(
     events = str(saved["events"])
     assert main(["report", "drift", "--registry", root, "--events", events]) == 2
     assert "give --from TIME or --last DURATION" in capsys.readouterr().err
+    assert main(["report", "drift", "--registry", root, "--events", "/nonexistent.csv"]) == 2
+    assert "nonexistent.csv" in capsys.readouterr().err
 
 
 def test_report_drift_on_demand_from_an_event_file(

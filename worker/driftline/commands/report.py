@@ -173,13 +173,19 @@ def _drift(args: argparse.Namespace) -> dict[str, Any]:
     if args.events:
         from driftline.commands._train_inputs import read_event_file
 
-        events, _ = read_event_file(args.events)
+        try:
+            events, _ = read_event_file(args.events)
+        except (ValueError, OSError) as error:  # UsageError is a ValueError
+            raise CommandError(str(error)) from None
         rejected, source = 0, str(args.events)
     else:
         connect(args)
-        events, rejected = read_topic_events(
-            args.bootstrap_servers, args.input_topic, args.read_timeout
-        )
+        try:
+            events, rejected = read_topic_events(
+                args.bootstrap_servers, args.input_topic, args.read_timeout
+            )
+        except (TimeoutError, RuntimeError) as error:
+            raise CommandError(f"reading {args.input_topic}: {error}") from None
         source = f"topic {args.input_topic}"
     if events.empty:
         raise CommandError(f"no events in {source}")
