@@ -208,3 +208,43 @@ def test_the_demo_runs_on_apache_kafka_when_asked(tmp_path: Path) -> None:
     assert "(Apache Kafka " in demo.output, demo.output
     assert demo.predictions() > 0
     assert_nothing_survives(demo, started)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_a_demo_whose_worker_stops_consuming_says_stalled_and_fails(tmp_path: Path) -> None:
+    """Issue #14: on Tansu the worker stopped consuming minutes into the live stream
+    (Tansu answers its fetches empty once a partition holds many batches, see
+    ``test_tansu_smoke.py``) while the status line kept saying OK and the demo exited 0.
+    Here the demo's own broker is frozen (SIGSTOP), which stops consumption the same way
+    in seconds: the worker and its /metrics stay up, "events in" freezes, the producer
+    gets ahead.  The demo must say STALLED, fail with its reason and exit 1."""
+    demo = Demo(tmp_path / "demo", "--duration", "300", "--stall-timeout", "15")
+    broker_pid = 0
+    try:
+        demo.wait_for_predictions(timeout=120)
+        started = descendants(demo.process.pid)
+        broker_pid = next(pid for pid in started if "tansu" in _cmdline(pid))
+        os.kill(broker_pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 90
+        while "FAILED" not in demo.output:
+            assert demo.process.poll() is None, f"demo exited without failing:\n{demo.output}"
+            assert time.monotonic() < deadline, f"no stall reported:\n{demo.output}"
+            time.sleep(0.2)
+        os.kill(broker_pid, signal.SIGCONT)  # so that the demo's shutdown is quick
+        code = demo.wait(150)
+    except BaseException:
+        if broker_pid:
+            _signal(broker_pid, signal.SIGCONT)
+        demo.kill()
+        raise
+    assert code == 1, demo.output
+    assert "STALLED: nothing consumed for" in demo.output, demo.output
+    assert "driftline demo: FAILED: the worker has consumed nothing for" in demo.output
+    assert "on Tansu a fetch slows down" in demo.output
+    assert_nothing_survives(demo, started)

@@ -8,6 +8,7 @@ one test pins down the known gap that keeps the exactly-once checks on Kafka.
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 
 import pytest
@@ -65,3 +66,104 @@ def test_tansu_still_shows_aborted_transactions_to_read_committed_readers(
     """Why strict exactly-once is checked on Kafka.  If this starts failing, Tansu has
     fixed it: the exactly-once checks can then be strict on Tansu too."""
     assert not broker_filters_aborted_transactions(tansu_bootstrap)
+
+
+def _first_record_within(bootstrap: str, topic: str, offset: int, wait_ms: int, limit_s: float):
+    """Seconds until a consumer at ``offset`` with ``fetch.wait.max.ms=wait_ms`` gets a
+    record (None: none within ``limit_s``)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"probe-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": wait_ms,
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(topic, 0, offset)])
+        started = time.monotonic()
+        while time.monotonic() - started < limit_s:
+            message = consumer.poll(0.05)
+            if message is not None and message.error() is None:
+                return time.monotonic() - started
+        return None
+    finally:
+        consumer.close()
+
+
+def _one_record_batches(bootstrap: str, topic: str, count: int) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0, "batch.num.messages": 1})
+    for i in range(count):
+        producer.produce(topic, value=b"x" * 200)
+        if i % 200 == 199:
+            producer.flush(30)  # one record per batch: nothing to batch with
+    assert producer.flush(30) == 0
+
+
+def test_tansu_answers_short_fetches_empty_once_a_partition_holds_many_batches(
+    tansu_bootstrap: str,
+) -> None:
+    """Why ``make demo`` on Tansu stalled (issue #14), and why the demo's live producer
+    batches for longer on Tansu (``driftline.commands._demo_stall``).  Tansu 0.6.0 reads
+    a fetch in time proportional to the record batches the partition holds, and answers
+    a fetch whose ``fetch.wait.max.ms`` runs out first with no records: a consumer whose
+    wait is shorter than that reads nothing, ever, though the records are there (a
+    longer wait reads them).  If this starts failing, Tansu has fixed it."""
+    topic = f"batches-{uuid.uuid4().hex[:10]}"
+    ensure_topics(tansu_bootstrap, [TopicSpec(topic, 1)])
+    _one_record_batches(tansu_bootstrap, topic, 200)
+    assert _first_record_within(tansu_bootstrap, topic, 199, 1, 5.0) is not None  # few: fine
+    _one_record_batches(tansu_bootstrap, topic, 8_000)
+    last = 8_199
+    assert _first_record_within(tansu_bootstrap, topic, last, 1, 5.0) is None
+    assert _first_record_within(tansu_bootstrap, topic, last, 2_000, 10.0) is not None
+
+
+def test_the_demo_live_producer_sends_few_batches_on_tansu(tansu_bootstrap: str) -> None:
+    """The workaround: at the demo's default 2,000 events/s over 4 partitions, its live
+    producer's Tansu settings send under 20 batches per second per partition (the
+    default 5 ms linger sent ~120, which stalled the demo's worker after ~4 minutes)."""
+    import json
+    import threading
+
+    from driftline.commands._demo_stall import live_producer_config
+    from driftline.event_producer import produce_records
+
+    topic = f"live-{uuid.uuid4().hex[:10]}"
+    ensure_topics(tansu_bootstrap, [TopicSpec(topic, 4)])
+    batches = 0
+
+    def on_stats(document: str) -> None:
+        nonlocal batches
+        for stats in json.loads(document).get("topics", {}).values():
+            batches += stats.get("batchcnt", {}).get("cnt", 0)
+
+    def records():
+        n = 0
+        while True:
+            n += 1
+            yield str(n % 2_000).encode(), b"x" * 250, None
+
+    stop = threading.Event()
+    timer = threading.Timer(6.0, stop.set)
+    timer.start()
+    sent = produce_records(
+        tansu_bootstrap,
+        topic,
+        records(),
+        rate=2_000,
+        stop=stop,
+        producer_config={
+            **live_producer_config("tansu"),
+            "statistics.interval.ms": 500,
+            "stats_cb": on_stats,
+        },
+    )
+    timer.cancel()
+    assert sent > 8_000
+    assert 0 < batches / 6.0 / 4 < 20, (batches, sent)

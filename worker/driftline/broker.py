@@ -20,8 +20,10 @@ This module owns the lifecycle so that nothing leaks:
 
 Known Tansu quirks (see also ``driftline.engine.kafka.admin``): its ListOffsets high
 watermark is wrong, so "end of topic" must come from ``enable.partition.eof`` or counting,
-never from ``get_watermark_offsets``; and it reports only the topic configs a topic was
-created with, so topics are created with explicit configs.
+never from ``get_watermark_offsets``; it reports only the topic configs a topic was
+created with, so topics are created with explicit configs; and a fetch costs it time in
+proportion to the record batches the partition holds, a fetch whose ``fetch.wait.max.ms``
+runs out first being answered with no records (``driftline.commands._demo_stall``).
 """
 
 from __future__ import annotations

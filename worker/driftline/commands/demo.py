@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prometheus_client.parser import text_string_to_metric_families
 
 from driftline import config
 from driftline.broker import BROKER_KINDS, BrokerError, BrokerProcess, free_port, make_broker
-from driftline.commands._demo_drift import RetrainWatcher, describe_request, drift_view
+from driftline.commands._demo_drift import RetrainWatcher, describe_request
+from driftline.commands._demo_stall import StallWatch, live_producer_config, stall_message
+from driftline.commands._demo_status import print_status, scrape
 from driftline.commands._errors import CommandError
 from driftline.commands._kafka import add_kafka_client, connect
 from driftline.commands.train import _day as train_day
@@ -156,6 +157,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="use this existing cluster instead of starting a broker",
     )
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        help="fail (exit 1) when the worker has consumed nothing for this many seconds "
+        "while events wait for it; the status line says STALLED after 10 s (0: never "
+        "fail) (default: %(default)s)",
+    )
     add_kafka_client(parser)  # for the cluster of --bootstrap-servers (SASL, TLS ...)
 
 
@@ -259,19 +268,26 @@ def run(args: argparse.Namespace) -> int:
             events_per_day=min(args.rate * 86_400, MAX_DEMO_EVENTS_PER_DAY),
             tick_from_ms=world.end_ms,
         )
+        started_kind = None if args.bootstrap_servers else args.broker_kind
+        produced = _Count()
         producer = threading.Thread(
             target=_produce_live,
             args=(bootstrap, names.input, world, args.rate, args.bad_share, stop, injection),
+            kwargs={"count": produced, "producer_config": live_producer_config(started_kind)},
             daemon=True,
         )
+        watch = StallWatch(timeout_s=args.stall_timeout)
+        failure = ""
         try:
             _wait_ready(metrics_port, worker, stop, workdir / "worker.log")
             print(
                 f"worker ready: http://127.0.0.1:{metrics_port}/metrics  (Ctrl-C to stop)",
                 flush=True,
             )
-            _warm_up(bootstrap, names.input, history, metrics_port, worker, stop)
-            if not stop.is_set():
+            produced.n, failure = _warm_up(
+                bootstrap, names.input, history, metrics_port, worker, stop, watch, started_kind
+            )
+            if not stop.is_set() and not failure:
                 print(
                     f"live: the same {args.customers} customers (slots) from "
                     f"{_day(world.end_ms)} on, {args.rate:g} events/s (history: "
@@ -286,12 +302,17 @@ def run(args: argparse.Namespace) -> int:
                 producer.start()
             deadline = time.monotonic() + args.duration if args.duration else None
             last: dict[str, float] = {}
-            while not stop.is_set() and worker.poll() is None:
+            while not failure and not stop.is_set() and worker.poll() is None:
                 if deadline and time.monotonic() > deadline:
                     break
                 stop.wait(1.0)
-                _print_status(metrics_port, injection, last)
+                stalled_s = print_status(metrics_port, injection, last, watch, produced.n)
+                if watch.expired(stalled_s):
+                    failure = stall_message(stalled_s, watch.waiting, started_kind)
+                    break
             print(flush=True)
+            if failure:  # said at once; stopping the worker and broker can take a while
+                print(f"driftline demo: FAILED: {failure}", file=sys.stderr, flush=True)
         finally:
             stop.set()
             producer.join(30) if producer.is_alive() else None
@@ -299,7 +320,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"worker exited with {code}; broker stopped", flush=True)
         if watcher is not None:
             print(f"retrain requests: {len(watcher.requests)}", flush=True)
-    return 0 if code == 0 else 1
+    return 1 if failure or code != 0 else 0
+
+
+class _Count:
+    """Records handed to the producer so far (written by the producer thread)."""
+
+    n = 0
 
 
 def _event_seconds_per_second(rate: float, events_per_day: float) -> float:
@@ -309,7 +336,7 @@ def _event_seconds_per_second(rate: float, events_per_day: float) -> float:
 
 
 def _day(ms: int) -> str:
-    return pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d")
+    return str(pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d"))
 
 
 def _trained_on(registry: ModelRegistry, version: str, history: pd.DataFrame) -> bool:
@@ -334,24 +361,36 @@ def _warm_up(
     port: int,
     worker: subprocess.Popen[bytes],
     stop: threading.Event,
-) -> None:
+    watch: StallWatch,
+    broker_kind: str | None,
+) -> tuple[int, str]:
     """Replay the history into the input topic and wait until the worker has read it all,
-    so its state (windows, first-seen times) is where the history ended."""
+    so its state (windows, first-seen times) is where the history ended.  Returns the
+    records sent, and why the demo must fail ("" if it need not: ``watch`` saw the
+    worker stall)."""
     ordered = history.sort_values("event_time", kind="stable")
     print(f"warming the worker's state up on the history: {len(ordered)} events ...", flush=True)
     started = time.monotonic()
     sent = produce(bootstrap, topic, frame_to_events(ordered), stop=stop)
     while not stop.is_set() and worker.poll() is None:
         try:
-            consumed = _scrape(port).get("driftline_events_consumed_total", 0.0)
+            consumed = scrape(port).get("driftline_events_consumed_total", 0.0)
         except OSError:
             consumed = 0.0
-        sys.stdout.write(f"\rwarm-up: worker read {consumed:>9.0f} of {sent} history events")
+        stalled_s = watch.observe(time.monotonic(), consumed, sent)
+        sys.stdout.write(
+            f"\rwarm-up: worker read {consumed:>9.0f} of {sent} history events"
+            + watch.status(stalled_s)
+        )
         sys.stdout.flush()
         if consumed >= sent:
             break
+        if watch.expired(stalled_s):
+            print(flush=True)
+            return sent, stall_message(stalled_s, watch.waiting, broker_kind)
         stop.wait(0.5)
     print(f"\nwarm-up done in {time.monotonic() - started:.0f} s", flush=True)
+    return sent, ""
 
 
 def _print_request(request: dict[str, Any]) -> None:
@@ -497,6 +536,9 @@ def _produce_live(
     bad_share: float,
     stop: threading.Event,
     injection: Injection | None = None,
+    *,
+    count: _Count | None = None,
+    producer_config: dict[str, Any] | None = None,
 ) -> None:
     import msgspec
 
@@ -513,84 +555,20 @@ def _produce_live(
             for event in frame_to_events(frame):
                 yield event["customer_id"].encode(), encode(event), None
                 n += 1
+                if count is not None:
+                    count.n += 1
                 if every and n % every == 0:
                     value, _reason = next(bad)
                     yield b"broken", value or b"", None
+                    if count is not None:
+                        count.n += 1
 
-    produce_records(bootstrap, topic, records(), rate=rate, stop=stop, desc="demo")
-
-
-def _metrics_text(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-        return response.read().decode()
-
-
-def _scrape(port: int, text: str | None = None) -> dict[str, float]:
-    text = _metrics_text(port) if text is None else text
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = sample.name
-            if sample.name == "driftline_model_info":
-                values[
-                    f"model={sample.labels.get('model')} {sample.labels.get('model_version')}"
-                ] = 1
-            elif (
-                sample.name.endswith("_bucket")
-                and family.name == "driftline_event_to_prediction_seconds"
-            ):
-                values[f"{key}:{sample.labels['le']}"] = sample.value
-            else:
-                values[key] = values.get(key, 0.0) + sample.value
-    return values
-
-
-_BUCKET = "driftline_event_to_prediction_seconds_bucket:"
-
-
-def _quantile(values: dict[str, float], q: float, since: dict[str, float] | None = None) -> float:
-    """Latency quantile (bucket bound) of the histogram, or of what it gained ``since``
-    an earlier scrape: the last seconds, not the warm-up's backlog."""
-    since = since or {}
-    buckets = sorted(
-        (float(k[len(_BUCKET) :]), v - since.get(k, 0.0))
-        for k, v in values.items()
-        if k.startswith(_BUCKET)
+    produce_records(
+        bootstrap,
+        topic,
+        records(),
+        rate=rate,
+        stop=stop,
+        desc="demo",
+        producer_config=producer_config,
     )
-    total = buckets[-1][1] if buckets else 0
-    if not total:
-        return float("nan")
-    for bound, count in buckets:
-        if count >= q * total:
-            return bound
-    return float("inf")
-
-
-def _print_status(
-    port: int, injection: Injection | None = None, last: dict[str, float] | None = None
-) -> None:
-    """One status line; ``last`` holds the previous scrape (updated here), so latency is
-    that of the events scored since."""
-    try:
-        text = _metrics_text(port)
-    except OSError:
-        return
-    v = _scrape(port, text)
-    drift = drift_view(text).line()
-    if injection is not None and injection.applied_at_ms is not None:
-        drift += f" [{injection.scenario} injected]"
-    model = next((k for k in v if k.startswith("model=")), "model=?")
-    since = dict(last) if last is not None else None
-    if last is not None:
-        last.clear()
-        last.update(v)
-    p50, p99 = _quantile(v, 0.5, since) * 1e3, _quantile(v, 0.99, since) * 1e3
-    line = (
-        f"\revents in {v.get('driftline_events_consumed_total', 0):>9.0f} | "
-        f"predictions {v.get('driftline_predictions_produced_total', 0):>9.0f} | "
-        f"dead letters {v.get('driftline_dead_letters_total', 0):>6.0f} | "
-        f"latency p50 <= {p50:.0f} ms, p99 <= {p99:.0f} ms | "
-        f"customers {v.get('driftline_customers_in_state', 0):>6.0f} | {model} | {drift}   "
-    )
-    sys.stdout.write(line)
-    sys.stdout.flush()

@@ -1,0 +1,94 @@
+"""The demo's stall watch: a worker that stopped consuming while events wait is a failure.
+
+Why: on Tansu (``make demo``'s broker) the worker could stop consuming minutes into the
+live stream (issue #14) while the status line went on saying ``drift OK`` with a frozen
+"events in" and the demo exited 0.  The cause is the broker's (see
+:data:`TANSU_LIVE_LINGER_MS`), but whatever the cause, a demo whose worker reads nothing
+while the producer is ahead of it must say so on its status line and then fail loudly,
+never report OK.
+
+:class:`StallWatch` is pure (time and counts in, seconds stalled out), so the rule is
+tested without a broker; the demo feeds it the worker's ``events consumed`` counter from
+/metrics and the number of records it has handed to its producer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+__all__ = ["TANSU_LIVE_LINGER_MS", "StallWatch", "live_producer_config", "stall_message"]
+
+#: The demo's live producer's ``linger.ms`` on Tansu.  Tansu 0.6.0 keeps each record
+#: batch as an object and lists every batch of a partition on each fetch, so a fetch
+#: costs time in proportion to the batches the partition holds (measured on a fresh
+#: Tansu: ~3 ms at 2k one-record batches, ~12 ms at 10k, ~32 ms at 30k, ~110 ms at
+#: 60k); a fetch whose read does not finish within the consumer's ``fetch.wait.max.ms``
+#: (10 ms for the worker) is answered with no records, and then every fetch is: the
+#: worker stops consuming for good while the producer goes on.  At 2,000 events/s the
+#: default 5 ms linger made ~120 batches per second per partition (stalled after ~4
+#: minutes); 100 ms makes ~9 (hours), for ~50 ms more latency on the demo's stream.
+TANSU_LIVE_LINGER_MS = 100
+
+
+def live_producer_config(broker_kind: str | None) -> dict[str, int]:
+    """The live producer's extra properties for the broker the demo started itself
+    (``None``: an existing cluster, whose kind the demo does not know: none)."""
+    return {"linger.ms": TANSU_LIVE_LINGER_MS} if broker_kind == "tansu" else {}
+
+
+@dataclasses.dataclass
+class StallWatch:
+    """Seconds the worker has consumed nothing while the producer is ahead of it.
+
+    ``observe`` is called once per status line with the worker's consumed count
+    (``None``: its /metrics did not answer, which counts as no progress) and the records
+    produced so far.  Consumption that moves, or a producer that is not ahead (nothing
+    waiting), resets the clock: an idle demo is not a stalled one.
+    """
+
+    #: Seconds of stall after which the demo gives up (0: never).
+    timeout_s: float = 60.0
+    #: Seconds of stall after which the status line says so.
+    show_after_s: float = 10.0
+    _consumed: float = dataclasses.field(default=-1.0, init=False)
+    _since: float | None = dataclasses.field(default=None, init=False)
+    waiting: float = dataclasses.field(default=0.0, init=False)
+
+    def observe(self, now: float, consumed: float | None, produced: float) -> float:
+        """Seconds stalled as of ``now`` (monotonic seconds)."""
+        if self._since is None:
+            self._since = now
+        if consumed is not None and consumed > self._consumed:
+            self._consumed = consumed
+            self._since = now
+        self.waiting = max(0.0, produced - max(self._consumed, 0.0))
+        if self.waiting <= 0:
+            self._since = now
+        return now - self._since
+
+    def shown(self, stalled_s: float) -> bool:
+        return stalled_s >= self.show_after_s
+
+    def expired(self, stalled_s: float) -> bool:
+        return self.timeout_s > 0 and stalled_s >= self.timeout_s
+
+    def status(self, stalled_s: float) -> str:
+        """The status line's part: empty unless stalled long enough to show."""
+        if not self.shown(stalled_s):
+            return ""
+        return f" | STALLED: nothing consumed for {stalled_s:.0f} s, {self.waiting:,.0f} waiting"
+
+
+def stall_message(stalled_s: float, waiting: float, broker_kind: str | None) -> str:
+    """The one line the demo fails with."""
+    text = (
+        f"the worker has consumed nothing for {stalled_s:.0f} s while {waiting:,.0f} "
+        "events wait: the demo stopped (its status would be frozen, not OK)"
+    )
+    if broker_kind == "tansu":
+        text += (
+            "; on Tansu a fetch slows down as a partition's record batches pile up and is "
+            "then answered empty (README, 'Brokers: which runs where'); "
+            "--broker-kind kafka does not stall"
+        )
+    return text
