@@ -8,6 +8,7 @@ simulated closed cohort ``active_streak_months`` is the calendar, which really d
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,13 @@ def run_stream(
         # monitored), then live events: first as usual, then drifted or not.
         produce(settings.bootstrap_servers, settings.input_topic, frame_to_events(history))
         produce(settings.bootstrap_servers, settings.input_topic, live[:3000])
+        # The change comes after the worker has read everything before it, as a live
+        # change does.  Without this wait a worker behind the full-speed backfill read
+        # the partitions' backlogs in turns (one partition's drifted events, then another's
+        # history): the monitor saw the drift come and go, the incident's condition could
+        # be reached only in the last partition's events, too late for its second alarm,
+        # and no request was sent (0 instead of 1, once in ~10 loaded runs).
+        wait_consumed(worker, len(history) + 3000, timeout=90)
         produce(settings.bootstrap_servers, settings.input_topic, later, rate=3000)
         # Every event scored first (a prediction each), so that "no request" is a verdict
         # on the whole stream, not on a worker that has not read it yet.
@@ -83,6 +91,18 @@ def run_stream(
         requests = consume_all(settings.retrain_topic, expected=1 if drift else 0, timeout=30)
         exposition = worker.metrics.render().decode()
     return requests, exposition
+
+
+def wait_consumed(worker: Any, count: int, timeout: float) -> None:
+    """Until the worker has read ``count`` events (its own events-consumed counter)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        exposition = worker.metrics.render().decode()
+        read = sum(s.value for s in samples(exposition, "driftline_events_consumed_total"))
+        if read >= count:
+            return
+        assert time.monotonic() < deadline, f"worker read {read:.0f} of {count} events"
+        time.sleep(0.2)
 
 
 def wait_up(worker: Any, timeout: float = 60.0) -> None:
