@@ -196,3 +196,70 @@ def test_a_request_in_its_own_transaction_that_fails_stops() -> None:
             producer, lambda: producer.produce("retrain", b"r", b"i"), "retrain request"
         )
     assert not failed.value.recoverable
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def timed_harness(clock: Clock) -> Harness:
+    h = Harness()
+    h.tx.transaction_timeout_s = 4.0
+    h.tx.clock = clock
+    return h
+
+
+@pytest.mark.parametrize("code", [KafkaError._FENCED, KafkaError.INVALID_PRODUCER_EPOCH])
+def test_a_commit_fenced_after_its_transaction_timed_out_is_rewound(code: int) -> None:
+    """The broker aborted the transaction for its timeout (bumping the epoch) while its
+    commit was in flight: the fence is the worker's own transaction's, so it rewinds
+    (tests/integration/test_fenced_commit.py makes it happen on Kafka)."""
+    clock = Clock()
+    h = timed_harness(clock)
+    h.tx.assigned({0: 100})
+    producer = FakeProducer("fenced")
+    h.tx.open(producer, lambda: producer.produce("out", b"v", b"k"))
+    clock.now += 4.5  # the commit reached the broker after the timeout
+    producer.fail["commit_transaction"] = [kafka_exception(code, fatal=True)]
+    fenced = kafka_exception(code, fatal=True).args[0]
+    assert h.tx.fenced_by_own_timeout(fenced)
+    with pytest.raises(TransactionFailed) as failed:
+        h.tx.finish(producer, offsets(p0=150), "group")
+    assert failed.value.recoverable
+    # A fenced producer refuses even the purge: it is dropped and replaced all the same.
+    producer.fail["purge"] = [kafka_exception(KafkaError._FENCED, fatal=True)]
+    h.broker_committed = {0: 100}
+    consumer = FakeConsumer()
+    new = h.tx.rewind(consumer, producer, failed.value, [0], list)
+    assert new is h.replacements[0]
+    assert [(tp.partition, tp.offset) for tp in consumer.seeks] == [(0, 100)]
+    assert h.restored == [([0], {0: 100})]
+    assert not h.tx.fenced_by_own_timeout(fenced)  # no transaction open any more
+
+
+def test_a_fence_within_the_timeout_is_a_newer_instance_and_stops() -> None:
+    clock = Clock()
+    h = timed_harness(clock)
+    producer = FakeProducer()
+    h.tx.open(producer, lambda: None)
+    clock.now += 3.9
+    producer.fail["commit_transaction"] = [kafka_exception(KafkaError._FENCED, fatal=True)]
+    with pytest.raises(TransactionFailed) as failed:
+        h.tx.finish(producer, offsets(p0=1), "group")
+    assert not failed.value.recoverable
+
+
+def test_another_fatal_error_after_the_timeout_still_stops() -> None:
+    clock = Clock()
+    h = timed_harness(clock)
+    producer = FakeProducer()
+    h.tx.open(producer, lambda: None)
+    clock.now += 10
+    producer.fail["commit_transaction"] = [kafka_exception(KafkaError._FATAL, fatal=True)]
+    with pytest.raises(TransactionFailed) as failed:
+        h.tx.finish(producer, offsets(p0=1), "group")
+    assert not failed.value.recoverable
