@@ -4,16 +4,19 @@ retrain on a history whose churn mechanism changed (challenger promoted) or did 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import msgspec
 import pandas as pd
 import pytest
+from jsonschema import Draft202012Validator
 
 from driftline.commands._retrain_job import RetrainConfig, recall, retrain
 from driftline.commands.train import register, train_on_events
 from driftline.core.drift.trigger import RetrainRequest
 from driftline.core.offline import ChurnDefinition
-from driftline.core.retrain import PromotionPolicy, RequestGate, WindowScore, judge
+from driftline.core.retrain import Decision, PromotionPolicy, RequestGate, WindowScore, judge
 from driftline.core.spec import DAY_MS, FeatureSpec, load_default_spec
 from driftline.model.registry import ModelRegistry
 from support.regime_history import regime_history
@@ -147,6 +150,7 @@ def test_a_changed_mechanism_gets_a_promoted_challenger_with_lineage(
     assert lineage["evaluation_cutoff_ms"] == evaluation["cutoff_ms"]
     assert len(lineage["data_hash"]) == 64
     assert recall(registry, "churn") == ({"incident-1"}, incident.window_end_ms)
+    valid_decision(decision)
 
 
 def test_no_change_leaves_the_challenger_a_candidate(tmp_path: Path, spec: FeatureSpec) -> None:
@@ -159,6 +163,7 @@ def test_no_change_leaves_the_challenger_a_candidate(tmp_path: Path, spec: Featu
     registry = ModelRegistry(tmp_path)
     assert registry.champion("churn").version == "v0001"
     assert registry.stages("churn").stages == {"v0001": "champion", "v0002": "candidate"}
+    valid_decision(decision)
 
 
 def test_a_history_too_short_fails_without_registering(tmp_path: Path, spec: FeatureSpec) -> None:
@@ -167,3 +172,11 @@ def test_a_history_too_short_fails_without_registering(tmp_path: Path, spec: Fea
     assert decision.outcome == "failed" and decision.challenger_version is None
     assert "two are needed" in decision.reasons[0] or "horizon" in decision.reasons[0]
     assert ModelRegistry(tmp_path).versions("churn") == []
+    valid_decision(decision)
+
+
+def valid_decision(decision: Decision) -> None:
+    """What the service publishes validates against the committed schema."""
+    root = Path(__file__).resolve().parents[2]
+    schema = json.loads((root / "schemas" / "model-decision.schema.json").read_text())
+    Draft202012Validator(schema).validate(json.loads(msgspec.json.encode(decision)))

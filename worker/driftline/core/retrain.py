@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -186,6 +186,6 @@ class Decision(msgspec.Struct, frozen=True):
     challenger_version: str | None
     reasons: list[str]
     policy: dict[str, float | int]
-    evaluation: dict[str, object]
+    evaluation: dict[str, Any]
     training_window_ms: list[int]
     decided_at: float
