@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from confluent_kafka import Producer
 
+from driftline import cli
 from driftline.commands._retrain_job import RetrainConfig
 from driftline.commands._retrain_service import RetrainService, ServiceSettings
 from driftline.commands.train import register, train_on_events
@@ -255,3 +256,50 @@ def test_no_change_is_refused_and_the_challenger_stays_a_candidate(
     )
     repeat = msgspec.json.decode(request_record(incident, end_ms, "x"), type=RetrainRequest)
     assert again.gate.check(repeat) == "duplicate"
+
+
+def test_retrain_once_from_the_command_line(
+    kafka_bootstrap: str,
+    spec: FeatureSpec,
+    topic_factory: Callable[..., str],
+    consume_all: Callable[..., list[Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    history = regime_history(flip=True, seed=1)
+    registry = champion_registry(history, spec, tmp_path / "models")
+    events, decisions = topic_factory(4, "events"), topic_factory(1, "decisions")
+    produce(kafka_bootstrap, events, frame_to_events(history))
+    argv = [
+        "retrain",
+        "--once",
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--input-topic",
+        events,
+        "--decisions-topic",
+        decisions,
+        "--registry",
+        str(registry.root),
+        "--history-days",
+        "150",
+        "--horizon-days",
+        "30",
+        "--lookback-days",
+        "30",
+        "--min-auc-gain",
+        "0.05",
+        "--n-estimators",
+        "40",
+        "--cv-folds",
+        "3",
+    ]
+    assert cli.main(argv) == 0  # 0: promoted
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    [record] = consume_all(decisions, expected=1, timeout=60)
+    assert json.loads(record.value()) == printed
+    assert printed["outcome"] == "promoted" and printed["trigger"] == "schedule"
+    assert registry.champion("churn").version == printed["challenger_version"] == "v0002"
+    assert cli.main([*argv[:-4], "--min-auc-gain", "0.5"]) == 1  # 1: rejected, v0003 candidate
+    assert registry.stages("churn").stages["v0003"] == "candidate"
+    assert cli.main(["retrain", "--once", "--cutoffs", "1", "--registry", str(tmp_path)]) == 2

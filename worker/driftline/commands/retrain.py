@@ -11,6 +11,8 @@ import argparse
 import logging
 import signal
 
+from prometheus_client import start_http_server
+
 from driftline import config
 from driftline.commands._errors import CommandError
 from driftline.commands._flags import add_bootstrap, add_spec, duration_ms, load_spec_arg
@@ -145,6 +147,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also retrain on this wall-clock schedule, e.g. 7d (default: requests only)",
     )
     when.add_argument("--once", action="store_true", help="retrain once now and exit")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve /metrics (driftline_retrain_*) on this port; 0: none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for /metrics (default: %(default)s)"
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--n-estimators", type=int, default=100)
     model.add_argument("--cv-folds", type=int, default=5)
@@ -183,6 +194,15 @@ def job_config(args: argparse.Namespace) -> RetrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    metrics = RetrainMetrics()
+    if args.metrics_port:
+        try:
+            start_http_server(args.metrics_port, args.metrics_host, registry=metrics.registry)
+        except OSError as error:
+            raise CommandError(
+                f"cannot serve /metrics on {args.metrics_host}:{args.metrics_port}: {error}"
+            ) from None
+        log.info("metrics on http://%s:%d/metrics", args.metrics_host, args.metrics_port)
     service = RetrainService(
         ServiceSettings(
             bootstrap_servers=args.bootstrap_servers,
@@ -195,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
             since_ms=args.since,
         ),
         job_config(args),
-        RetrainMetrics(),
+        metrics,
     )
     if args.once:
         decision = service.run_once("schedule")
