@@ -303,3 +303,37 @@ def test_retrain_once_from_the_command_line(
     assert cli.main([*argv[:-4], "--min-auc-gain", "0.5"]) == 1  # 1: rejected, v0003 candidate
     assert registry.stages("churn").stages["v0003"] == "candidate"
     assert cli.main(["retrain", "--once", "--cutoffs", "1", "--registry", str(tmp_path)]) == 2
+
+
+def test_history_is_read_from_a_produce_time_on_and_deduplicated(
+    kafka_bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
+    from driftline.engine.kafka.history_reader import read_history
+
+    topic = topic_factory(3, "events")
+    first = regime_history(n_customers=50, days=40, seed=3)
+    second = regime_history(n_customers=50, days=40, seed=4)
+    produce(kafka_bootstrap, topic, frame_to_events(first))
+    time.sleep(0.05)
+    boundary_ms = int(time.time() * 1000)
+    time.sleep(0.05)
+    produce(kafka_bootstrap, topic, frame_to_events(second))
+    again = next(frame_to_bytes(second))  # a producer's retry: the same event once more
+    owner = str(second["customer_id"].iloc[0]).encode()
+    send(kafka_bootstrap, topic, [(owner, again), (b"k000001", b"{broken"), (b"x", again)])
+
+    everything = read_history(kafka_bootstrap, topic)
+    assert set(everything.events["event_id"]) == set(first["event_id"]) | set(second["event_id"])
+    assert everything.duplicates == 1 and sum(everything.rejected.values()) == 2
+    later = read_history(kafka_bootstrap, topic, since_ms=boundary_ms)
+    assert set(later.events["event_id"]) == set(second["event_id"])
+    assert read_history(
+        kafka_bootstrap, topic, since_ms=int(time.time() * 1000) + 60_000
+    ).events.empty
+    with pytest.raises(LookupError):
+        read_history(kafka_bootstrap, f"{topic}-missing")
+
+
+def frame_to_bytes(frame: pd.DataFrame) -> Iterator[bytes]:
+    for event in frame_to_events(frame):
+        yield json.dumps(event).encode()
