@@ -178,6 +178,16 @@ def test_a_changed_mechanism_is_retrained_promoted_and_served(
         assert ev["challenger"]["roc_auc"] >= ev["champion"]["roc_auc"] + 0.05
 
         wait_for(lambda: serving(worker) == "v0002", "the swap to v0002")
+        # A later incident reported against v0001, no longer the champion: stale, skipped.
+        late = "c" * 64
+        send(
+            bootstrap, requests, [(late.encode(), request_record(late, end_ms + 2 * DAY_MS, "r3"))]
+        )
+        m = service.metrics
+        wait_for(
+            lambda: counter(m, "driftline_retrain_requests_total", outcome="stale") == 1,
+            "the stale request to be skipped",
+        )
         produce(bootstrap, settings.input_topic, frame_to_events(live))
         expected = len(history) + len(live)
         predictions = consume_all(settings.output_topic, expected=expected, timeout=240)
@@ -194,7 +204,6 @@ def test_a_changed_mechanism_is_retrained_promoted_and_served(
     assert lineage["parent_version"] == "v0001" and lineage["incident_id"] == incident
     assert lineage["source"] == {"topic": settings.input_topic}
     assert registry.stages("churn").stages == {"v0001": "retired", "v0002": "champion"}
-    m = service.metrics
     assert counter(m, "driftline_retrain_requests_total", outcome="acted") == 1
     assert counter(m, "driftline_retrain_requests_total", outcome="duplicate") == 1
     assert counter(m, "driftline_retrain_requests_total", outcome="invalid") == 1

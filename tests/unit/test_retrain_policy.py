@@ -57,6 +57,8 @@ def test_gate_acts_once_per_incident_and_keeps_its_own_cooldown() -> None:
     assert gate.check(request("b", end_ms=10 * DAY_MS + DAY_MS // 2)) == "cooldown"
     assert gate.check(request("c", end_ms=11 * DAY_MS)) is None
     assert gate.check(request("d", model="other")) == "other_model"
+    assert gate.check(request("e", end_ms=20 * DAY_MS), champion_version="v0001") is None
+    assert gate.check(request("e", end_ms=20 * DAY_MS), champion_version="v0002") == "stale"
 
 
 def test_gate_recalls_what_the_registry_holds() -> None:

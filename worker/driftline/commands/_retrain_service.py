@@ -167,7 +167,8 @@ class RetrainService:
                 problem,
             )
             return
-        skip = self.gate.check(request)
+        champion = ModelRegistry(self.job.registry).champion(self.job.model_name).version
+        skip = self.gate.check(request, champion)
         if skip is not None:
             self.metrics.requests.labels(outcome=skip).inc()
             log.info(

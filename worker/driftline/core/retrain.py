@@ -31,7 +31,7 @@ from driftline.core.spec import DAY_MS
 
 Outcome = Literal["promoted", "rejected", "failed"]
 Trigger = Literal["request", "schedule"]
-SkipReason = Literal["other_model", "duplicate", "cooldown"]
+SkipReason = Literal["other_model", "stale", "duplicate", "cooldown"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +145,21 @@ class RequestGate:
         if latest_end_ms is not None:
             self.accepted_end_ms = max(self.accepted_end_ms or latest_end_ms, latest_end_ms)
 
-    def check(self, request: RetrainRequest) -> SkipReason | None:
-        """Why ``request`` is skipped, or None to act on it (then call :meth:`accept`)."""
+    def check(
+        self, request: RetrainRequest, champion_version: str | None = None
+    ) -> SkipReason | None:
+        """Why ``request`` is skipped, or None to act on it (then call :meth:`accept`).
+
+        ``stale``: the request is about a version that is no longer the champion (a
+        retrain or a rollback since); if the drift persists, workers serving the current
+        champion ask again.
+        """
         if request.model_name != self.model_name:
             return "other_model"
         if request.incident_id in self.incidents:
             return "duplicate"
+        if champion_version is not None and request.model_version != champion_version:
+            return "stale"
         if (
             self.accepted_end_ms is not None
             and request.window_end_ms < self.accepted_end_ms + self.cooldown_ms

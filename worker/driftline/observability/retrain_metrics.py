@@ -18,7 +18,8 @@ class RetrainMetrics:
         self.requests = Counter(
             "retrain_requests",
             "Retrain requests read, by what was done: acted, duplicate (incident already "
-            "handled), cooldown, other_model, invalid (not a retrain request)",
+            "handled), cooldown, stale (about a version no longer champion), other_model, "
+            "invalid (not a retrain request)",
             ["outcome"],
             namespace=NAMESPACE,
             registry=reg,
