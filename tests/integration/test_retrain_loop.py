@@ -346,3 +346,46 @@ def test_history_is_read_from_a_produce_time_on_and_deduplicated(
 def frame_to_bytes(frame: pd.DataFrame) -> Iterator[bytes]:
     for event in frame_to_events(frame):
         yield json.dumps(event).encode()
+
+
+def test_a_retrain_that_cannot_run_is_a_failed_decision_and_the_service_goes_on(
+    kafka_bootstrap: str,
+    spec: FeatureSpec,
+    topic_factory: Callable[..., str],
+    consume_all: Callable[..., list[Any]],
+    unique_group: str,
+    tmp_path: Path,
+) -> None:
+    history = regime_history(n_customers=600, days=200, seed=5)
+    registry = champion_registry(history, spec, tmp_path / "models")
+    stages = registry.root / "churn" / "stages.json"
+    stages.write_text("{torn")
+    events, requests = topic_factory(2, "events"), topic_factory(1, "retrain")
+    decisions = topic_factory(1, "decisions")
+    produce(kafka_bootstrap, events, frame_to_events(history))
+    service = RetrainService(
+        ServiceSettings(
+            kafka_bootstrap,
+            events,
+            requests_topic=requests,
+            decisions_topic=decisions,
+            group_id=f"{unique_group}-retrain",
+        ),
+        job(registry.root, spec, events),
+        emit=lambda line: None,
+    )
+    end_ms = int(history["event_time"].max())
+    first, second = "d" * 64, "e" * 64
+    with service_in_thread(service):
+        send(kafka_bootstrap, requests, [(first.encode(), request_record(first, end_ms, "r1"))])
+        [record] = consume_all(decisions, expected=1, timeout=120)
+        failed = json.loads(record.value())
+        assert failed["outcome"] == "failed" and "stages.json" in failed["reasons"][0]
+        assert failed["challenger_version"] is None
+        stages.unlink()  # repaired: an old registry again (the latest version is champion)
+        later = end_ms + 2 * DAY_MS
+        send(kafka_bootstrap, requests, [(second.encode(), request_record(second, later, "r2"))])
+        records = consume_all(decisions, expected=2, timeout=120)
+    decided = json.loads(records[-1].value())
+    assert decided["incident_id"] == second and decided["outcome"] in ("promoted", "rejected")
+    assert registry.versions("churn") == ["v0001", "v0002"]

@@ -106,7 +106,7 @@ class RetrainService:
                 [f"{type(error).__name__}: {error}"],
                 trigger=trigger,
                 request=request,
-                champion=ModelRegistry(self.job.registry).champion(self.job.model_name).version,
+                champion=self._champion(),
             )
         self.metrics.last_seconds.set(time.monotonic() - started)
         self._publish(decision)
@@ -167,8 +167,7 @@ class RetrainService:
                 problem,
             )
             return
-        champion = ModelRegistry(self.job.registry).champion(self.job.model_name).version
-        skip = self.gate.check(request, champion)
+        skip = self.gate.check(request, self._champion())
         if skip is not None:
             self.metrics.requests.labels(outcome=skip).inc()
             log.info(
@@ -190,6 +189,15 @@ class RetrainService:
             request.model_version,
         )
         self.run_once("request", request)
+
+    def _champion(self) -> str | None:
+        """The champion now; None when the stages file cannot be read (logged: the retrain
+        itself then fails with the reason, the service goes on)."""
+        try:
+            return ModelRegistry(self.job.registry).champion(self.job.model_name).version
+        except (OSError, ValueError) as error:
+            log.error("cannot read the champion of %s: %s", self.job.model_name, error)
+            return None
 
     def _publish(self, decision: Decision) -> None:
         self.decisions.append(decision)
