@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from driftline.commands._retrain_job import RetrainConfig, make_decision, recall, retrain
 from driftline.core.drift.trigger import RetrainRequest
@@ -141,7 +141,8 @@ class RetrainService:
                 message = consumer.poll(0.5)
                 if message is not None:
                     self._handle(message)
-                    consumer.commit(message=message, asynchronous=False)
+                    if message.error() is None:
+                        self._commit(consumer, message)
                 if next_scheduled is not None and time.monotonic() >= next_scheduled:
                     self.run_once("schedule")
                     next_scheduled = time.monotonic() + (s.every_s or 0.0)
@@ -189,6 +190,15 @@ class RetrainService:
             request.model_version,
         )
         self.run_once("request", request)
+
+    @staticmethod
+    def _commit(consumer: Consumer, message: Message) -> None:
+        """Commit past a handled request; a failure (a rebalance, a broker away) means it
+        is read again, and the gate knows its incident by then."""
+        try:
+            consumer.commit(message=message, asynchronous=False)
+        except KafkaException as error:
+            log.warning("commit of retrain request @%d failed: %s", message.offset(), error)
 
     def _champion(self) -> str | None:
         """The champion now; None when the stages file cannot be read (logged: the retrain
