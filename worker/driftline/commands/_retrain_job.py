@@ -15,6 +15,7 @@ refitted on the evaluation window afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -28,7 +29,8 @@ import pandas as pd
 from driftline.commands._train_inputs import UsageError
 from driftline.commands.train import auto_cutoffs, register, train_on_events
 from driftline.core.drift.trigger import RetrainRequest
-from driftline.core.offline import ChurnDefinition, training_set
+from driftline.core.labels import ChurnDefinition, label_definition
+from driftline.core.offline import training_set
 from driftline.core.retrain import (
     Decision,
     Outcome,
@@ -55,7 +57,8 @@ class RetrainConfig:
     registry: str
     model_name: str
     spec: FeatureSpec
-    churn: ChurnDefinition = field(default_factory=ChurnDefinition)  # label: spec
+    #: The label; None: the spec's (``label_definition(spec)``, its ``[label]`` table).
+    churn: ChurnDefinition | None = None
     policy: PromotionPolicy = field(default_factory=PromotionPolicy)
     #: Events older than this before the latest one are not used.
     history_ms: int = 400 * DAY_MS
@@ -99,16 +102,14 @@ def retrain(
         return decide("failed", [str(error)], None)
     times = recent["event_time"].to_numpy(dtype=np.int64)
     window = [int(times.min()), int(times.max())]
-    churn = config.churn
+    churn = label_of(config)
     eval_cutoff = max(cutoffs)
     try:
         result = train_on_events(
             recent,
             config.spec,
             cutoffs_ms=cutoffs,
-            horizon_days=churn.horizon_ms // DAY_MS,
-            target_event=churn.target_event,
-            lookback_days=churn.lookback_ms // DAY_MS,
+            **_overrides(config.spec, churn),
             **{"progress": False, **config.train_kwargs},
         )
         X, y, _ = training_set(recent, config.spec, [eval_cutoff], churn)
@@ -220,13 +221,45 @@ def _window(events: pd.DataFrame, config: RetrainConfig) -> tuple[pd.DataFrame, 
     end = int(events["event_time"].max())
     recent = events[events["event_time"].to_numpy(dtype=np.int64) > end - config.history_ms]
     times = recent["event_time"].to_numpy(dtype=np.int64)
-    cutoffs = auto_cutoffs(times, config.churn.horizon_ms, config.n_cutoffs)
+    cutoffs = auto_cutoffs(times, label_of(config).horizon_ms, config.n_cutoffs)
     if len(cutoffs) < 2:
         raise UsageError(
             f"the history ({(end - int(times.min())) // DAY_MS} days) holds {len(cutoffs)} "
             "labelled cutoff(s): two are needed (one to train on, the latest to evaluate)"
         )
     return recent.reset_index(drop=True), cutoffs
+
+
+def label_of(config: RetrainConfig) -> ChurnDefinition:
+    """The label a retrain uses: the configured one, else the spec's."""
+    return config.churn if config.churn is not None else label_definition(config.spec)
+
+
+def _overrides(spec: FeatureSpec, churn: ChurnDefinition) -> dict[str, Any]:
+    """``train_on_events`` arguments for the parts of ``churn`` that differ from the spec's
+    label (``train_on_events`` starts from the spec's label, as ``driftline train`` does)."""
+    base = label_definition(spec)
+    found: dict[str, Any] = {}
+    if churn.horizon_ms != base.horizon_ms:
+        found["horizon_days"] = churn.horizon_ms // DAY_MS
+    if churn.target_event != base.target_event:
+        found["target_event"] = churn.target_event
+    if churn.lookback_ms != base.lookback_ms:
+        found["lookback_days"] = churn.lookback_ms // DAY_MS
+    rebuilt = dataclasses.replace(
+        base,
+        horizon_ms=found["horizon_days"] * DAY_MS if "horizon_days" in found else base.horizon_ms,
+        target_event=churn.target_event,
+        lookback_ms=found["lookback_days"] * DAY_MS
+        if "lookback_days" in found
+        else base.lookback_ms,
+    )
+    if rebuilt != churn:
+        raise UsageError(
+            f"label {churn.describe()} differs from the spec's ({base.describe()}) in its kind, "
+            "its name or by a fraction of a day: declare it in the spec's [label] table"
+        )
+    return found
 
 
 def _champion(

@@ -8,6 +8,7 @@ The library parts: :mod:`driftline.commands._retrain_job` (one retrain, broker-f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 
@@ -19,7 +20,7 @@ from driftline.commands._flags import add_bootstrap, add_spec, duration_ms, load
 from driftline.commands._retrain_job import RetrainConfig
 from driftline.commands._retrain_service import RetrainService, ServiceSettings
 from driftline.core.events import EVENT_TYPES
-from driftline.core.offline import ChurnDefinition
+from driftline.core.labels import label_definition
 from driftline.core.retrain import PromotionPolicy
 from driftline.core.spec import DAY_MS
 from driftline.observability.retrain_metrics import RetrainMetrics
@@ -89,15 +90,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cutoffs one horizon apart; the latest evaluates, the others train "
         "(default: %(default)s)",
     )
-    default = ChurnDefinition()  # label: spec
     data.add_argument(
-        "--horizon-days", type=int, default=default.horizon_ms // DAY_MS, help="label horizon"
+        "--horizon-days",
+        type=int,
+        default=None,
+        help="label horizon in days (default: the spec's [label])",
     )
     data.add_argument(
-        "--target-event", default=default.target_event, choices=EVENT_TYPES, help="label event"
+        "--target-event",
+        default=None,
+        choices=EVENT_TYPES,
+        help="label target event (default: the spec's [label])",
     )
     data.add_argument(
-        "--lookback-days", type=int, default=default.lookback_ms // DAY_MS, help="label lookback"
+        "--lookback-days",
+        type=int,
+        default=None,
+        help="training rows: customers active this many days before a cutoff "
+        "(default: the spec's [label])",
     )
     data.add_argument(
         "--since",
@@ -165,17 +175,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def job_config(args: argparse.Namespace) -> RetrainConfig:
     if args.cutoffs < 2:
         raise CommandError("--cutoffs must be at least 2 (one to train on, one to evaluate)")
-    if min(args.horizon_days, args.lookback_days, args.history_days) < 1:
+    given = [d for d in (args.horizon_days, args.lookback_days, args.history_days) if d is not None]
+    if min(given) < 1:
         raise CommandError("--horizon-days, --lookback-days and --history-days must be >= 1")
+    spec = load_spec_arg(args)
+    label = label_definition(spec)  # the spec's [label], the flags override its parts
+    if args.horizon_days is not None:
+        label = dataclasses.replace(label, horizon_ms=args.horizon_days * DAY_MS)
+    if args.target_event is not None:
+        label = dataclasses.replace(label, target_event=args.target_event)
+    if args.lookback_days is not None:
+        label = dataclasses.replace(label, lookback_ms=args.lookback_days * DAY_MS)
     return RetrainConfig(
         registry=args.registry,
         model_name=args.model_name,
-        spec=load_spec_arg(args),
-        churn=ChurnDefinition(
-            horizon_ms=args.horizon_days * DAY_MS,
-            target_event=args.target_event,
-            lookback_ms=args.lookback_days * DAY_MS,
-        ),
+        spec=spec,
+        churn=label,
         policy=PromotionPolicy(
             min_auc_gain=args.min_auc_gain,
             max_calibration_loss=args.max_calibration_loss,
