@@ -182,3 +182,25 @@ def valid_decision(decision: Decision) -> None:
     root = Path(__file__).resolve().parents[2]
     schema = json.loads((root / "schemas" / "model-decision.schema.json").read_text())
     Draft202012Validator(schema).validate(json.loads(msgspec.json.encode(decision)))
+
+
+def test_the_label_is_the_specs_and_flags_override_its_parts(spec: FeatureSpec) -> None:
+    import argparse
+    import dataclasses
+
+    from driftline.commands import retrain as retrain_command
+    from driftline.commands._retrain_job import _overrides, label_of
+    from driftline.commands._train_inputs import UsageError
+    from driftline.core.labels import label_definition
+
+    parser = argparse.ArgumentParser()
+    retrain_command.add_arguments(parser)
+    assert label_of(retrain_command.job_config(parser.parse_args([]))) == label_definition(spec)
+    args = parser.parse_args(["--horizon-days", "30", "--lookback-days", "45"])
+    label = label_of(retrain_command.job_config(args))
+    assert (label.horizon_ms, label.lookback_ms) == (30 * DAY_MS, 45 * DAY_MS)
+    assert (label.kind, label.target_event) == (label_definition(spec).kind, "purchase")
+    assert _overrides(spec, label) == {"horizon_days": 30, "lookback_days": 45}
+    assert _overrides(spec, label_definition(spec)) == {}
+    with pytest.raises(UsageError, match="declare it in the spec"):
+        _overrides(spec, dataclasses.replace(label, kind="occurrence"))
