@@ -19,6 +19,7 @@ from driftline.model.profile import build_reference_profile
 from driftline.model.registry import (
     METADATA_FILE,
     MODEL_FILE,
+    ModelRefused,
     ModelRegistry,
     ModelVersion,
 )
@@ -241,3 +242,34 @@ def test_an_unreadable_stages_file_is_refused_and_the_champion_keeps_serving(
     result = watcher.poll()
     assert result.kind == "refused" and "stages.json" in (result.message or "")
     assert watcher.current is not None and watcher.current.version == "v0001"
+
+
+def test_a_candidate_registered_into_an_old_registry_is_not_served(
+    tmp_path: Path, fitted: Any
+) -> None:
+    registry = ModelRegistry(tmp_path)
+    save(registry, fitted)  # an old registry: no stages at all
+    watcher = watcher_for(registry)
+    assert watcher.load().version == "v0001"
+    save(registry, fitted, stage="candidate")  # what `driftline retrain` registers
+    assert watcher.poll().kind == "unchanged"
+    assert watcher.current is not None and watcher.current.version == "v0001"
+    champion = registry.champion("churn")
+    assert (champion.version, champion.source) == ("v0001", "recorded")
+    assert (
+        "recorded before registering a candidate" in registry.stages("churn").history[0]["reason"]
+    )
+
+
+def test_candidates_and_retired_versions_are_never_served_implicitly(
+    tmp_path: Path, fitted: Any
+) -> None:
+    registry = ModelRegistry(tmp_path)
+    save(registry, fitted, stage="candidate")
+    assert registry.champion("churn").source == "none"
+    with pytest.raises(ModelRefused, match=r"has no champion .* `driftline models promote"):
+        registry.load("churn", "champion")
+    with pytest.raises(ModelRefused, match="has no champion"):
+        watcher_for(registry).load()  # a worker does not start on a candidate
+    save(registry, fitted)  # a legacy save without a stage is served as before
+    assert registry.champion("churn").version == "v0002"

@@ -77,8 +77,10 @@ def run(args: argparse.Namespace) -> int:
                 if champion.source == "latest":
                     print(
                         f"\nno champion recorded: workers serve the latest version "
-                        f"({champion.version}) until the first promotion"
+                        f"without a stage ({champion.version}) until the first promotion"
                     )
+                elif champion.source == "none":
+                    print("\nno champion: workers have nothing to serve (promote a version)")
             return 0
         if args.models_command == "promote":
             if args.version not in versions:

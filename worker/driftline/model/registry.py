@@ -284,6 +284,8 @@ class ModelRegistry:
             raise ValueError(f"a new version's stage is candidate or champion, not {stage!r}")
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
+        if stage == stage_book.CANDIDATE:
+            self._record_implicit_champion(name)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700; the worker may be another user
         try:
@@ -337,6 +339,20 @@ class ModelRegistry:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def _record_implicit_champion(self, name: str) -> None:
+        """Before a candidate lands in a registry with no recorded champion: record the
+        version served so far (the latest without a stage) as champion, so the new version
+        is never served in the moment between its rename and its stage."""
+        with stage_book.editing(self.root, name) as book:
+            implicit = stage_book.implicit_champion(book, self.versions(name))
+            if implicit.source == "latest" and implicit.version is not None:
+                stage_book.transition(
+                    book,
+                    implicit.version,
+                    stage_book.CHAMPION,
+                    reason="served as the latest version; recorded before registering a candidate",
+                )
+
     def _next_version(self, name: str) -> str:
         latest = self.latest(name)
         number = int(latest[1:]) + 1 if latest else 1
@@ -366,6 +382,12 @@ class ModelRegistry:
                 resolved = self.resolve(name, version)
             except StageError as error:
                 raise ModelRefused(REASON_METADATA, str(error)) from None
+            if resolved is None and version == "champion" and self.versions(name):
+                raise ModelRefused(
+                    REASON_MISSING,
+                    f"model {name!r} has no champion in {self.root} (only candidates or "
+                    "retired versions): `driftline models promote VERSION`",
+                )
             if resolved is None:
                 raise ModelRefused(REASON_MISSING, f"no versions of model {name!r} in {self.root}")
             version = resolved

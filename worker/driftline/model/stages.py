@@ -17,9 +17,12 @@ Rules:
   ``<name>/.stages.lock``, so two concurrent promotions serialize and a reader (a worker's
   poll) sees either the old or the new file, never half of one.
 * **No stages file, or no champion recorded** (a registry from before stages existed):
-  the latest version is served, as before; :func:`resolve_champion` says so with its
-  ``source``.  The first promotion writes the file and from then on the recorded champion
-  is served, whatever is registered after it.
+  the latest version *without a stage* is served, as before stages existed; a candidate or
+  a retired version never is.  :func:`resolve_champion` says so with its ``source``.  The
+  first promotion writes the file and from then on the recorded champion is served,
+  whatever is registered after it.  Registering a candidate into such a registry first
+  records the version served so far as champion (:meth:`ModelRegistry.save`), so that the
+  moment between the new version's rename and its stage never serves it.
 * A version that is not in ``stages`` has no stage (registered before stages existed, or
   saved by :meth:`ModelRegistry.save` directly): ``driftline models list`` shows ``-``.
 * ``promote`` makes one version champion; the champion it replaces becomes ``retired``.
@@ -117,11 +120,16 @@ def read_book(root: Path, name: str) -> StageBook:
 
 
 def resolve_champion(root: Path, name: str, versions: list[str]) -> Champion:
-    """The version workers serve: the recorded champion, else the latest (see module doc)."""
-    book = read_book(root, name)
+    """The version workers serve: the recorded champion, else the latest version without a
+    stage (never a candidate or a retired one; see the module docstring)."""
+    return implicit_champion(read_book(root, name), versions)
+
+
+def implicit_champion(book: StageBook, versions: list[str]) -> Champion:
     if book.champion is not None:
         return Champion(book.champion, "recorded")
-    return Champion(versions[-1], "latest") if versions else Champion(None, "none")
+    unstaged = [v for v in versions if v not in book.stages]
+    return Champion(unstaged[-1], "latest") if unstaged else Champion(None, "none")
 
 
 def stage_of(book: StageBook, version: str) -> str | None:

@@ -257,6 +257,12 @@ class ModelWatcher:
         if fingerprint.error is not None:
             raise ModelRefused(REASON_MISSING, fingerprint.error)
         if fingerprint.version is None:
+            if self.version == "champion" and self.registry.versions(self.name):
+                raise ModelRefused(
+                    REASON_MISSING,
+                    f"model {self.name!r} has no champion in {self.registry.root} (only "
+                    "candidates or retired versions): `driftline models promote VERSION`",
+                )
             raise ModelRefused(
                 REASON_MISSING, f"no versions of model {self.name!r} in {self.registry.root}"
             )
