@@ -42,7 +42,7 @@ def strict_pipeline(model: LoadedModel) -> object:
 
 def register_strict(model: LoadedModel, root: str | Path) -> ModelVersion:
     """Register the strict copy of ``model`` under the same name in the registry at
-    ``root`` (a new version; the worker serves ``latest``)."""
+    ``root``: a new version, made the champion (what workers serve), as a deploy would."""
     metadata = model.metadata
     return ModelRegistry(root).save(
         model.name,
@@ -55,4 +55,5 @@ def register_strict(model: LoadedModel, root: str | Path) -> ModelVersion:
         reference_profile=dict(metadata.get("reference_profile") or {}),
         threshold=model.threshold,
         extra={"note": "handle_unknown='error': raises on unseen categories"},
+        stage="champion",
     )

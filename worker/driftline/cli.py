@@ -21,6 +21,8 @@ COMMANDS = (
     "simulate",
     "replay",
     "train",
+    "models",
+    "retrain",
     "worker",
     "outcomes",
     "demo",

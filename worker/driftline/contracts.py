@@ -35,6 +35,7 @@ from driftline.core.events import (
 )
 from driftline.core.labels.records import CustomerOutcome, PredictionOutcome
 from driftline.core.predictions import DeadLetterHeaders, Prediction
+from driftline.core.retrain import Decision
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_BASE_URL = "https://driftline.dev/schemas/"
@@ -496,6 +497,85 @@ PREDICTION_OUTCOME = Contract(
     ),
 )
 
+MODEL_DECISION = Contract(
+    name="model-decision",
+    struct=Decision,
+    title="Model decision",
+    description=(
+        "What `driftline retrain` decided after one retrain: the value of a record on the "
+        "model-decisions topic, UTF-8 JSON, keyed by model_name (UTF-8). One record per "
+        "retrain that ran (requests skipped as duplicates or within the cooldown are only "
+        "logged and counted). The champion and the challenger are scored on the same rows: "
+        "the latest labelled cutoff of the history, held out of the challenger's training "
+        "(docs/retraining.md). Unknown extra properties may be added in later versions; "
+        "ignore them."
+    ),
+    fields={
+        "decision_id": "Unique id of this decision (32 hex digits).",
+        "model_name": "Registry name of the model.",
+        "outcome": (
+            "promoted: the challenger is the champion now (workers switch at their next "
+            "model poll); rejected: it stays a candidate, reasons say which rule of the "
+            "policy failed; failed: no challenger was trained (the history could not give "
+            "a training set, or the input topic could not be read), reasons say why."
+        ),
+        "trigger": "request: a retrain request; schedule: the --every schedule or --once.",
+        "incident_id": "The request's incident_id; null for a scheduled retrain.",
+        "request_id": "The request's request_id; null for a scheduled retrain.",
+        "champion_version": "The champion when the retrain started; null if there was none.",
+        "challenger_version": "The version registered for the challenger; null if failed.",
+        "reasons": "One sentence per rule applied (or the failure), for people.",
+        "policy": (
+            "The promotion policy in force: min_auc_gain, max_calibration_loss, min_rows, "
+            "min_per_class."
+        ),
+        "evaluation": (
+            "The evaluation window (cutoff_ms, horizon_ms, n_rows, n_positive) and, per "
+            "model (champion, challenger), its roc_auc, calibration_error (expected "
+            "calibration error, 10 equal-width bins) and brier on it; seconds: the "
+            "retrain's duration. Empty when the retrain failed before training."
+        ),
+        "training_window_ms": (
+            "Event times (epoch ms) of the first and the last event used for training; "
+            "empty when the retrain failed before reading them."
+        ),
+        "decided_at": "Wall clock when it was decided, epoch seconds (with fraction).",
+    },
+    examples=(
+        {
+            "decision_id": "0c7e1f3a9b2d4e5f8a6b7c8d9e0f1a2b",
+            "model_name": "churn",
+            "outcome": "promoted",
+            "trigger": "request",
+            "incident_id": "9f2c1e6b3a8d4f70c5e2b19a7d6c3e8f0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+            "request_id": "5b0c3f9e8d2a4c61b7e0f1a2d3c4b5a6",
+            "champion_version": "v0003",
+            "challenger_version": "v0004",
+            "reasons": [
+                "ROC AUC 0.9677 vs champion 0.8641: +0.1036 >= 0.02",
+                "calibration error 0.0264 vs champion 0.0481: not worse by more than 0.02",
+            ],
+            "policy": {
+                "min_auc_gain": 0.02,
+                "max_calibration_loss": 0.02,
+                "min_rows": 200,
+                "min_per_class": 20,
+            },
+            "evaluation": {
+                "cutoff_ms": 1764115200000,
+                "horizon_ms": 2592000000,
+                "n_rows": 482,
+                "n_positive": 91,
+                "challenger": {"roc_auc": 0.9677, "calibration_error": 0.0264, "brier": 0.0508},
+                "champion": {"roc_auc": 0.8641, "calibration_error": 0.0481, "brier": 0.0888},
+                "seconds": 2.9,
+            },
+            "training_window_ms": [1751241600000, 1766793600000],
+            "decided_at": 1766793612.5,
+        },
+    ),
+)
+
 CUSTOMER_OUTCOME = Contract(
     name="customer-outcome",
     struct=CustomerOutcome,
@@ -528,6 +608,7 @@ CONTRACTS: tuple[Contract, ...] = (
     RETRAIN_REQUEST,
     PREDICTION_OUTCOME,
     CUSTOMER_OUTCOME,
+    MODEL_DECISION,
 )
 
 

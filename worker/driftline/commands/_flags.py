@@ -111,8 +111,10 @@ def add_model(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model-version",
-        default="latest",
-        help="model version to load, or 'latest' (default: %(default)s)",
+        default="champion",
+        help="model version to serve: 'champion' (the registry's recorded champion, or its "
+        "latest version while none is recorded), 'latest', or a version like v0003 "
+        "(default: %(default)s)",
     )
 
 

@@ -9,10 +9,10 @@ import sys
 HELP = """Write the JSON Schemas of the topic contracts, generated from the code.
 
 The schemas (customer event, prediction, dead-letter headers, retrain request, prediction
-outcome, customer outcome) are what other teams validate against; they are generated from
-the structs the worker decodes and encodes with, so they cannot drift from it.  Run after
-changing a contract and commit the result.  --check writes nothing and exits 1 when the
-files differ from the code (for CI).
+outcome, customer outcome, model decision) are what other teams validate against; they are
+generated from the structs the worker decodes and encodes with, so they cannot drift from
+it.  Run after changing a contract and commit the result.  --check writes nothing and exits
+1 when the files differ from the code (for CI).
 """
 
 log = logging.getLogger(__name__)

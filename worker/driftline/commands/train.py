@@ -265,12 +265,19 @@ def register(
     registry: ModelRegistry | str | Path,
     name: str,
     spec: FeatureSpec | None,
+    *,
+    stage: str | None = "champion",
+    stage_reason: str = "trained by hand (driftline train)",
+    lineage: dict[str, Any] | None = None,
+    trained_by: str = "driftline train",
 ) -> ModelVersion:
     """Save the fitted pipeline with everything the worker and the drift monitor check.
 
     With a ``spec``, the model must read exactly its features in its order (the worker
     builds its frames that way) and records the spec digest; ``None`` is for table models,
-    which no spec describes.
+    which no spec describes.  ``stage`` defaults to ``champion``: a human training by hand
+    is deploying on purpose (``driftline train --stage candidate`` registers without
+    serving it; ``driftline retrain`` registers candidates and promotes by its policy).
     """
     if spec is not None and result.feature_names != spec.feature_names:
         raise ValueError(
@@ -279,6 +286,8 @@ def register(
         )
     if not isinstance(registry, ModelRegistry):
         registry = ModelRegistry(registry)
+    dataset = result.dataset or {}
+    window = dataset.get("history")
     return registry.save(
         name,
         result.pipeline,
@@ -290,11 +299,23 @@ def register(
         reference_profile=result.reference_profile,
         threshold=result.threshold,
         extra={
-            "trained_by": "driftline train",
+            "trained_by": trained_by,
             "dataset": _jsonable(result.dataset),
             "dropped_features": list(result.dropped_features),
         },
         files={EVALUATION_FILE: to_bytes(result.evaluation)} if result.evaluation else None,
+        lineage=_jsonable(
+            {
+                "parent_version": None,
+                "incident_id": None,
+                "training_window": window,
+                "cutoffs_ms": dataset.get("cutoffs_ms"),
+                "trained_by": trained_by,
+                **(lineage or {}),
+            }
+        ),
+        stage=stage,
+        stage_reason=stage_reason,
     )
 
 
@@ -363,6 +384,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-name", default=config.DEFAULT_MODEL_NAME, help="model name (default: %(default)s)"
     )
     model.add_argument(
+        "--stage",
+        choices=("champion", "candidate"),
+        default="champion",
+        help="registry stage of the new version: champion (workers serve it: training by "
+        "hand is a deploy) or candidate (registered, not served; `driftline models promote` "
+        "later) (default: %(default)s)",
+    )
+    model.add_argument(
         "--balanced", action="store_true", help="class_weight='balanced' for the forest"
     )
     model.add_argument(
@@ -408,7 +437,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         result, spec = _train(args)
-        version = register(result, args.registry, args.model_name, spec)
+        version = register(
+            result,
+            args.registry,
+            args.model_name,
+            spec,
+            stage=args.stage if spec is not None else "candidate",
+        )
     except (UsageError, FileNotFoundError, ValueError) as error:
         print(f"driftline train: error: {error}", file=sys.stderr)
         return 2
@@ -422,6 +457,7 @@ def run(args: argparse.Namespace) -> int:
                 "version": version.version,
                 "path": str(version.path),
                 "sha256": version.sha256,
+                "stage": args.stage if spec is not None else "candidate",
             },
         }
         print(json.dumps(_jsonable(payload), indent=2, allow_nan=False))
@@ -430,7 +466,8 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(result.report)
         print()
-        print(f"Registered {version.name} {version.version} at {version.path}")
+        stage = args.stage if spec is not None else "candidate"
+        print(f"Registered {version.name} {version.version} ({stage}) at {version.path}")
         print(f"  sha256 {version.sha256}")
         if spec is not None:
             print(f"  feature spec {spec.digest[:12]} ({len(spec.feature_names)} features)")

@@ -22,6 +22,12 @@ Any failure raises :class:`ModelRefused` whose ``reason`` is one of :data:`REFUS
 Writes are atomic: a version is assembled in a hidden temporary directory and renamed into
 place, so a reader never sees half a version; two concurrent writers that pick the same
 number cannot both win the rename (the loser retries with the next number).
+
+Versions are immutable; their stage (candidate, champion, retired) is kept apart in
+``<root>/<name>/stages.json`` (:mod:`driftline.model.stages`), and ``load(name,
+"champion")`` serves the recorded champion, or the latest version while none is recorded.
+A version's lineage (parent version, incident, training window, data hash) is written into
+its metadata at save time (``metadata["lineage"]``).
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ import joblib
 import numpy as np
 import pandas as pd
 import sklearn
+
+from driftline.model import stages as stage_book
+from driftline.model.stages import Champion, StageBook, StageError
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +164,68 @@ class ModelRegistry:
         versions = self.versions(name)
         return versions[-1] if versions else None
 
+    def champion(self, name: str) -> Champion:
+        """The version workers serve: the recorded champion, else the latest version."""
+        _check_name(name)
+        return stage_book.resolve_champion(self.root, name, self.versions(name))
+
+    def resolve(self, name: str, version: str) -> str | None:
+        """``latest`` and ``champion`` to a version (None when there is none); others as is."""
+        if version == "latest":
+            return self.latest(name)
+        if version == "champion":
+            return self.champion(name).version
+        return version
+
+    def stages(self, name: str) -> StageBook:
+        """The recorded stages and their history (empty for a registry without stages)."""
+        return stage_book.read_book(self.root, _check_name(name))
+
+    def set_stage(
+        self,
+        name: str,
+        version: str,
+        stage: str,
+        *,
+        reason: str,
+        by: str | None = None,
+        **details: Any,
+    ) -> dict[str, Any]:
+        """Move ``version`` to ``stage`` (champion: the previous one is retired); the entry."""
+        if version not in self.versions(name):
+            raise StageError(f"model {name!r} has no version {version!r} in {self.root}")
+        with stage_book.editing(self.root, name) as book:
+            entry = stage_book.transition(book, version, stage, reason=reason, by=by, **details)
+        log.info("model %s %s: stage %s -> %s (%s)", name, version, entry["from"], stage, reason)
+        return entry
+
+    def rollback(
+        self, name: str, *, reason: str, by: str | None = None, to: str | None = None
+    ) -> dict[str, Any]:
+        """Retire the champion (rolled back) and make the previous champion (or ``to``) it."""
+        versions = self.versions(name)
+        with stage_book.editing(self.root, name) as book:
+            current = book.champion
+            if current is None:
+                raise StageError(
+                    f"model {name!r} has no recorded champion to roll back "
+                    "(the latest version is served until the first promotion)"
+                )
+            target = to if to is not None else stage_book.rollback_target(book)
+            if target is None:
+                raise StageError(f"model {name!r}: no earlier champion to roll back to")
+            if target not in versions:
+                raise StageError(f"model {name!r} has no version {target!r} in {self.root}")
+            if target == current:
+                raise StageError(f"model {name!r}: {target} is already the champion")
+            entry = stage_book.transition(
+                book, target, stage_book.CHAMPION, reason=f"rollback: {reason}", by=by
+            )
+            # transition() appended the current champion's retirement just before ``entry``
+            book.history[-2]["rolled_back"] = True
+        log.warning("model %s: rolled back %s -> %s (%s)", name, current, target, reason)
+        return entry
+
     def path(self, name: str, version: str) -> Path:
         """Directory of one version (which may not exist)."""
         if not _VERSION.match(version):
@@ -177,12 +248,18 @@ class ModelRegistry:
         threshold: float,
         extra: dict[str, Any] | None = None,
         files: Mapping[str, bytes] | None = None,
+        lineage: dict[str, Any] | None = None,
+        stage: str | None = None,
+        stage_reason: str = "registered",
     ) -> ModelVersion:
         """Write a new version atomically and return where it went.
 
         ``files`` are extra files written into the version with the model (e.g. the
         held-out arrays reports are drawn from): same atomic rename, their sha256 and size
         recorded under the metadata's ``files``; the loader never reads them.
+        ``lineage`` (parent version, incident id, training window...) is stored in the
+        metadata; ``stage`` (``candidate``/``champion``), when given, is recorded in
+        ``stages.json`` once the version is in place (None: no stage, the old behaviour).
 
         Refuses (``ValueError``) a model the loader would refuse anyway: no
         ``predict_proba``, input columns that differ from ``feature_names``, types that do not
@@ -203,8 +280,12 @@ class ModelRegistry:
         files = dict(files or {})
         for file_name in files:
             _check_file_name(file_name)
+        if stage is not None and stage not in (stage_book.CANDIDATE, stage_book.CHAMPION):
+            raise ValueError(f"a new version's stage is candidate or champion, not {stage!r}")
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
+        if stage == stage_book.CANDIDATE:
+            self._record_implicit_champion(name)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700; the worker may be another user
         try:
@@ -235,6 +316,7 @@ class ModelRegistry:
                 "reference_profile": reference_profile,
                 "extra": extra or {},
                 **({"files": recorded_files} if recorded_files else {}),
+                "lineage": {"data_hash": data_hash, **(lineage or {})},
             }
             for _ in range(_SAVE_ATTEMPTS):
                 version = self._next_version(name)
@@ -250,10 +332,26 @@ class ModelRegistry:
                     raise
                 _fsync_dir(folder)
                 log.info("saved model %s %s (sha256 %s)", name, version, digest[:12])
+                if stage is not None:
+                    self.set_stage(name, version, stage, reason=stage_reason)
                 return ModelVersion(name, version, folder / version, digest)
             raise RuntimeError(f"could not allocate a version for {name!r} (concurrent saves?)")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _record_implicit_champion(self, name: str) -> None:
+        """Before a candidate lands in a registry with no recorded champion: record the
+        version served so far (the latest without a stage) as champion, so the new version
+        is never served in the moment between its rename and its stage."""
+        with stage_book.editing(self.root, name) as book:
+            implicit = stage_book.implicit_champion(book, self.versions(name))
+            if implicit.source == "latest" and implicit.version is not None:
+                stage_book.transition(
+                    book,
+                    implicit.version,
+                    stage_book.CHAMPION,
+                    reason="served as the latest version; recorded before registering a candidate",
+                )
 
     def _next_version(self, name: str) -> str:
         latest = self.latest(name)
@@ -279,11 +377,22 @@ class ModelRegistry:
             _check_name(name)
         except ValueError as error:
             raise ModelRefused(REASON_MISSING, str(error)) from None
-        if version == "latest":
-            resolved = self.latest(name)
+        if version in ("latest", "champion"):
+            try:
+                resolved = self.resolve(name, version)
+            except StageError as error:
+                raise ModelRefused(REASON_METADATA, str(error)) from None
+            if resolved is None and version == "champion" and self.versions(name):
+                raise ModelRefused(
+                    REASON_MISSING,
+                    f"model {name!r} has no champion in {self.root} (only candidates or "
+                    "retired versions): `driftline models promote VERSION`",
+                )
             if resolved is None:
                 raise ModelRefused(REASON_MISSING, f"no versions of model {name!r} in {self.root}")
             version = resolved
+            if not _VERSION.match(version):
+                raise ModelRefused(REASON_MISSING, f"bad champion version {version!r}")
         elif not _VERSION.match(version):
             raise ModelRefused(REASON_MISSING, f"bad version {version!r}: expected like 'v0001'")
         folder = self.root / name / version

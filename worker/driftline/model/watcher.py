@@ -7,10 +7,13 @@ processor never sees its scorer change under it.
 
 What a poll does:
 
-1. **fingerprint** — resolve the version to serve (``latest`` is re-resolved every poll, a
-   pinned version is fixed) and ``stat`` its ``model.joblib`` and ``metadata.json``
-   (inode, size, mtime, ctime).  Stat calls only: nothing is read or hashed while nothing
-   changed, so a poll is cheap enough to run every few seconds.
+1. **fingerprint** — resolve the version to serve (``champion`` — the registry's recorded
+   champion, see :mod:`driftline.model.stages` — and ``latest`` are re-resolved every poll,
+   so a promotion or a rollback is picked up like a new version; a pinned version is
+   fixed) and ``stat`` its ``model.joblib`` and ``metadata.json`` (inode, size, mtime,
+   ctime); ``champion`` also reads the small ``stages.json``.  Otherwise stat calls only:
+   nothing is read or hashed while nothing changed, so a poll is cheap enough to run every
+   few seconds.
 2. **same fingerprint as the serving model** → ``unchanged``.
 3. **same fingerprint as the last refused one** → ``unchanged`` as well: a refused model is
    not re-verified (and re-counted, re-logged) every poll, only when its files change again.
@@ -124,8 +127,10 @@ class Fingerprint:
 class ModelWatcher:
     """Follows one model in a registry; the worker calls it between batches (no thread).
 
-    ``version`` is ``"latest"`` (follow new registrations; deleting the newest version rolls
-    back to the previous one) or a pinned version like ``"v0003"`` (then only a replacement
+    ``version`` is ``"champion"`` (follow promotions and rollbacks; a registry without a
+    recorded champion serves its latest version until the first promotion), ``"latest"``
+    (follow new registrations; deleting the newest version rolls back to the previous one)
+    or a pinned version like ``"v0003"`` (then only a replacement
     of that version's files is noticed — and refused unless it verifies).
     ``expected_features`` and ``expected_spec_digest`` are passed to every
     :meth:`ModelRegistry.load`, so a model for another feature list or spec is refused.
@@ -135,7 +140,7 @@ class ModelWatcher:
         self,
         registry: ModelRegistry,
         name: str,
-        version: str = "latest",
+        version: str = "champion",
         expected_features: Sequence[str] | None = None,
         expected_spec_digest: str | None = None,
         interval_s: float = 5.0,
@@ -164,6 +169,7 @@ class ModelWatcher:
         self._current_fp: Fingerprint | None = None
         self._failed_fp: Fingerprint | None = None
         self._last_poll: float | None = None
+        self._champion_source: str | None = None
 
     # ------------------------------------------------------------------ public
     def load(self) -> LoadedModel:
@@ -251,6 +257,12 @@ class ModelWatcher:
         if fingerprint.error is not None:
             raise ModelRefused(REASON_MISSING, fingerprint.error)
         if fingerprint.version is None:
+            if self.version == "champion" and self.registry.versions(self.name):
+                raise ModelRefused(
+                    REASON_MISSING,
+                    f"model {self.name!r} has no champion in {self.registry.root} (only "
+                    "candidates or retired versions): `driftline models promote VERSION`",
+                )
             raise ModelRefused(
                 REASON_MISSING, f"no versions of model {self.name!r} in {self.registry.root}"
             )
@@ -299,6 +311,19 @@ class ModelWatcher:
     def _resolve(self) -> str | None:
         if self.version == "latest":
             return self.registry.latest(self.name)
+        if self.version == "champion":
+            champion = self.registry.champion(self.name)
+            if champion.source != self._champion_source:
+                self._champion_source = champion.source
+                if champion.source == "latest":
+                    log.info(
+                        "model %s: no champion recorded in %s; serving the latest version "
+                        "(%s) until the first promotion",
+                        self.name,
+                        self.registry.root,
+                        champion.version,
+                    )
+            return champion.version
         return self.version
 
 

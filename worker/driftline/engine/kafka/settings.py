@@ -28,7 +28,7 @@ class WorkerSettings:
     group_id: str = config.CONSUMER_GROUP
     registry: str = config.DEFAULT_REGISTRY
     model_name: str = config.DEFAULT_MODEL_NAME
-    model_version: str = "latest"
+    model_version: str = "champion"
     #: Most records per micro-batch (the adaptive controller stays at or below it).
     batch_size: int = 2000
     #: Longest wait for a batch to fill (the controller waits less when caught up).
