@@ -273,3 +273,18 @@ def test_candidates_and_retired_versions_are_never_served_implicitly(
         watcher_for(registry).load()  # a worker does not start on a candidate
     save(registry, fitted)  # a legacy save without a stage is served as before
     assert registry.champion("churn").version == "v0002"
+
+
+def test_a_report_without_a_version_is_of_the_champion_not_the_latest_candidate(
+    tmp_path: Path, fitted: Any
+) -> None:
+    from driftline.reports.store import ReportError, resolve_version
+
+    registry = ModelRegistry(tmp_path)
+    save(registry, fitted, stage="champion")
+    save(registry, fitted, stage="candidate")
+    assert resolve_version(registry, "churn", "champion") == "v0001"
+    assert resolve_version(registry, "churn", "latest") == "v0002"
+    assert resolve_version(registry, "churn", "v0002") == "v0002"
+    with pytest.raises(ReportError, match="no versions"):
+        resolve_version(ModelRegistry(tmp_path / "empty"), "churn", "champion")

@@ -44,7 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="report", metavar="KIND", required=True)
     model = sub.add_parser("model", help="a model version's evaluation")
     model.add_argument("name", help="model name in the registry")
-    model.add_argument("version", nargs="?", default="latest", help="e.g. v0003 (default: latest)")
+    model.add_argument(
+        "version",
+        nargs="?",
+        default="champion",
+        help="e.g. v0003, latest or champion (default: champion, the version workers serve)",
+    )
     _common(model)
 
     drift = sub.add_parser("drift", help="reference vs live for a retrain request or a window")
@@ -59,7 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="retrain-requests topic for --request-id (default: %(default)s)",
     )
     which.add_argument("--model-name", default=config.DEFAULT_MODEL_NAME, help="without a request")
-    which.add_argument("--model-version", default="latest", help="without a request")
+    which.add_argument(
+        "--model-version", default="champion", help="without a request (default: champion)"
+    )
     which.add_argument(
         "--from", dest="start", metavar="TIME", help="window start (ISO or epoch ms)"
     )

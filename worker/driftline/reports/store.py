@@ -29,12 +29,13 @@ class ReportError(Exception):
 
 
 def resolve_version(registry: ModelRegistry, name: str, version: str) -> str:
-    """``latest`` -> the newest version; else the version, which must exist."""
-    if version == "latest":
-        latest = registry.latest(name)
-        if latest is None:
+    """``champion`` (the version workers serve) or ``latest`` to a version; else the version,
+    which must exist."""
+    if version in ("latest", "champion"):
+        resolved = registry.resolve(name, version)
+        if resolved is None:
             raise ReportError(f"no versions of model {name!r} in {registry.root}")
-        return latest
+        return resolved
     try:
         folder = registry.path(name, version)
     except ValueError as error:
