@@ -202,6 +202,30 @@ PREDICTION = Contract(
             "re-scoring of every customer in state). Absent in records written before it "
             'existed: read that as "event".'
         ),
+        "reasons": (
+            "Only from a worker run with --explain K (absent otherwise): the K features "
+            "that moved this prediction most, largest |contribution| first. Contributions "
+            "are path-based (Saabas) attributions of the forest's raw probability: "
+            "reasons_base + the reasons' contributions + reasons_rest is the raw "
+            "probability, and the model's calibration map of it is score. Not on tick "
+            "predictions."
+        ),
+        "reasons_base": (
+            "With reasons: the model's base value, the mean over its trees of the training "
+            "class-1 fraction (the raw probability before any feature is seen)."
+        ),
+        "reasons_rest": ("With reasons: the sum of the contributions of the features not listed."),
+    },
+    nested={
+        "reasons": {
+            "feature": "Input feature name (one-hot and missing-indicator columns summed "
+            "back into it).",
+            "contribution": (
+                "How much this feature moved the raw probability from reasons_base "
+                "(positive: towards churn)."
+            ),
+            "value": "The customer's value of the feature (null: missing).",
+        }
     },
     examples=(
         {

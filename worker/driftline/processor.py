@@ -37,6 +37,7 @@ from driftline.core.ticks import Tick, apply_with_ticks
 from driftline.core.watermark import PartitionWatermark
 from driftline.model.isolation import Isolated, describe, score_isolating
 from driftline.model.runtimes.sklearn import Scorer
+from driftline.reason_codes import ReasonCodes
 from driftline.tick_predictions import TickOutput, order_with_ticks, score_ticks
 
 _encode = msgspec.json.Encoder().encode
@@ -140,10 +141,12 @@ class ScoringProcessor:
         clock_skew: ClockSkewPolicy | None = None,
         tick_ms: int | None = None,
         tick_from_ms: int | None = None,
+        explain: int | None = None,
     ) -> None:
         """``tick_ms``: re-score every customer in state at each event-time boundary of
         that period (``core.ticks``), from ``tick_from_ms`` on if given; None: score on
-        events only."""
+        events only.  ``explain``: the top that many reason codes on each event
+        prediction (``reason_codes``); None (default): none, and no work for them."""
         if scorer.feature_names != spec.feature_names:
             raise ValueError(
                 "model and feature spec disagree on the features: "
@@ -164,6 +167,9 @@ class ScoringProcessor:
         self.clock_skew = clock_skew or ClockSkewPolicy()
         self.tick_ms = tick_ms
         self.tick_from_ms = tick_from_ms
+        self.reason_codes = ReasonCodes(explain) if explain is not None else None
+        if self.reason_codes is not None:
+            self.reason_codes.explainer(scorer)  # refuse an unexplainable model now
         self.states: dict[int, FeatureState] = {}
         self.watermarks: dict[int, PartitionWatermark] = {}
         #: Each partition's recent event times, for the future-event rule.
@@ -398,8 +404,7 @@ class ScoringProcessor:
         keys = valid.customer_key.tolist()
         name, version, threshold = self.scorer.name, self.scorer.version, self.scorer.threshold
         # Positional fields, mapped in C: a keyword call per prediction cost ~15 % more.
-        predictions = map(
-            Prediction,
+        fields = (
             valid.event_id.tolist(),
             valid.customer_id.tolist(),
             scores.tolist(),
@@ -413,6 +418,13 @@ class ScoringProcessor:
             raw.offsets[src].tolist(),
             repeat(TRIGGER_EVENT),
         )
+        if self.reason_codes is not None and block is not None:
+            t_explain = time.perf_counter()
+            explained = self.reason_codes.fields(self.scorer, block.frame())
+            stages["explain"] = time.perf_counter() - t_explain
+            predictions = map(Prediction, *fields, *explained)
+        else:
+            predictions = map(Prediction, *fields)
         values = list(map(_encode, predictions))
         tick_output = None
         if prepared.ticks:

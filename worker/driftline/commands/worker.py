@@ -209,6 +209,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "otherwise (default: %(default)s)",
     )
     parser.add_argument(
+        "--explain",
+        type=int,
+        default=None,
+        metavar="K",
+        help="reason codes: add the K features that moved each event prediction most to its "
+        "record (reasons, reasons_base, reasons_rest: path-based contributions of the "
+        "forest's raw probability, computed per micro-batch); needs the sklearn model "
+        "runtime (auto picks it) and the Kafka engine.  Off by default: records unchanged",
+    )
+    parser.add_argument(
         "--scoring-process",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -306,6 +316,9 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         settings.worker_id = args.worker_id
     settings.tick_ms = tick_period(args)
     settings.tick_from_ms = tick_from(args)
+    if args.explain is not None and args.explain < 1:
+        raise CommandError(f"--explain K needs K >= 1, got {args.explain}")
+    settings.explain = args.explain
     return settings
 
 

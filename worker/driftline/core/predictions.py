@@ -25,6 +25,15 @@ def tick_event_id(boundary_ms: int) -> str:
     return f"tick-{boundary_ms}"
 
 
+class Reason(msgspec.Struct, forbid_unknown_fields=False):
+    """One feature's contribution to a prediction (``driftline.model.explain``): in units
+    of the forest's raw probability, with the customer's input value of the feature."""
+
+    feature: str
+    contribution: float
+    value: float | str | None
+
+
 class Prediction(msgspec.Struct, forbid_unknown_fields=False):
     """One scored event or tick, keyed by customer id on the predictions topic.
 
@@ -35,6 +44,10 @@ class Prediction(msgspec.Struct, forbid_unknown_fields=False):
     whose arrival fired it), so a consumer can deduplicate redeliveries (at-least-once) by
     ``event_id`` (and ``customer_id`` for ticks).  ``trigger`` defaults to ``"event"`` so
     that records written before it existed still decode.
+
+    ``reasons``/``reasons_base``/``reasons_rest`` only with ``--explain K`` (reason codes,
+    ``driftline.model.explain``); ``UNSET`` otherwise, so they are left out of the JSON and
+    the default record stays byte for byte what it was.
     """
 
     event_id: Id
@@ -49,6 +62,9 @@ class Prediction(msgspec.Struct, forbid_unknown_fields=False):
     source_partition: Annotated[int, msgspec.Meta(ge=0)]
     source_offset: Annotated[int, msgspec.Meta(ge=0)]
     trigger: Trigger = "event"
+    reasons: list[Reason] | msgspec.UnsetType = msgspec.UNSET
+    reasons_base: float | msgspec.UnsetType = msgspec.UNSET
+    reasons_rest: float | msgspec.UnsetType = msgspec.UNSET
 
 
 #: Headers every dead-letter record carries; the value is the original bytes, unchanged,

@@ -11,12 +11,14 @@ import logging
 
 from driftline.core.spec import FeatureSpec
 from driftline.engine.kafka.settings import WorkerSettings
+from driftline.model.explain import ForestExplainer
 from driftline.model.registry import LoadedModel, ModelRefused, ModelRegistry
 from driftline.model.runtimes import serving_scorer
 from driftline.model.runtimes.sklearn import Scorer
 from driftline.model.watcher import ModelWatcher
 from driftline.observability.http import HealthState
 from driftline.observability.metrics import WorkerMetrics
+from driftline.reason_codes import check_runtime
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,18 @@ def model_watcher(settings: WorkerSettings, spec: FeatureSpec) -> ModelWatcher:
 
 def scorer_for(loaded: LoadedModel, settings: WorkerSettings) -> Scorer:
     """The scorer for ``--model-runtime`` (:func:`driftline.model.runtimes.serving_scorer`,
-    the rule every engine applies)."""
-    return serving_scorer(
+    the rule every engine applies).  With ``--explain``: scikit-learn's, and only for a
+    model reason codes can explain (``ExplainRefused``, a ``RuntimeRefused``, otherwise:
+    the worker does not start, or keeps its current model)."""
+    scorer = serving_scorer(
         loaded,
-        settings.model_runtime,
+        check_runtime(settings.model_runtime, settings.explain),
         compiled_tolerance=settings.compiled_tolerance,
         onnx_tolerance=settings.onnx_tolerance,
     )
+    if settings.explain is not None:
+        ForestExplainer(loaded.pipeline, scorer.feature_names)
+    return scorer
 
 
 def load_first_model(

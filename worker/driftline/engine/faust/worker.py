@@ -87,6 +87,8 @@ def unsupported(settings: WorkerSettings) -> list[str]:
         missing.append("--scoring-process (Kafka engine only)")
     if settings.tick_ms is not None:
         missing.append("--tick (scheduled re-scoring runs in the Kafka engine only: --tick off)")
+    if settings.explain is not None:
+        missing.append("--explain (reason codes: Kafka engine only)")
     user = {
         k: v for k, v in kafka_client_config({}).items() if k not in ("logger", "bootstrap.servers")
     }

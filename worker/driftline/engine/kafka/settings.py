@@ -102,6 +102,9 @@ class WorkerSettings:
     #: No ticks at boundaries before this event time (epoch ms): a replay that warms the
     #: state up publishes no re-scores of the past.  None: every boundary.
     tick_from_ms: int | None = None
+    #: Reason codes (``driftline.reason_codes``): the top that many feature contributions
+    #: on every event prediction; None (default): none, and no work for them.
+    explain: int | None = None
     retrain_cooldown_s: float = 86400.0
     consumer_config: dict[str, Any] = field(default_factory=dict)
     producer_config: dict[str, Any] = field(default_factory=dict)

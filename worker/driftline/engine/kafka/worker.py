@@ -338,6 +338,7 @@ class KafkaScoringWorker(ScoringEngine):
             clock_skew=ClockSkewPolicy(s.max_clock_skew_ms, s.max_replay_jump_ms),
             tick_ms=s.tick_ms,
             tick_from_ms=s.tick_from_ms,
+            explain=s.explain,
         )
         self.processor.drift_since_ms = self.drift.since(scorer.model)
         self._dead_letters = DeadLetterWriter(
