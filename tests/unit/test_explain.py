@@ -94,9 +94,14 @@ def test_column_owners_sum_one_hot_and_indicator_columns_to_their_feature(fitted
         assert name.split("__", 1)[1].removeprefix("missingindicator_").startswith(feature)
 
 
-def test_contributions_match_a_per_row_walk_and_sum_to_the_raw_probability(fitted) -> None:
+@pytest.mark.parametrize("table", [True, False], ids=["leaf-table", "sparse-paths"])
+def test_contributions_match_a_per_row_walk_and_sum_to_the_raw_probability(
+    fitted, table: bool
+) -> None:
+    """Both ways (the leaf table, and sparse decision paths for forests too big for it)."""
     pipeline, batch = fitted
-    explainer = ForestExplainer(pipeline, FEATURES)
+    explainer = ForestExplainer(pipeline, FEATURES, max_table_bytes=2**40 if table else 0)
+    assert (explainer._table is not None) == table
     contributions, raw = explainer.contributions(batch)
     expected, base = _reference_walk(pipeline, batch)
     assert explainer.base == pytest.approx(base, abs=1e-12)

@@ -38,6 +38,13 @@ stream from `python -m tests.support.drift_acceptance write FILE`): a model trai
 the stream's first --train-days as `driftline train` does, the rest served through the
 state engine, the model and the monitor; per feature: alarms, false alarms per 10^6 events
 against the budget, DRIFT episodes, and retrain requests.  No broker.
+
+ticks: what a tick (re-scoring every customer in state) costs per customer.
+
+explain: what reason codes (`driftline worker --explain K`) cost per event: the scoring
+processor on the same live events in micro-batches of --batch-sizes, with the sklearn
+runtime without reasons, with the top --explain-k reasons, and with the runtime a worker
+without --explain picks (auto).  No broker.
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "suite",
         nargs="?",
         default="throughput",
-        choices=["throughput", "latency", "state", "all", "drift", "ticks"],
+        choices=["throughput", "latency", "state", "all", "drift", "ticks", "explain"],
         help="what to measure (default: %(default)s)",
     )
     parser.add_argument(
@@ -94,6 +101,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="events for the throughput rows (default: 100000; all: 20000); "
         "drift: an event file to run the monitor on (Parquet or CSV)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=_ints,
+        default=None,
+        help="explain: micro-batch sizes, comma-separated (default: 500,2000)",
+    )
+    parser.add_argument(
+        "--explain-k", type=int, default=3, help="explain: reasons per prediction (default: 3)"
     )
     parser.add_argument("--per-event-events", type=int, default=2_000, help="events for (c), slow")
     parser.add_argument("--batch-size", type=int, default=2000, help="largest worker batch")
@@ -158,6 +174,21 @@ def run(args: argparse.Namespace) -> int:
 
         figures = run_tick_bench(args.customer_sizes or [100_000], progress=not args.json)
         print(to_json(figures) if args.json else to_table(figures))
+        return 0
+    if args.suite == "explain":
+        from driftline.benchmarks.explain import run_explain_bench
+        from driftline.benchmarks.explain import to_json as explain_json
+        from driftline.benchmarks.explain import to_table as explain_table
+
+        if isinstance(args.events, str):
+            raise CommandError(f"--events {args.events!r}: a number of events")
+        found = run_explain_bench(
+            args.batch_sizes or [500, 2000],
+            k=args.explain_k,
+            events=args.events or 20_000,
+            progress=not args.json,
+        )
+        print(explain_json(found) if args.json else explain_table(found))
         return 0
     if isinstance(args.events, str):
         raise CommandError(f"--events {args.events!r}: a number of events (a file: bench drift)")
