@@ -157,3 +157,18 @@ def test_reasons_for_an_api_call(spec: FeatureSpec, model: LoadedModel) -> None:
         assert float(calibrator(np.array([answer["raw"]]))[0]) == pytest.approx(
             answer["score"], abs=1e-6
         )
+
+
+def test_the_worker_flag() -> None:
+    from driftline.cli import build_parser
+    from driftline.commands._errors import CommandError
+    from driftline.commands.worker import settings_from_args
+    from driftline.engine.faust.worker import unsupported
+
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args(["worker"])).explain is None
+    settings = settings_from_args(parser.parse_args(["worker", "--explain", "3"]))
+    assert settings.explain == 3
+    assert any("--explain" in m for m in unsupported(settings))  # Faust: refused
+    with pytest.raises(CommandError, match="K >= 1"):
+        settings_from_args(parser.parse_args(["worker", "--explain", "0"]))
