@@ -361,7 +361,12 @@ RETRAIN_REQUEST = Contract(
             "the importance-weighted share of drifted input features reached the policy's "
             "drifted_share; alert: an Alertmanager RetrainRequired alert reached this "
             "worker while it saw the drift too but before the drift had persisted long "
-            "enough for its own trigger (same incident_id as the trigger would give)."
+            "enough for its own trigger (same incident_id as the trigger would give). "
+            "quality: Alertmanager's ModelPerformanceDegraded (the realised ROC AUC of the "
+            "champion fell in a window, docs/model-quality.md) reached driftline retrain's "
+            "POST /alerts, which sent this request (worker_id driftline-retrain/alerts): one "
+            "incident per degraded window, no drifted features, reference_hash empty, "
+            "window_start_ms = window_end_ms = the window's start."
         ),
         "drifted_features": (
             "What drifted, one entry per (feature, detector) that explains it: the "

@@ -10,19 +10,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
-
-from prometheus_client import start_http_server
 
 from driftline import config
 from driftline.commands._errors import CommandError
 from driftline.commands._flags import add_bootstrap, add_spec, duration_ms, load_spec_arg
+from driftline.commands._retrain_alerts import QualityAlertIntake, kafka_publisher, serve
 from driftline.commands._retrain_job import RetrainConfig
 from driftline.commands._retrain_service import RetrainService, ServiceSettings
 from driftline.core.events import EVENT_TYPES
 from driftline.core.labels import label_definition
 from driftline.core.retrain import PromotionPolicy
 from driftline.core.spec import DAY_MS
+from driftline.model.registry import ModelRegistry
+from driftline.observability.bearer import load_token
 from driftline.observability.retrain_metrics import RetrainMetrics
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-host", default="127.0.0.1", help="address for /metrics (default: %(default)s)"
     )
+    alerts = parser.add_argument_group(
+        "quality alerts (POST /alerts on --metrics-port; README 'The closed loop')"
+    )
+    alerts.add_argument(
+        "--quality-alerts",
+        action="store_true",
+        help="take Alertmanager's ModelPerformanceDegraded on POST /alerts: a firing alert "
+        "of the champion publishes one retrain request (reason quality) per degraded "
+        "window to --requests-topic",
+    )
+    alerts.add_argument(
+        "--alerts-token-file",
+        default=os.environ.get("DRIFTLINE_ALERTS_TOKEN_FILE"),
+        help="POST /alerts takes only 'Authorization: Bearer <first line of FILE>' "
+        "(env DRIFTLINE_ALERTS_TOKEN_FILE)",
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--n-estimators", type=int, default=100)
     model.add_argument("--cv-folds", type=int, default=5)
@@ -210,9 +228,25 @@ def job_config(args: argparse.Namespace) -> RetrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     metrics = RetrainMetrics()
+    if args.quality_alerts and not args.metrics_port:
+        raise CommandError("--quality-alerts needs --metrics-port (POST /alerts is served there)")
     if args.metrics_port:
+        intake = None
+        if args.quality_alerts:
+            try:
+                token = load_token(None, args.alerts_token_file)
+            except ValueError as error:
+                raise CommandError(str(error)) from None
+            registry = ModelRegistry(args.registry)
+            intake = QualityAlertIntake(
+                args.model_name,
+                lambda: registry.champion(args.model_name).version,
+                kafka_publisher(args.bootstrap_servers, args.requests_topic),
+                metrics,
+                token,
+            )
         try:
-            start_http_server(args.metrics_port, args.metrics_host, registry=metrics.registry)
+            serve(args.metrics_host, args.metrics_port, metrics, intake)
         except OSError as error:
             raise CommandError(
                 f"cannot serve /metrics on {args.metrics_host}:{args.metrics_port}: {error}"

@@ -111,7 +111,10 @@ class RetrainRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     fired, which is the request's event time: cooldowns and weekly caps, here and after a
     restart (:meth:`RetrainTrigger.recall`), compare it.  ``created_at`` is the worker's wall
     clock (epoch seconds) when it fired; only the in-flight timeout uses it.  ``reason`` is
-    ``alert`` when an external alert made it fire (:meth:`RetrainTrigger.on_alert`).
+    ``alert`` when an external alert made it fire (:meth:`RetrainTrigger.on_alert`);
+    ``quality`` when ``driftline retrain``'s own ``POST /alerts`` received
+    ``ModelPerformanceDegraded`` (``driftline.commands._retrain_alerts``: no drift
+    statistics, event times = the degraded window's start).
     ``report`` (optional, absent from what the worker sends: drawing plots has no place in
     the scoring process) is the drift report's path or URL, filled by whoever draws it
     (``driftline report drift --request``).
@@ -122,7 +125,7 @@ class RetrainRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     model_name: str
     model_version: str
     reference_hash: str
-    reason: Literal["prediction_drift", "feature_drift", "alert"]
+    reason: Literal["prediction_drift", "feature_drift", "alert", "quality"]
     drifted_features: list[DriftedFeature]
     drifted_share: float
     window_start_ms: int
