@@ -705,3 +705,50 @@ def test_dashboard_queries_name_only_metrics_the_worker_exposes(repo_root: Path)
                 assert metric in names, f"{path.name} {where}: {metric}"
             for rule in re.findall(r"\bdriftline:[\w:]+", expr):
                 assert rule in recorded, f"{path.name} {where}: no recording rule {rule}"
+
+
+def test_the_closed_loop_is_wired_quality_alert_to_the_retrain_service(
+    repo_root: Path, compose_model: dict[str, Any]
+) -> None:
+    """ModelPerformanceDegraded reaches `driftline retrain --quality-alerts` (amtool's own
+    routing answer), with the token the service checks, and the team still hears of it;
+    Prometheus scrapes the loop's services under the names compose gives them."""
+    amtool = require_tool("amtool")
+    result = run_tool(
+        amtool, "config", "routes", "test", "--config.file=monitoring/alertmanager.yml",
+        "alertname=ModelPerformanceDegraded", "severity=warning", "model=churn",
+        cwd=repo_root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert set(result.stdout.split()[-1].split(",")) == {
+        "driftline-retrain-quality",
+        "team-default",
+    }
+    services = compose_model["services"]
+    retrain = services["retrain"]
+    env = retrain["environment"]
+    assert retrain["command"] == ["retrain"] and env["DRIFTLINE_QUALITY_ALERTS"] == "true"
+    assert env["DRIFTLINE_METRICS_HOST"] == "0.0.0.0"
+    text = (repo_root / "monitoring/alertmanager.yml").read_text()
+    receiver = text.split("- name: driftline-retrain-quality", 1)[1]
+    assert yaml_scalar(receiver, "url") == [
+        f"http://retrain:{env['DRIFTLINE_METRICS_PORT']}/alerts"
+    ]
+    secret = {s["target"] for s in services["alertmanager"]["secrets"]}
+    assert {env["DRIFTLINE_ALERTS_TOKEN_FILE"]} == secret
+    assert yaml_scalar(receiver, "credentials_file") == [env["DRIFTLINE_ALERTS_TOKEN_FILE"]]
+    # Only the retrain service writes the registry; quality reads the training AUC from it.
+    mounts = {(v["source"], v["target"], v.get("read_only", False)) for v in retrain["volumes"]}
+    assert ("models", "/app/var/models", False) in mounts
+    assert services["outcomes"]["environment"]["DRIFTLINE_OUTPUT_TOPIC"] == "prediction-outcomes"
+    quality = services["quality"]["environment"]
+    assert quality["DRIFTLINE_OUTCOMES_TOPIC"] == "prediction-outcomes"
+    prometheus = (repo_root / "monitoring/prometheus.yml").read_text()
+    for job, service, port in (
+        ("driftline-outcomes", "outcomes", "8001"),
+        ("driftline-quality", "quality", quality["DRIFTLINE_METRICS_PORT"]),
+        ("driftline-retrain", "retrain", env["DRIFTLINE_METRICS_PORT"]),
+    ):
+        section = prometheus.split(f"job_name: {job}", 1)[1].split("job_name:", 1)[0]
+        assert f"{service}:{port}" in section, job
+        assert services[service]["environment"]["DRIFTLINE_METRICS_PORT"] == port

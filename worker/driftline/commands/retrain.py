@@ -23,6 +23,7 @@ from driftline.core.events import EVENT_TYPES
 from driftline.core.labels import label_definition
 from driftline.core.retrain import PromotionPolicy
 from driftline.core.spec import DAY_MS
+from driftline.engine.kafka.admin import TopicMismatch, TopicSpec, ensure_topics
 from driftline.model.registry import ModelRegistry
 from driftline.observability.bearer import load_token
 from driftline.observability.retrain_metrics import RetrainMetrics
@@ -269,6 +270,21 @@ def run(args: argparse.Namespace) -> int:
     if args.once:
         decision = service.run_once("schedule")
         return {"promoted": 0, "rejected": 1}.get(decision.outcome, 3)
+    ensure_service_topics(args)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: service.stop())
     return service.run()
+
+
+def ensure_service_topics(args: argparse.Namespace) -> None:
+    """Create the requests and decisions topics when missing (one partition each, as the
+    workers' drift trigger creates the requests topic): a broker with topic auto-creation
+    off, as in docker-compose.yml, would otherwise refuse the first request the quality
+    alert publishes and every decision.  A topic that exists with another partition count
+    serves as well here (nothing is keyed to a partition): logged, not fatal."""
+    names = [args.requests_topic, *([args.decisions_topic] if args.decisions_topic else [])]
+    for name in names:
+        try:
+            ensure_topics(args.bootstrap_servers, [TopicSpec(name, 1)])
+        except TopicMismatch as mismatch:
+            log.info("topic %s: %s", name, mismatch)
