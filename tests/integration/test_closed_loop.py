@@ -382,8 +382,8 @@ def test_concept_drift_is_detected_retrained_promoted_served_and_recovers(
         + ", ".join(f"{v} {t:.3f}" for v, t in threshold.items())
     )
     summary = {
-        "before (v0001, windows before the flip)": before["realised"],
-        "during (v0001, from a horizon after the flip)": during["realised"],
+        "before (v0001, windows whose labels end before the flip)": before["realised"],
+        "during (v0001, windows from the flip on)": during["realised"],
         "after (v0002, windows with their horizon passed)": after["realised"],
     }
     for what, values in summary.items():
