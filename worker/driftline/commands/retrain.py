@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import signal
 
 from driftline import config
@@ -181,7 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     alerts.add_argument(
         "--alerts-token-file",
-        default=os.environ.get("DRIFTLINE_ALERTS_TOKEN_FILE"),
+        default=None,
         help="POST /alerts takes only 'Authorization: Bearer <first line of FILE>' "
         "(env DRIFTLINE_ALERTS_TOKEN_FILE)",
     )
