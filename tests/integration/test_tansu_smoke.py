@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from test_worker import assert_scored_once_as_offline, live_events
@@ -167,3 +168,76 @@ def test_the_demo_live_producer_sends_few_batches_on_tansu(tansu_bootstrap: str)
     timer.cancel()
     assert sent > 8_000
     assert 0 < batches / 6.0 / 4 < 20, (batches, sent)
+
+
+def _demo_worker_settings(bootstrap: str, registry: str, suffix: str) -> WorkerSettings:
+    """The worker's settings from the command line ``driftline demo`` starts it with on
+    the Tansu it starts itself (drift off: not what this is about)."""
+    from driftline.cli import build_parser
+    from driftline.commands._demo_stall import worker_fetch_wait_ms
+    from driftline.commands.demo import worker_command
+    from driftline.commands.worker import settings_from_args
+    from driftline.config import TopicNames
+
+    argv = worker_command(
+        bootstrap,
+        Path(registry),
+        0,
+        drift=False,
+        names=TopicNames(
+            input=f"events-{suffix}", output=f"predictions-{suffix}", dead_letter=f"dlq-{suffix}"
+        ),
+        group_id=f"g-{suffix}",
+        fetch_wait_max_ms=worker_fetch_wait_ms("tansu"),
+    )
+    return settings_from_args(build_parser().parse_args(argv[3:]))
+
+
+def test_the_demo_worker_reads_a_partition_of_60k_batches_on_tansu(
+    tansu_bootstrap: str,
+    worker_settings: WorkerSettings,
+    spec: FeatureSpec,
+    loaded_model: LoadedModel,
+    worker_in_thread,
+) -> None:
+    """Issue #14: a fetch on Tansu takes ~50-140 ms once a partition holds 60k record
+    batches (the demo's live partitions get there in ~2 hours at ~9 batches/s), longer
+    than the worker's default 10 ms wait, so the worker would read nothing from it.  The
+    demo gives its worker a longer wait on Tansu (``--fetch-wait-max-ms``): it reads on."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    suffix = uuid.uuid4().hex[:10]
+    settings = _demo_worker_settings(tansu_bootstrap, worker_settings.registry, suffix)
+    settings = dataclasses.replace(
+        settings,
+        model_name=worker_settings.model_name,
+        metrics_port=0,
+        batch_size=500,
+        tick_ms=None,  # scheduled re-scores: not what is counted here
+    )
+    ensure_topics(
+        tansu_bootstrap,
+        [
+            TopicSpec(settings.input_topic, 1),
+            TopicSpec(settings.output_topic, 1),
+            TopicSpec(settings.dead_letter_topic, 1),
+        ],
+    )
+    filler = 60_000
+    _one_record_batches(tansu_bootstrap, settings.input_topic, filler)
+    # The worker's group starts after the filler (not events: it would dead-letter them).
+    committer = Consumer({"bootstrap.servers": tansu_bootstrap, "group.id": settings.group_id})
+    try:
+        committer.commit(
+            offsets=[TopicPartition(settings.input_topic, 0, filler)], asynchronous=False
+        )
+    finally:
+        committer.close()
+    events = live_events(500)
+    with worker_in_thread(settings, spec):
+        produce(tansu_bootstrap, settings.input_topic, events)
+        messages = read_topic(
+            tansu_bootstrap, settings.output_topic, expected=len(events), timeout=45
+        )
+    assert len(messages) >= len(events), f"{len(messages)} of {len(events)} scored"
+    assert_scored_once_as_offline(messages, events, spec, loaded_model)

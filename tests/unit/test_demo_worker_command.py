@@ -66,3 +66,33 @@ def test_the_demo_worker_ticks_from_the_live_streams_start_only() -> None:
     argv = worker_command("127.0.0.1:9092", Path("m"), 9300, tick_from_ms=live_start)
     assert _settings(argv).tick_from_ms == live_start
     assert _settings(worker_command("127.0.0.1:9092", Path("m"), 9300)).tick_from_ms is None
+
+
+def _fetch_wait(settings: WorkerSettings) -> int:
+    from driftline.engine.kafka.clients import consumer_config
+
+    config = consumer_config(
+        settings, stats_cb=lambda _s: None, error_cb=lambda _e: None, on_commit=lambda *_a: None
+    )
+    return int(config["fetch.wait.max.ms"])
+
+
+def test_the_demo_worker_waits_longer_for_fetches_on_tansu_only() -> None:
+    """Issue #14: Tansu answers a fetch with no records when reading the partition takes
+    longer than the wait, and that read grows with the partition's record batches; the
+    demo's worker on Tansu waits longer.  On Kafka or a given cluster: the worker's own
+    default (a fifth of the 50 ms latency target), unchanged."""
+    from driftline.commands._demo_stall import TANSU_FETCH_WAIT_MS, worker_fetch_wait_ms
+
+    registry = Path("/tmp/registry")
+    tansu = _settings(
+        worker_command("b:9092", registry, 9300, fetch_wait_max_ms=worker_fetch_wait_ms("tansu"))
+    )
+    assert tansu.fetch_wait_max_ms == TANSU_FETCH_WAIT_MS
+    assert _fetch_wait(tansu) == TANSU_FETCH_WAIT_MS >= 300
+    for kind in ("kafka", None):
+        argv = worker_command(
+            "b:9092", registry, 9300, fetch_wait_max_ms=worker_fetch_wait_ms(kind)
+        )
+        assert "--fetch-wait-max-ms" not in argv
+        assert _fetch_wait(_settings(argv)) == 10

@@ -16,7 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["TANSU_LIVE_LINGER_MS", "StallWatch", "live_producer_config", "stall_message"]
+__all__ = [
+    "TANSU_FETCH_WAIT_MS",
+    "TANSU_LIVE_LINGER_MS",
+    "StallWatch",
+    "live_producer_config",
+    "stall_message",
+    "worker_fetch_wait_ms",
+]
 
 #: The demo's live producer's ``linger.ms`` on Tansu.  Tansu 0.6.0 keeps each record
 #: batch as an object and lists every batch of a partition on each fetch, so a fetch
@@ -31,6 +38,17 @@ __all__ = ["TANSU_LIVE_LINGER_MS", "StallWatch", "live_producer_config", "stall_
 #: ~985k live events without a stall), for ~50 ms more latency on the demo's stream.
 #: A longer run on Tansu is caught by the stall watch; Apache Kafka does not stall.
 TANSU_LIVE_LINGER_MS = 100
+
+
+#: The demo worker's ``fetch.wait.max.ms`` on Tansu (``--fetch-wait-max-ms``; 10 ms
+#: otherwise): see the measurements below.
+TANSU_FETCH_WAIT_MS = 500
+
+
+def worker_fetch_wait_ms(broker_kind: str | None) -> int | None:
+    """The demo worker's ``--fetch-wait-max-ms`` for the broker the demo started itself
+    (None: the worker's default, as on Apache Kafka or an existing cluster)."""
+    return TANSU_FETCH_WAIT_MS if broker_kind == "tansu" else None
 
 
 def live_producer_config(broker_kind: str | None) -> dict[str, int]:

@@ -39,7 +39,12 @@ import pandas as pd
 from driftline import config
 from driftline.broker import BROKER_KINDS, BrokerError, BrokerProcess, free_port, make_broker
 from driftline.commands._demo_drift import RetrainWatcher, describe_request
-from driftline.commands._demo_stall import StallWatch, live_producer_config, stall_message
+from driftline.commands._demo_stall import (
+    StallWatch,
+    live_producer_config,
+    stall_message,
+    worker_fetch_wait_ms,
+)
 from driftline.commands._demo_status import print_status, scrape
 from driftline.commands._errors import CommandError
 from driftline.commands._kafka import add_kafka_client, connect
@@ -253,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
             watcher = RetrainWatcher(client, retrain_topic, _print_request)
             watcher.start()
             stack.callback(watcher.stop)
+        started_kind = None if args.bootstrap_servers else args.broker_kind
         worker = _start_worker(
             bootstrap,
             registry_dir,
@@ -267,8 +273,8 @@ def run(args: argparse.Namespace) -> int:
             retrain_topic=retrain_topic,
             events_per_day=min(args.rate * 86_400, MAX_DEMO_EVENTS_PER_DAY),
             tick_from_ms=world.end_ms,
+            fetch_wait_max_ms=worker_fetch_wait_ms(started_kind),
         )
-        started_kind = None if args.bootstrap_servers else args.broker_kind
         produced = _Count()
         producer = threading.Thread(
             target=_produce_live,
@@ -431,6 +437,7 @@ def worker_command(
     retrain_topic: str = RETRAIN_TOPIC,
     events_per_day: float | None = None,
     tick_from_ms: int | None = None,
+    fetch_wait_max_ms: int | None = None,
 ) -> list[str]:
     """The demo's ``driftline worker`` command line.  Demo-specific flags: drift on; a
     short retrain persistence; the false-alarm budget counted in ``events_per_day`` (the
@@ -439,7 +446,9 @@ def worker_command(
     in about a second); a replay jump as coarse as the history's pre-log account events
     (one per 60 days), so the warm-up replay of them is not refused as future-dated;
     ticks from ``tick_from_ms`` (the live stream's start) on, so the warm-up replay of
-    the history does not publish a year of daily re-scores nobody reads."""
+    the history does not publish a year of daily re-scores nobody reads; on Tansu, a
+    longer ``fetch_wait_max_ms`` (:func:`~driftline.commands._demo_stall.
+    worker_fetch_wait_ms`)."""
     names = names or TopicNames()
     budget = ["--drift-events-per-day", repr(float(events_per_day))] if events_per_day else []
     return [
@@ -474,6 +483,7 @@ def worker_command(
         ),
         *(["--kafka-config", kafka_config] if kafka_config else []),
         *(["--tick-from", str(tick_from_ms)] if tick_from_ms is not None else []),
+        *(["--fetch-wait-max-ms", str(fetch_wait_max_ms)] if fetch_wait_max_ms else []),
     ]
 
 

@@ -241,6 +241,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "backlog (default: %(default)s)",
     )
     parser.add_argument(
+        "--fetch-wait-max-ms",
+        type=int,
+        default=None,
+        help="the consumers' fetch.wait.max.ms (default: a fifth of --latency-target, at "
+        "most 50).  Longer for Tansu, which answers a fetch with no records when reading "
+        "the partition takes longer than this (driftline demo passes it on Tansu)",
+    )
+    parser.add_argument(
         "--adaptive-batch",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -310,6 +318,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         scoring_process=args.scoring_process,
         onnx_tolerance=args.onnx_tolerance,
         latency_target_s=args.latency_target,
+        fetch_wait_max_ms=args.fetch_wait_max_ms,
         adaptive_batch=args.adaptive_batch,
     )
     if args.worker_id:

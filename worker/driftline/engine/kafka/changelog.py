@@ -28,6 +28,7 @@ from driftline.core.spec import FeatureSpec
 from driftline.core.state import FeatureState
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
 from driftline.engine.kafka.client_config import kafka_client_config
+from driftline.engine.kafka.clients import fetch_wait_ms
 from driftline.engine.kafka.delivery import ChangelogRecord
 from driftline.engine.kafka.errors import RestoreFailed
 from driftline.engine.kafka.offsets import BrokerOffsets
@@ -108,7 +109,8 @@ class Changelog:
                     "enable.auto.commit": False,
                     "enable.partition.eof": True,
                     "isolation.level": "read_committed",
-                    "fetch.wait.max.ms": 10,
+                    # 10 ms, or the worker's own wait if it was given one (Tansu).
+                    "fetch.wait.max.ms": fetch_wait_ms(s) if s.fetch_wait_max_ms else 10,
                     "error_cb": self.on_client_error,
                 }
             )

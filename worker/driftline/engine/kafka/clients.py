@@ -12,6 +12,21 @@ from driftline.engine.kafka.dead_letters import batch_size_for
 from driftline.engine.kafka.settings import WorkerSettings, transactional_id
 
 
+def fetch_wait_ms(s: WorkerSettings) -> int:
+    """The consumers' ``fetch.wait.max.ms``: ``s.fetch_wait_max_ms`` if set, else a fifth
+    of the latency target, at most 50 ms (10 ms by default).
+
+    The broker holds a fetch up to this long when it has nothing new: every event can
+    wait that long before the worker sees it (50 ms before cost ~15 ms of p50 on Tansu).
+    Tansu answers a fetch with no records when reading the partition takes longer than
+    this wait, and that read grows with the partition's record batches, so a worker on
+    Tansu is given a longer one (``driftline demo`` passes ``--fetch-wait-max-ms``).
+    """
+    if s.fetch_wait_max_ms is not None:
+        return max(1, s.fetch_wait_max_ms)
+    return max(1, min(50, int(s.latency_target_s * 1000 / 5)))
+
+
 def consumer_config(
     s: WorkerSettings,
     *,
@@ -31,10 +46,7 @@ def consumer_config(
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 1500,
             "max.poll.interval.ms": 300000,
-            # The broker holds a fetch up to this long when it has nothing new: every
-            # event can wait that long before the worker sees it.  A fifth of the latency
-            # target (10 ms by default; 50 ms before cost ~15 ms of p50 on Tansu).
-            "fetch.wait.max.ms": max(1, min(50, int(s.latency_target_s * 1000 / 5))),
+            "fetch.wait.max.ms": fetch_wait_ms(s),
             "statistics.interval.ms": 5000,
             "stats_cb": stats_cb,
             "error_cb": error_cb,

@@ -41,6 +41,11 @@ class WorkerSettings:
     #: is only a cap: a caught-up worker's batches are what arrives within the wait.
     min_batch_size: int = 500
     latency_target_s: float = 0.05
+    #: The consumers' ``fetch.wait.max.ms`` (input and changelog restore); None: a fifth
+    #: of ``latency_target_s``, at most 50 ms (:func:`driftline.engine.kafka.clients.
+    #: fetch_wait_ms`).  Longer only for a broker that answers a fetch with no records
+    #: when reading it takes longer than this wait (Tansu, ``driftline.broker``).
+    fetch_wait_max_ms: int | None = None
     #: Deliver and commit batch N on a second thread while batch N+1 is consumed and
     #: scored (at most one batch in flight; same ordering guarantees as sequential).
     pipelined: bool = True
