@@ -172,6 +172,19 @@ def _plain(value: Any) -> Any:
     return None if np.isnan(number) else number
 
 
+def _values_and_parents(tree: Any, positive: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each node's positive-class share (the tree's probability were it a leaf) and its
+    parent's id (-1 for the root): the two arrays both contribution methods walk."""
+    counts = tree.value[:, 0, :]
+    value = counts[:, positive] / counts.sum(axis=1)
+    left, right = tree.children_left, tree.children_right
+    internal = np.flatnonzero(left >= 0)
+    parent = np.full(tree.node_count, -1, dtype=np.intp)
+    parent[left[internal]] = internal
+    parent[right[internal]] = internal
+    return value, parent
+
+
 def _leaf_table(
     forest: Any, owner: np.ndarray, n_features: int, positive: int
 ) -> tuple[float, np.ndarray, list[np.ndarray]]:
@@ -186,14 +199,9 @@ def _leaf_table(
     base = 0.0
     for estimator in trees:
         tree = estimator.tree_
-        counts = tree.value[:, 0, :]
-        value = counts[:, positive] / counts.sum(axis=1)
+        value, parent = _values_and_parents(tree, positive)
         base += float(value[0])
         left, right = tree.children_left, tree.children_right
-        internal = np.flatnonzero(left >= 0)
-        parent = np.full(tree.node_count, -1, dtype=np.intp)
-        parent[left[internal]] = internal
-        parent[right[internal]] = internal
         # Path sums level by level (a parent's id is always below its children's).
         path = np.zeros((tree.node_count, n_features))
         level = np.array([0])
@@ -230,13 +238,8 @@ def _node_matrix(
     base = 0.0
     for estimator in trees:
         tree = estimator.tree_
-        counts = tree.value[:, 0, :]
-        value = counts[:, positive] / counts.sum(axis=1)
+        value, parent = _values_and_parents(tree, positive)
         base += float(value[0])
-        parent = np.full(tree.node_count, -1, dtype=np.intp)
-        internal = np.flatnonzero(tree.children_left >= 0)
-        parent[tree.children_left[internal]] = internal
-        parent[tree.children_right[internal]] = internal
         child = np.flatnonzero(parent >= 0)
         rows.append(child + offset)
         cols.append(owner[tree.feature[parent[child]]])
