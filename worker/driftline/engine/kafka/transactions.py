@@ -8,15 +8,7 @@ offsets (``send_offsets_to_transaction``).  How it can end:
   record the broker refused is missing from what committed;
 * failed, recoverable (records timed out, a broker did not answer): the worker replaces
   its producer and rewinds (``ExactlyOnce.rewind``) to the offsets the *broker* holds;
-* fenced because it outlived its own timeout: recoverable too.  A commit (EndTxn) that
-  reaches the broker after the broker aborted the transaction for its timeout (a broker
-  frozen, or a network slow, while it was in flight) is answered with a fence, which
-  librdkafka makes fatal; the fence is the broker's abort of *this* transaction, not a
-  newer instance, so the worker does what Kafka Streams does with a migrated task:
-  drops what it holds beyond the last committed batch, makes a new producer (whose
-  ``init_transactions`` fences nothing but the dead one) and rewinds;
-* fenced otherwise, or fatal: ``TransactionFailed`` not recoverable, the worker stops
-  (exit 3).
+* fenced or fatal: ``TransactionFailed`` not recoverable, the worker stops (exit 3).
 
 Like Quix Streams' checkpoint, this module decides what a batch's end means and leaves the
 I/O to the producer and consumer behind ``ports``, so these rules are unit-tested without a
@@ -32,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, Producer, TopicPartition
 
 from driftline.engine.kafka.delivery import Delivery
 from driftline.engine.kafka.errors import TransactionFailed
@@ -63,27 +55,17 @@ def transactional_producer(config: dict[str, Any], stop: threading.Event) -> Pro
             log.warning("init_transactions not answered yet (%s): retrying", error)
 
 
-#: Error codes of a fenced producer: librdkafka's own, and the broker's two.
-FENCED_CODES = frozenset(
-    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
-)
-
-
-def transaction_failure(error: KafkaException, timed_out: bool = False) -> TransactionFailed:
+def transaction_failure(error: KafkaException) -> TransactionFailed:
     """What a failed transaction means: rewind, or stop.
 
-    A fatal producer stops the worker, unless it was fenced and ``timed_out`` (the
-    transaction had been open for its whole timeout, so the broker aborted it: see
-    :meth:`ExactlyOnce.fenced_by_own_timeout`).  Anything else is recoverable, and is
+    A fenced or fatal producer stops the worker.  Anything else is recoverable, and is
     not aborted here: records that timed out need an epoch bump to abort (KIP-360),
     which Tansu refuses with an unknown error that librdkafka retries for good.  A new
     producer under the same transactional id aborts the open transaction on any
     broker, in ``init_transactions``.
     """
     kafka_error = kafka_error_of(error)
-    recoverable = kafka_error is not None and (
-        not kafka_error.fatal() or (timed_out and kafka_error.code() in FENCED_CODES)
-    )
+    recoverable = kafka_error is not None and not kafka_error.fatal()
     return TransactionFailed(f"transaction not committed: {error}", recoverable=recoverable)
 
 
@@ -105,8 +87,6 @@ class ExactlyOnce:
         new_producer: Callable[[], ProducerPort],
         committed_offsets: Callable[[list[int]], dict[int, int]],
         restore: Callable[[list[int], dict[int, int]], None],
-        transaction_timeout_s: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.input_topic = input_topic
         self.delivery = delivery
@@ -118,41 +98,15 @@ class ExactlyOnce:
         #: Each assigned partition's offset as this worker last committed it (or found
         #: it at assignment); what a rewind compares the broker's answer with.
         self.last_committed: dict[int, int] = {}
-        #: The producer's ``transaction.timeout.ms`` in seconds (None: a fence is never
-        #: put down to a timeout), and when the open transaction began (``clock``).
-        self.transaction_timeout_s = transaction_timeout_s
-        self.clock = clock
-        self.began: float | None = None
-
-    def fenced_by_own_timeout(self, error: KafkaError | None) -> bool:
-        """Whether a fence is the broker's abort of this worker's open transaction for
-        its timeout, not a newer instance: the transaction has been open (by this
-        process's clock, which starts before the broker's) for at least its timeout.
-        The transactional id is this process's own (its worker or static instance id),
-        so nobody else fences it unless an operator runs two workers as one instance."""
-        return (
-            error is not None
-            and error.code() in FENCED_CODES
-            and self.transaction_timeout_s is not None
-            and self.began is not None
-            and self.clock() - self.began >= self.transaction_timeout_s
-        )
-
-    def _begin(self, producer: ProducerPort) -> None:
-        self.began = self.clock()
-        producer.begin_transaction()
-
-    def _failure(self, error: KafkaException) -> TransactionFailed:
-        return transaction_failure(error, self.fenced_by_own_timeout(kafka_error_of(error)))
 
     # ------------------------------------------------------------------ a batch
     def open(self, producer: ProducerPort, fill: Callable[[], None]) -> None:
         """Begin the batch's transaction and produce its records into it (``fill``)."""
         try:
-            self._begin(producer)
+            producer.begin_transaction()
             fill()
         except KafkaException as error:
-            raise self._failure(error) from error
+            raise transaction_failure(error) from error
 
     def finish(self, producer: ProducerPort, offsets: list[TopicPartition], group: Any) -> None:
         """The batch's input offsets join its transaction, which is then committed.
@@ -164,8 +118,7 @@ class ExactlyOnce:
             producer.send_offsets_to_transaction(offsets, group, 60)
             producer.commit_transaction(60)
         except KafkaException as error:
-            raise self._failure(error) from error
-        self.began = None
+            raise transaction_failure(error) from error
         if self.delivery.errors:
             raise TransactionFailed(
                 f"delivery errors in a committed transaction: {self.delivery.errors[:3]}"
@@ -180,12 +133,11 @@ class ExactlyOnce:
     ) -> None:
         """Records outside any batch (a retrain request) in a transaction of their own."""
         try:
-            self._begin(producer)
+            producer.begin_transaction()
             produce()
             producer.commit_transaction(60)
         except KafkaException as error:
             raise TransactionFailed(f"{what} not committed: {error}") from error
-        self.began = None
 
     # ------------------------------------------------------------------ assignment
     def assigned(self, committed: dict[int, int]) -> None:
@@ -221,14 +173,9 @@ class ExactlyOnce:
         log.warning("%s: rewinding partitions %s to the last committed batch", failed, partitions)
         self.metrics.inc_transactions_aborted()
         self.health.note_abort()
-        try:
-            producer.purge()
-            producer.poll(0)  # the purged records' delivery reports, then forget them
-        except KafkaException as error:
-            # A fenced producer is fatal and refuses even that; it is dropped all the same.
-            log.info("old producer not purged (%s): dropped", error)
+        producer.purge()
+        producer.poll(0)  # the purged records' delivery reports, then forget them
         self.delivery.errors.clear()
-        self.began = None
         reset()
         producer = self.new_producer()
         if partitions:
@@ -271,10 +218,9 @@ class ExactlyOnce:
         topic = self.input_topic
         offsets = [TopicPartition(topic, p, max(o, 0)) for p, o in committed.items()]
         try:
-            self._begin(producer)
+            producer.begin_transaction()
             producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 60)
             producer.commit_transaction(60)
-            self.began = None
         except KafkaException as error:
             # A rebalance since (the group moved on while the broker was away) refuses it:
             # the partitions are then revoked at the next poll and restored by their owner.

@@ -8,10 +8,9 @@ At-least-once (default): predictions and dead letters are produced and flushed, 
 changelog, then the input offsets are committed.  A crash before the commit delivers the
 batch again; customers whose snapshot already reflects an event skip it (counted as
 redelivered), the others recompute the same predictions (duplicates, bounded by a batch).
-Exactly-once (``exactly_once``): see ``transactions``.  A fenced producer (other than
-by its own transaction's timeout, which rewinds), or a fatal error, stops the worker
-(exit 3) without committing: whoever takes the partitions over restores them from the
-last committed batch.
+Exactly-once (``exactly_once``): see ``transactions``.  A fenced producer, or a fatal
+error, stops the worker (exit 3) without committing: whoever takes the partitions over
+restores them from the last committed batch.
 
 Shutdown on SIGTERM/SIGINT: the flag is checked between batches, so the current batch
 is finished, flushed and committed before the consumer leaves the group; exit code 0.
@@ -140,7 +139,6 @@ class KafkaScoringWorker(ScoringEngine):
                 new_producer=self._transactional_producer,
                 committed_offsets=self.offsets.committed,
                 restore=self._restore,
-                transaction_timeout_s=s.transaction_timeout_s,
             )
             if s.exactly_once
             else None
@@ -272,8 +270,6 @@ class KafkaScoringWorker(ScoringEngine):
         ):
             self.health.set_broker_ok(False, str(error))
         if error.fatal():
-            if self.transactions is not None and self.transactions.fenced_by_own_timeout(error):
-                return  # the transaction's own failure rewinds (``transactions``)
             self.delivery.errors.append(f"fatal client error: {error}")
             self.stop()
 
