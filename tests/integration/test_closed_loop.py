@@ -97,11 +97,11 @@ def write_spec(path: Path) -> FeatureSpec:
     """The shipped spec with the test's label: churned = no purchase within 30 days."""
     shipped = Path(__file__).resolve().parents[2] / "worker/driftline/data/features.toml"
     text = shipped.read_text()
-    assert 'horizon = "90d"' in text and 'lookback = "180d"' in text
+    assert 'horizon = "90d"' in text and 'lookback = "90d"' in text
     assert '# idle_eviction = "91d"' in text
     path.write_text(
         text.replace('horizon = "90d"', 'horizon = "30d"')
-        .replace('lookback = "180d"', 'lookback = "30d"')
+        .replace('lookback = "90d"', 'lookback = "30d"')
         .replace('# idle_eviction = "91d"', f'idle_eviction = "{IDLE}"')
     )
     return load_spec(path)

@@ -4,6 +4,7 @@ outcome join; bad tables fail with a message naming the key."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tomllib
 from typing import Any
 
@@ -30,7 +31,7 @@ def spec_with(label: object) -> dict[str, Any]:
 def test_the_shipped_spec_declares_the_cdnow_label() -> None:
     label = label_definition(load_default_spec())
     assert label == ChurnDefinition(
-        horizon_ms=90 * DAY_MS, target_event="purchase", lookback_ms=180 * DAY_MS,
+        horizon_ms=90 * DAY_MS, target_event="purchase", lookback_ms=90 * DAY_MS,
         kind="silence", name="churned",
     )  # fmt: skip
     assert label.describe() == "churned = no purchase within 90d"
@@ -48,10 +49,34 @@ def test_a_subscription_label_and_a_spec_without_one() -> None:
         )
     )
     label = label_definition(spec)
+    # No lookback given: the idle eviction, the longest a tick can see back.
     assert (label.kind, label.target_event, label.horizon_ms, label.lookback_ms, label.name) == (
-        "occurrence", "cancel_request", 60 * DAY_MS, 180 * DAY_MS, "cancelled",
+        "occurrence", "cancel_request", 60 * DAY_MS, spec.eviction_after_ms, "cancelled",
     )  # fmt: skip
     assert label_definition(parse_spec(spec_with(None))) == ChurnDefinition()
+    short = spec_with(None)
+    short["state"] = {**short.get("state", {}), "idle_eviction": "30d"}
+    assert label_definition(parse_spec(short)) == dataclasses.replace(
+        ChurnDefinition(), lookback_ms=30 * DAY_MS
+    )
+
+
+def test_a_lookback_past_the_idle_eviction_is_refused_by_the_spec_and_by_training() -> None:
+    """Training rows are the customers a tick scores; a tick holds no customer idle past
+    the eviction, so a longer lookback would say it trained on customers it never saw."""
+    data = spec_with({"kind": "silence", "target_event": "purchase", "horizon": "30d",
+                      "lookback": "180d"})  # fmt: skip
+    with pytest.raises(SpecError, match=r"lookback \(180d\) is longer than the state's idle"):
+        parse_spec(data)
+    data["state"] = {**data.get("state", {}), "idle_eviction": "181d"}
+    assert parse_spec(data).label is not None  # a longer eviction makes room for it
+    spec = parse_spec(spec_with(None))
+    events = pd.DataFrame(
+        {"customer_id": ["a", "b"], "event_time": [0, 400 * DAY_MS],
+         "event_type": ["purchase", "purchase"], "amount": [1.0, 2.0]}
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="longer than the state's idle eviction"):
+        training_set(events, spec, [200 * DAY_MS], ChurnDefinition(lookback_ms=180 * DAY_MS))
 
 
 def test_the_label_is_not_part_of_the_feature_digest() -> None:

@@ -67,7 +67,7 @@ The mapping flags are replay's: --mapping cdnow reads the raw CDNOW master file 
 are replayed 28 years later, in 2025-26; --cutoff dates are given in the file's own
 calendar); --column FIELD=COLUMN / --constant FIELD=VALUE map any other log.  Labels are the
 feature spec's [label] (default: churned = no purchase within 90 days, rows for customers
-active within 180 days before a cutoff); --target-event, --horizon-days and
+active within 90 days before a cutoff); --target-event, --horizon-days and
 --lookback-days override its parts.  Without --cutoff, the latest date whose horizon fits
 in the history is used, plus --cutoffs - 1 earlier ones, one horizon apart.  A cutoff DATE
 is 00:00 UTC of that day; events stamped exactly then count as history.

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from driftline.core.events import EventBatch
-from driftline.core.labels.definition import ChurnDefinition
+from driftline.core.labels.definition import ChurnDefinition, check_lookback
 from driftline.core.spec import FeatureSpec
 from driftline.core.state import AsOf, FeatureState
 from driftline.core.watermark import PartitionWatermark
@@ -106,8 +106,12 @@ def training_set(
     ``churn`` (``core.labels``): for kind ``silence`` 1 when no ``target_event`` follows in
     ``(cutoff, cutoff + horizon]``, for ``occurrence`` 1 when one does.  Cutoffs whose horizon
     runs past the end of the history are refused: their labels would be unknown, not
-    negative.
+    negative; so is a lookback longer than the spec's idle eviction (no tick holds a
+    customer idle that long, so the rows it promises are not there).
     """
+    problem = check_lookback(churn, spec.eviction_after_ms)
+    if problem is not None:
+        raise ValueError(problem)
     ordered = events.sort_values("event_time", kind="stable").reset_index(drop=True)
     times = ordered["event_time"].to_numpy(dtype=np.int64)
     end = int(times.max())

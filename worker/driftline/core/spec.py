@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -223,18 +223,17 @@ def parse_spec(data: dict[str, object], source: str = "<dict>") -> FeatureSpec:
             parse_duration_ms(state["idle_eviction"]) if "idle_eviction" in state else None
         ),
         source=source,
-        label=(
-            parse_label(
-                data["label"],
-                source,
-                event_types=EVENT_TYPES,
-                parse_duration_ms=parse_duration_ms,
-                error=SpecError,
-            )
-            if "label" in data
-            else None
-        ),
     )
+    if "label" in data:  # its lookback defaults to, and is bounded by, the idle eviction
+        label = parse_label(
+            data["label"],
+            source,
+            event_types=EVENT_TYPES,
+            parse_duration_ms=parse_duration_ms,
+            error=SpecError,
+            eviction_after_ms=spec.eviction_after_ms,
+        )
+        spec = replace(spec, label=label)
     if not 1 <= spec.buckets_per_window <= 1024:
         raise SpecError(f"{source}: buckets_per_window must be within 1..1024")
     for window in spec.windows_ms:

@@ -5,7 +5,7 @@
     kind = "silence"           # positive when NO target event follows within the horizon
     target_event = "purchase"  # ("occurrence": positive when one DOES follow)
     horizon = "90d"
-    lookback = "180d"          # training rows: customers active within lookback of a cutoff
+    lookback = "90d"           # training rows: customers active within lookback of a cutoff
 
 A prediction (or training row) at time ``t`` for a customer looks at the customer's
 ``target_event`` events with times in ``(t, t + horizon]``: for ``silence`` the label is 1
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: core.spec imports this module
@@ -48,12 +48,15 @@ class ChurnDefinition:
 
     Only customers with an event within ``lookback_ms`` before a training cutoff get a
     training row: a customer long gone before the cutoff is not a prediction anyone needs.
-    The defaults are the CDNOW-like churn label: no purchase within 90 days.
+    The lookback can be no longer than the state's idle eviction (``FeatureSpec``
+    refuses it): training rows are the customers a tick scores, and a tick cannot score
+    a customer the worker has evicted, so a longer lookback would promise rows that are
+    not there.  The defaults are the CDNOW-like churn label: no purchase within 90 days.
     """
 
     horizon_ms: int = 90 * _DAY_MS
     target_event: str = "purchase"
-    lookback_ms: int = 180 * _DAY_MS
+    lookback_ms: int = 90 * _DAY_MS
     kind: str = KIND_SILENCE
     name: str = "churned"
 
@@ -77,8 +80,27 @@ class ChurnDefinition:
 
 def label_definition(spec: FeatureSpec) -> ChurnDefinition:
     """The spec's label (its ``[label]`` table), or the default CDNOW-like churn label for
-    specs that declare none."""
-    return spec.label if spec.label is not None else ChurnDefinition()
+    specs that declare none, its lookback cut to the spec's idle eviction (the customers a
+    tick can score)."""
+    if spec.label is not None:
+        return spec.label
+    default = ChurnDefinition()
+    return replace(default, lookback_ms=min(default.lookback_ms, spec.eviction_after_ms))
+
+
+def check_lookback(label: ChurnDefinition, eviction_after_ms: int) -> str | None:
+    """Why ``label``'s lookback cannot be used with a state that evicts customers idle for
+    ``eviction_after_ms``, or None when it can.  Training rows are the customers a tick
+    scores; an evicted customer is in no tick, so a lookback past the eviction would
+    silently train on fewer customers than it says."""
+    if label.lookback_ms <= eviction_after_ms:
+        return None
+    return (
+        f"the label's lookback ({label.lookback_ms / _DAY_MS:g}d) is longer than the state's "
+        f"idle eviction ({eviction_after_ms / _DAY_MS:g}d): the worker keeps no customer idle "
+        "that long, so no tick scores them and no training row can hold them; shorten the "
+        "lookback or set [state] idle_eviction to at least the lookback"
+    )
 
 
 def parse_label(
@@ -88,9 +110,11 @@ def parse_label(
     event_types: tuple[str, ...],
     parse_duration_ms: ParseDuration,
     error: type[ValueError],
+    eviction_after_ms: int,
 ) -> ChurnDefinition:
     """The ``[label]`` table as a ``ChurnDefinition``; ``error(message)`` says which key
-    is wrong and why.  (``core.spec`` passes its duration parser and ``SpecError``.)"""
+    is wrong and why.  (``core.spec`` passes its duration parser, ``SpecError`` and the
+    state's idle eviction, which is the default lookback and its upper bound.)"""
     if not isinstance(table, Mapping):
         raise error(f"{where}: [label] must be a table")
     unknown = sorted(set(table) - set(_KEYS))
@@ -117,7 +141,7 @@ def parse_label(
             f"{list(event_types)}"
         )
     durations: dict[str, int] = {}
-    for key, default in (("horizon", None), ("lookback", "180d")):
+    for key, default in (("horizon", None), ("lookback", eviction_after_ms)):
         raw = table.get(key, default)
         if not isinstance(raw, str | int) or isinstance(raw, bool):
             raise error(f'{where}: [label] {key} must be a duration such as "90d", got {raw!r}')
@@ -127,10 +151,14 @@ def parse_label(
             raise error(f"{where}: [label] {key}: {problem}") from None
         if durations[key] <= 0:
             raise error(f"{where}: [label] {key} must be positive, got {raw!r}")
-    return ChurnDefinition(
+    label = ChurnDefinition(
         horizon_ms=durations["horizon"],
         target_event=str(target),
         lookback_ms=durations["lookback"],
         kind=str(kind),
         name=name,
     )
+    too_long = check_lookback(label, eviction_after_ms)
+    if too_long is not None:
+        raise error(f"{where}: [label] lookback: {too_long}")
+    return label
