@@ -32,6 +32,7 @@ import pandas as pd
 from driftline import config
 from driftline.commands._flags import add_spec
 from driftline.commands._mapping import add_mapping, mapping_kind
+from driftline.commands._mlflow import add_mlflow, check_mlflow, log_to_mlflow
 from driftline.commands._train_inputs import (
     REQUIRED_EVENT_COLUMNS,
     UsageError,
@@ -428,6 +429,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="probability calibration fitted on out-of-fold scores: isotonic, sigmoid, none, "
         "or auto (isotonic from 1000 training rows, else sigmoid) (default: %(default)s)",
     )
+    add_mlflow(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--json", action="store_true", help="print the metrics as JSON instead of the report"
@@ -435,6 +437,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_mlflow(args)  # before training: a missing extra costs one line, not a run
     try:
         result, spec = _train(args)
         version = register(
@@ -447,6 +450,11 @@ def run(args: argparse.Namespace) -> int:
     except (UsageError, FileNotFoundError, ValueError) as error:
         print(f"driftline train: error: {error}", file=sys.stderr)
         return 2
+    tracked = None
+    if args.mlflow is not None:
+        params = {"feature_spec": args.features or "default", "source": result.dataset.get("path")}
+        registry = ModelRegistry(args.registry)
+        tracked = log_to_mlflow(args, registry, version.name, version.version, params=params)
     if args.json:
         payload = {
             **result.metrics,
@@ -459,6 +467,7 @@ def run(args: argparse.Namespace) -> int:
                 "sha256": version.sha256,
                 "stage": args.stage if spec is not None else "candidate",
             },
+            **({"mlflow": tracked} if tracked is not None else {}),
         }
         print(json.dumps(_jsonable(payload), indent=2, allow_nan=False))
     else:
@@ -473,6 +482,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  feature spec {spec.digest[:12]} ({len(spec.feature_names)} features)")
         else:
             print("  no feature spec: a table model, not servable by the worker")
+        if tracked is not None:
+            print(f"  MLflow run {tracked['run_id']} in {tracked['tracking_uri']}")
     return 0
 
 
