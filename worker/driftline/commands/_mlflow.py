@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from driftline.commands._errors import CommandError
+from driftline.core.retrain import Decision
 from driftline.model.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -75,8 +78,13 @@ def log_to_mlflow(
     *,
     params: dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
+    window: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Log the version to ``args.mlflow``; the run's ids (for ``--json`` and the log)."""
+    """Log the version to ``args.mlflow``; the run's ids (for ``--json`` and the log).
+
+    ``window``: a retrain decision's ``evaluation`` (both models scored on the same rows),
+    logged as ``window.challenger.roc_auc``, ``window.champion.roc_auc``, ...
+    """
     from driftline.model.tracking_mlflow import log_version
 
     report = model_report_html(registry, name, version)
@@ -90,6 +98,7 @@ def log_to_mlflow(
             params=params,
             tags=tags,
             report_html=report,
+            extra_metrics=_window_metrics(window or {}),
         )
     except Exception as error:  # MLflow raises its own and library errors; say which step
         raise CommandError(
@@ -104,3 +113,47 @@ def log_to_mlflow(
         "model_uri": run.model_uri,
         "report": "logged" if report is not None else "not drawn (no report extra)",
     }
+
+
+def decision_tracker(args: argparse.Namespace) -> Callable[[Decision], None] | None:
+    """For ``driftline retrain --mlflow``: log each decision's challenger (None without the
+    flag).  The run carries the decision (outcome, trigger, champion it was judged against,
+    incident) as tags and the window scores as metrics; the service calls it after the
+    decision is taken, so the stage tag is the one the policy gave."""
+    if getattr(args, "mlflow", None) is None:
+        return None
+    registry = ModelRegistry(args.registry)
+
+    def track(decision: Decision) -> None:
+        if decision.challenger_version is None:
+            return
+        tags = {
+            "driftline.decision_id": decision.decision_id,
+            "driftline.decision": decision.outcome,
+            "driftline.trigger": decision.trigger,
+            "driftline.judged_against": decision.champion_version or "-",
+            "driftline.incident_id": decision.incident_id or "-",
+        }
+        log_to_mlflow(
+            args,
+            registry,
+            decision.model_name,
+            decision.challenger_version,
+            params={"source": f"topic {args.input_topic}"},
+            tags=tags,
+            window=decision.evaluation,
+        )
+
+    return track
+
+
+def _window_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for model in ("challenger", "champion"):
+        for key, value in (evaluation.get(model) or {}).items():
+            if isinstance(value, int | float) and math.isfinite(float(value)):
+                out[f"window.{model}.{key}"] = float(value)
+    for key in ("n_rows", "n_positive"):
+        if isinstance(evaluation.get(key), int | float):
+            out[f"window.{key}"] = float(evaluation[key])
+    return out

@@ -63,8 +63,10 @@ class RetrainService:
         metrics: RetrainMetrics | None = None,
         *,
         emit: Callable[[str], None] | None = None,
+        track: Callable[[Decision], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.track = track
         self.job = job
         self.metrics = metrics or RetrainMetrics()
         self.emit = emit or (lambda line: print(line, file=sys.stdout, flush=True))
@@ -110,6 +112,11 @@ class RetrainService:
             )
         self.metrics.last_seconds.set(time.monotonic() - started)
         self._publish(decision)
+        if self.track is not None:
+            try:  # experiment tracking (--mlflow) is a record, never a reason to stop
+                self.track(decision)
+            except Exception as error:
+                log.error("the decision stands; logging it to MLflow failed: %s", error)
         return decision
 
     def run(self) -> int:

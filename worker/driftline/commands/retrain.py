@@ -15,6 +15,7 @@ import signal
 from driftline import config
 from driftline.commands._errors import CommandError
 from driftline.commands._flags import add_bootstrap, add_spec, duration_ms, load_spec_arg
+from driftline.commands._mlflow import add_mlflow, check_mlflow, decision_tracker
 from driftline.commands._retrain_alerts import QualityAlertIntake, kafka_publisher, serve
 from driftline.commands._retrain_job import RetrainConfig
 from driftline.commands._retrain_service import RetrainService, ServiceSettings
@@ -188,6 +189,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--n-estimators", type=int, default=100)
     model.add_argument("--cv-folds", type=int, default=5)
     model.add_argument("--seed", type=int, default=42)
+    add_mlflow(parser)
 
 
 def job_config(args: argparse.Namespace) -> RetrainConfig:
@@ -227,6 +229,7 @@ def job_config(args: argparse.Namespace) -> RetrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_mlflow(args)
     metrics = RetrainMetrics()
     if args.quality_alerts and not args.metrics_port:
         raise CommandError("--quality-alerts needs --metrics-port (POST /alerts is served there)")
@@ -265,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         job_config(args),
         metrics,
+        track=decision_tracker(args),
     )
     if args.once:
         decision = service.run_once("schedule")

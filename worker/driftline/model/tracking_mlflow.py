@@ -168,6 +168,7 @@ def log_version(
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
     report_html: str | None = None,
+    extra_metrics: Mapping[str, float] | None = None,
 ) -> TrackedRun:
     """Log one registered version (params, metrics, tags, model, files, report) as a run.
 
@@ -196,7 +197,7 @@ def log_version(
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=f"{name}-{loaded.version}", tags=client_tags) as run:
         mlflow.log_params(run_params(metadata, params))
-        mlflow.log_metrics(flat_metrics(metadata.get("metrics") or {}))
+        mlflow.log_metrics({**flat_metrics(metadata.get("metrics") or {}), **(extra_metrics or {})})
         for path in sorted(folder.iterdir()):  # the version's files, byte for byte
             if path.is_file():
                 mlflow.log_artifact(str(path), artifact_path="registry")
