@@ -56,9 +56,13 @@ pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The dashboards of the scoring worker; model-quality.json reads ``driftline quality``
-#: instead, and ``test_quality_service.py`` opens it against that process.
+#: instead, and ``test_quality_service.py`` opens it against that process; retraining.json
+#: reads ``driftline retrain``, opened by ``test_retrain_dashboard.py``.
+OTHER_PROCESSES = {"model-quality", "retraining"}
 DASHBOARDS = sorted(
-    p for p in (REPO_ROOT / "grafana" / "dashboards").glob("*.json") if p.stem != "model-quality"
+    p
+    for p in (REPO_ROOT / "grafana" / "dashboards").glob("*.json")
+    if p.stem not in OTHER_PROCESSES
 )
 SCRAPE_INTERVAL_S = 1
 #: Grafana's variables for a 1 s scrape interval: $__rate_interval is at least four scrapes.

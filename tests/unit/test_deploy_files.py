@@ -29,6 +29,7 @@ import pytest
 from driftline.observability.drift_metrics import DriftMetrics
 from driftline.observability.metrics import WorkerMetrics
 from driftline.observability.quality_metrics import QualityMetrics
+from driftline.observability.retrain_metrics import RetrainMetrics
 
 PROVISIONED_UID = "driftline-prometheus"
 GRAFANA_SCHEMAS = ("dashboard", "timeseries", "stat", "prometheus", "common")
@@ -682,11 +683,14 @@ def test_every_dashboard_variable_used_is_defined(repo_root: Path) -> None:
 def test_dashboard_queries_name_only_metrics_the_worker_exposes(repo_root: Path) -> None:
     """A renamed metric or recording rule would leave a panel empty; catch it without a
     Prometheus.  Drift metrics are those of a worker run with ``--drift``; quality metrics
-    those of ``driftline quality``."""
+    those of ``driftline quality``; retrain metrics those of ``driftline retrain``."""
     metrics = WorkerMetrics()
     DriftMetrics(metrics.registry)
     exposition = metrics.render().decode()
     exposition += QualityMetrics(200, {"predictions": "p", "outcomes": "o"}).render().decode()
+    retrain = RetrainMetrics()
+    retrain.watch_champion("churn", lambda: "v0001")
+    exposition += retrain.render().decode()
     families = set(re.findall(r"^# TYPE (\S+) (\S+)", exposition, flags=re.MULTILINE))
     names = set()
     for family, kind in families:

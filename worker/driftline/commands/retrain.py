@@ -231,6 +231,8 @@ def job_config(args: argparse.Namespace) -> RetrainConfig:
 def run(args: argparse.Namespace) -> int:
     check_mlflow(args)
     metrics = RetrainMetrics()
+    champions = ModelRegistry(args.registry)
+    metrics.watch_champion(args.model_name, lambda: champions.champion(args.model_name).version)
     if args.quality_alerts and not args.metrics_port:
         raise CommandError("--quality-alerts needs --metrics-port (POST /alerts is served there)")
     if args.metrics_port:
