@@ -41,12 +41,13 @@ kafka-jars: $(STAMP) system-deps
 install: $(STAMP)
 
 # The onnx extra is installed too, so that the tests exercise the ONNX Runtime path, the
-# report extra (matplotlib), so that they draw the reports, and the mlflow extra (~145 MB,
-# ~15 s from cached wheels), so that `train --mlflow` is tested on a real tracking store.
+# report extra (matplotlib), so that they draw the reports, the mlflow extra (~145 MB,
+# ~15 s from cached wheels), so that `train --mlflow` is tested on a real tracking store,
+# and the serve extra (FastAPI, uvicorn), so that they run `driftline serve`.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==25.3
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,onnx,report,mlflow]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,onnx,report,mlflow,serve]'
 	touch $(STAMP)
 
 demo: $(STAMP)

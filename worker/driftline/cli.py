@@ -30,6 +30,7 @@ COMMANDS = (
     "schemas",
     "quality",
     "report",
+    "serve",
 )
 
 

@@ -67,6 +67,19 @@ class AsOfReader(SlotStore, FeatureDerivation):
         block = FeatureBlock.concat(blocks) if blocks else FeatureBlock.empty(self._frame_layout)
         return AsOf(at_ms, ids.tolist(), clock, block)
 
+    def features_of(self, customer_id: str) -> tuple[int, int, FeatureBlock] | None:
+        """One customer's clock (its latest event time), the input offset of the latest
+        event its record holds, and its features as of that clock; None if it is not
+        held.  For a customer whose events came in event-time
+        order these are the features its latest event was scored with (read-only: the
+        serving replica answers ``GET /customers/{id}`` with it)."""
+        slot = self._slots.get(customer_id)
+        if slot is None:
+            return None
+        clock = int(self.clock[slot])
+        offset = int(self.applied_offset[slot])
+        return clock, offset, self._features_at_slots(np.array([slot], dtype=np.int64), clock)
+
     def _features_at_slots(self, slots: np.ndarray, at_ms: int) -> FeatureBlock:
         rows = self._rows[slots]
         m = len(slots)

@@ -1,0 +1,251 @@
+"""The ``driftline serve`` HTTP API (FastAPI): live customer state, scoring, health.
+
+Routes: ``GET /customers/{customer_id}`` (from the read replica, docs/serving.md),
+``POST /predict`` (one feature row or a batch, scored by the champion), ``/healthz``,
+``/readyz``, ``/metrics``.  Bodies are encoded and decoded with msgspec against the
+contract structs (``driftline.serving.schema``); the OpenAPI document embeds the same
+JSON Schemas, so the document, ``schemas/`` and the decoder cannot disagree.  Handlers
+return bytes: no pydantic model per answer on the lookup path, whose target is p99 <=
+10 ms at 1,000 requests/s.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
+
+import msgspec
+from fastapi import FastAPI, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+
+from driftline.contracts.contract import _inline
+from driftline.core.predictions import Prediction
+from driftline.core.replica import CustomerView, StateReplica
+from driftline.observability.serve_metrics import ServeMetrics
+from driftline.serving.predict import BadRequest, Predictor
+from driftline.serving.schema import (
+    CustomerAnswer,
+    ErrorDetail,
+    LatestPrediction,
+    predict_response_type,
+)
+
+JSON = "application/json"
+_encode = msgspec.json.encode
+
+
+class Readiness(Protocol):
+    """What ``/readyz`` and lookups ask of the replica's follower."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+
+@dataclass
+class ServeContext:
+    """Everything the routes read: the replica (and its lock), its follower's readiness,
+    the predictor and the metrics."""
+
+    replica: StateReplica
+    lock: threading.Lock
+    follower: Readiness
+    predictor: Predictor
+    metrics: ServeMetrics
+
+
+def openapi_schema(kind: Any) -> dict[str, Any]:
+    """A type's JSON Schema with its ``$defs`` inlined (OpenAPI resolves ``$ref`` from the
+    document's root, where msgspec's ``#/$defs/...`` would not be found)."""
+    generated = msgspec.json.schema(kind)
+    definitions = generated.pop("$defs", {})
+    inlined: dict[str, Any] = _inline(generated, definitions, ())
+    return inlined
+
+
+def _json(status: int, body: bytes) -> Response:
+    return Response(content=body, status_code=status, media_type=JSON)
+
+
+def _error(status: int, detail: str) -> Response:
+    return _json(status, _encode(ErrorDetail(detail)))
+
+
+def customer_answer(view: CustomerView) -> CustomerAnswer:
+    """The answer for a view; ``consistent`` is true when the latest prediction scored the
+    very event the replicated state ends at (features and score from the same batch)."""
+    p: Prediction | None = view.prediction
+    latest = None
+    if p is not None:
+        latest = LatestPrediction(
+            event_id=p.event_id,
+            score=p.score,
+            decision=p.decision,
+            threshold=p.threshold,
+            model_name=p.model_name,
+            model_version=p.model_version,
+            event_time=p.event_time,
+            processed_at=p.processed_at,
+            source_partition=p.source_partition,
+            source_offset=p.source_offset,
+            trigger=p.trigger,
+            reasons=None if isinstance(p.reasons, msgspec.UnsetType) else p.reasons,
+        )
+    return CustomerAnswer(
+        customer_id=view.customer_id,
+        partition=view.partition,
+        as_of=view.as_of_ms,
+        state_offset=view.state_offset,
+        features=view.features,
+        prediction=latest,
+        consistent=p is not None and p.source_offset == view.state_offset,
+    )
+
+
+def create_app(ctx: ServeContext) -> FastAPI:
+    """The API over ``ctx``."""
+    app = FastAPI(
+        title="Driftline serving API",
+        version="1",
+        description="Live customer features and churn scores from the workers' state "
+        "(a read replica of the changelog and predictions topics), and scoring of "
+        "feature rows by the registry's champion model.",
+    )
+    metrics = ctx.metrics
+    error_schema = openapi_schema(ErrorDetail)
+    predictor = ctx.predictor
+
+    def _err(description: str) -> dict[str, Any]:
+        return {"description": description, "content": {JSON: {"schema": error_schema}}}
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e.get('loc', ()))}: {e.get('msg', '')}"
+            for e in exc.errors()
+        )
+        return _error(422, problems or "invalid request")
+
+    @app.get(
+        "/customers/{customer_id}",
+        summary="A customer's live features and latest prediction",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The customer's features as of its latest event, its "
+                "latest prediction (null if none yet) and where they stand in the stream",
+                "content": {JSON: {"schema": openapi_schema(CustomerAnswer)}},
+            },
+            404: _err("No worker holds this customer (never seen, or evicted)"),
+            422: _err("The customer id is not 1..128 characters"),
+            503: _err("The replica has not caught up with the topics yet (see /readyz)"),
+        },
+    )
+    async def get_customer(
+        customer_id: Annotated[str, Path(min_length=1, max_length=128)],
+    ) -> Response:
+        started = time.perf_counter()
+        if not ctx.follower.ready:
+            response = _error(503, "replica catching up with the topics; see /readyz")
+        else:
+            with ctx.lock:
+                view = ctx.replica.customer(customer_id)
+            if view is None:
+                response = _error(404, f"customer {customer_id!r} is not in the live state")
+            else:
+                response = _json(200, _encode(customer_answer(view)))
+        metrics.latency.labels("/customers/{customer_id}").observe(time.perf_counter() - started)
+        metrics.requests.labels("/customers/{customer_id}", str(response.status_code)).inc()
+        return response
+
+    @app.post(
+        "/predict",
+        summary="Score one feature row, or a batch of them, with the champion model",
+        response_class=Response,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": openapi_schema(predictor.request_type)}},
+            }
+        },
+        responses={
+            200: {
+                "description": "A result for a row; an array of results, in row order, "
+                "for an array of rows",
+                "content": {JSON: {"schema": openapi_schema(predict_response_type())}},
+            },
+            422: _err("The body does not match the feature-row schema (the message says where)"),
+        },
+    )
+    async def predict(request: Request) -> Response:
+        started = time.perf_counter()
+        body = await request.body()
+        try:
+            rows, batch = predictor.decode(body)
+        except BadRequest as error:
+            response = _error(422, str(error))
+        else:
+            predictor.refresh()
+            results = await run_in_threadpool(predictor.score, rows)
+            metrics.rows_scored.inc(len(rows))
+            response = _json(200, _encode(results if batch else results[0]))
+        metrics.latency.labels("/predict").observe(time.perf_counter() - started)
+        metrics.requests.labels("/predict", str(response.status_code)).inc()
+        return response
+
+    @app.get(
+        "/healthz",
+        summary="Liveness: the process answers and the replica follower runs",
+        response_class=Response,
+        responses={
+            200: {"description": "alive", "content": {JSON: {"schema": {"type": "object"}}}},
+            503: _err("The replica follower stopped (the detail says why)"),
+        },
+    )
+    async def healthz() -> Response:
+        error = ctx.follower.error
+        if error is not None:
+            return _error(503, f"replica follower stopped: {error}")
+        return _json(200, b'{"status":"ok"}')
+
+    @app.get(
+        "/readyz",
+        summary="Readiness: the replica has read the topics to the ends they had at start",
+        response_class=Response,
+        responses={
+            200: {"description": "ready", "content": {JSON: {"schema": {"type": "object"}}}},
+            503: {"description": "not ready", "content": {JSON: {"schema": {"type": "object"}}}},
+        },
+    )
+    async def readyz() -> Response:
+        ready = bool(ctx.follower.ready)
+        metrics.ready.set(1 if ready else 0)
+        with ctx.lock:
+            customers = len(ctx.replica)
+        body = {
+            "ready": ready,
+            "customers": customers,
+            "model_version": predictor.scorer.version,
+            "error": ctx.follower.error,
+        }
+        return _json(200 if ready else 503, _encode(body))
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"description": "text exposition", "content": {"text/plain": {}}}},
+    )
+    async def prometheus() -> Response:
+        with ctx.lock:
+            metrics.customers.set(len(ctx.replica))
+        metrics.ready.set(1 if ctx.follower.ready else 0)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
