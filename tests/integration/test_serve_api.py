@@ -224,3 +224,23 @@ def test_the_service_keeps_its_openapi_contract(live_serve: ServeProcess, mode: 
             case.call_and_validate(base_url=live_serve.url)
 
         check()
+
+
+def test_the_openapi_document_embeds_the_published_schemas(
+    live_serve: ServeProcess, repo_root: Path
+) -> None:
+    """The running service documents its bodies with the very schemas in ``schemas/``."""
+
+    def published(name: str) -> dict[str, Any]:
+        schema = json.loads((repo_root / "schemas" / f"{name}.schema.json").read_text())
+        del schema["$schema"], schema["$id"]
+        return dict(schema)
+
+    document = httpx.get(live_serve.url + "/openapi.json").json()
+    predict = document["paths"]["/predict"]["post"]
+    body = predict["requestBody"]["content"]["application/json"]["schema"]["anyOf"]
+    assert body[0] == published("feature-row") == body[1]["items"]
+    result = predict["responses"]["200"]["content"]["application/json"]["schema"]["anyOf"]
+    assert result[0] == published("predict-result") == result[1]["items"]
+    customer = document["paths"]["/customers/{customer_id}"]["get"]["responses"]["200"]
+    assert customer["content"]["application/json"]["schema"] == published("customer-view")

@@ -32,17 +32,21 @@ from driftline.contracts.loop import (
     PREDICTION_OUTCOME,
     RETRAIN_REQUEST,
 )
+from driftline.contracts.serving import CUSTOMER_VIEW, FEATURE_ROW, PREDICT_RESULT
 from driftline.contracts.stream import CUSTOMER_EVENT, DEAD_LETTER_HEADERS, PREDICTION
 
 __all__ = [
     "CONTRACTS",
     "CUSTOMER_EVENT",
     "CUSTOMER_OUTCOME",
+    "CUSTOMER_VIEW",
     "DEAD_LETTER_HEADERS",
+    "FEATURE_ROW",
     "JSON_SCHEMA_DIALECT",
     "MODEL_DECISION",
     "PREDICTION",
     "PREDICTION_OUTCOME",
+    "PREDICT_RESULT",
     "RETRAIN_REQUEST",
     "SCHEMA_BASE_URL",
     "SCHEMA_SUFFIX",
@@ -62,6 +66,9 @@ CONTRACTS: tuple[Contract, ...] = (
     PREDICTION_OUTCOME,
     CUSTOMER_OUTCOME,
     MODEL_DECISION,
+    FEATURE_ROW,
+    PREDICT_RESULT,
+    CUSTOMER_VIEW,
 )
 
 

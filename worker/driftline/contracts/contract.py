@@ -29,7 +29,8 @@ class Contract:
     #: (checked at generation), so a renamed field cannot silently lose its doc.
     fields: Mapping[str, str]
     examples: tuple[Mapping[str, Any], ...] = field(default=())
-    #: Property whose value is a struct (or an array of them) -> its own property docs,
+    #: Property whose value is a struct (or an array of them, or either or null; ``a.b``
+    #: for a struct inside another) -> its own property docs,
     #: checked like ``fields``; the nested struct's docstring is dropped (it is for Python
     #: readers, the property's description speaks for it).
     nested: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
@@ -51,8 +52,7 @@ def schema_for(contract: Contract) -> dict[str, Any]:
     for name, doc in contract.fields.items():
         properties[name] = {"description": doc, **properties[name]}
     for name, docs in contract.nested.items():
-        value = properties[name]
-        nested = value["items"] if value.get("type") == "array" else value
+        nested = _nested_struct(properties, name)
         nested.pop("title", None)
         nested.pop("description", None)
         inner: dict[str, Any] = nested.get("properties", {})
@@ -73,6 +73,19 @@ def schema_for(contract: Contract) -> dict[str, Any]:
     if contract.examples:
         schema["examples"] = [dict(example) for example in contract.examples]
     return schema
+
+
+def _nested_struct(properties: dict[str, Any], path: str) -> dict[str, Any]:
+    """The struct schema a ``nested`` key names: a property holding a struct, an array of
+    them, or either or null (``anyOf``); ``a.b`` walks into ``a``'s struct first."""
+    node: dict[str, Any] = {"properties": properties}
+    for part in path.split("."):
+        node = node["properties"][part]
+        if "anyOf" in node:  # X | None: the member that is not null
+            node = next(m for m in node["anyOf"] if m.get("type") != "null")
+        if node.get("type") == "array":
+            node = node["items"]
+    return node
 
 
 def _inline(node: Any, definitions: Mapping[str, Any], seen: tuple[str, ...]) -> Any:

@@ -22,16 +22,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from driftline.contracts.contract import _inline
+from driftline.contracts.contract import Contract, _inline, schema_for
+from driftline.contracts.serving import CUSTOMER_VIEW, PREDICT_RESULT
 from driftline.core.predictions import Prediction
 from driftline.core.replica import CustomerView, StateReplica
 from driftline.observability.serve_metrics import ServeMetrics
 from driftline.serving.predict import BadRequest, Predictor
 from driftline.serving.schema import (
+    MAX_BATCH_ROWS,
     CustomerAnswer,
     ErrorDetail,
     LatestPrediction,
-    predict_response_type,
 )
 
 JSON = "application/json"
@@ -67,6 +68,21 @@ def openapi_schema(kind: Any) -> dict[str, Any]:
     definitions = generated.pop("$defs", {})
     inlined: dict[str, Any] = _inline(generated, definitions, ())
     return inlined
+
+
+def contract_schema(contract: Contract) -> dict[str, Any]:
+    """A contract's schema as published in ``schemas/``, less ``$schema`` and ``$id``
+    (the document's dialect is OpenAPI 3.1's, and an ``$id`` would rebase references)."""
+    schema = schema_for(contract)
+    schema.pop("$schema", None)
+    schema.pop("$id", None)
+    return schema
+
+
+def one_or_batch(item: dict[str, Any], minimum: int = 1) -> dict[str, Any]:
+    """An object, or an array of ``minimum..MAX_BATCH_ROWS`` of them."""
+    batch = {"type": "array", "items": item, "minItems": minimum, "maxItems": MAX_BATCH_ROWS}
+    return {"anyOf": [item, batch]}
 
 
 def _json(status: int, body: bytes) -> Response:
@@ -120,6 +136,9 @@ def create_app(ctx: ServeContext) -> FastAPI:
     metrics = ctx.metrics
     error_schema = openapi_schema(ErrorDetail)
     predictor = ctx.predictor
+    request_schema = one_or_batch(contract_schema(predictor.row))
+    result_schema = one_or_batch(contract_schema(PREDICT_RESULT))
+    customer_schema = contract_schema(CUSTOMER_VIEW)
 
     def _err(description: str) -> dict[str, Any]:
         return {"description": description, "content": {JSON: {"schema": error_schema}}}
@@ -140,7 +159,7 @@ def create_app(ctx: ServeContext) -> FastAPI:
             200: {
                 "description": "The customer's features as of its latest event, its "
                 "latest prediction (null if none yet) and where they stand in the stream",
-                "content": {JSON: {"schema": openapi_schema(CustomerAnswer)}},
+                "content": {JSON: {"schema": customer_schema}},
             },
             404: _err("No worker holds this customer (never seen, or evicted)"),
             422: _err("The customer id is not 1..128 characters"),
@@ -171,14 +190,14 @@ def create_app(ctx: ServeContext) -> FastAPI:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {JSON: {"schema": openapi_schema(predictor.request_type)}},
+                "content": {JSON: {"schema": request_schema}},
             }
         },
         responses={
             200: {
                 "description": "A result for a row; an array of results, in row order, "
                 "for an array of rows",
-                "content": {JSON: {"schema": openapi_schema(predict_response_type())}},
+                "content": {JSON: {"schema": result_schema}},
             },
             422: _err("The body does not match the feature-row schema (the message says where)"),
         },
@@ -248,4 +267,19 @@ def create_app(ctx: ServeContext) -> FastAPI:
         metrics.ready.set(1 if ctx.follower.ready else 0)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    generate = app.openapi
+
+    def document() -> dict[str, Any]:
+        """FastAPI's document with the contract schemas put back verbatim: its encoder
+        drops every null (``"default": null``, null values in examples)."""
+        if app.openapi_schema is None:
+            doc = generate()
+            post = doc["paths"]["/predict"]["post"]
+            post["requestBody"]["content"][JSON]["schema"] = request_schema
+            post["responses"]["200"]["content"][JSON]["schema"] = result_schema
+            get = doc["paths"]["/customers/{customer_id}"]["get"]
+            get["responses"]["200"]["content"][JSON]["schema"] = customer_schema
+        return app.openapi_schema or doc
+
+    app.openapi = document  # type: ignore[method-assign]  # FastAPI's documented override
     return app

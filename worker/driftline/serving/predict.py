@@ -18,15 +18,12 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from driftline.contracts.serving import feature_row_contract
 from driftline.core.spec import FeatureSpec
 from driftline.model.registry import ModelRegistry
 from driftline.model.runtimes import Scorer, serving_scorer
 from driftline.model.watcher import ModelWatcher
-from driftline.serving.schema import (
-    PredictResult,
-    feature_row_struct,
-    predict_request_type,
-)
+from driftline.serving.schema import PredictResult, predict_request_type
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +48,10 @@ class Predictor:
         onnx_tolerance: float = 1e-5,
     ) -> None:
         self.spec = spec
-        self.row_type = feature_row_struct(spec)
-        self.request_type = predict_request_type(self.row_type)
+        #: The row's contract (``schemas/feature-row.schema.json`` for the default spec):
+        #: its struct is what bodies are decoded with, its schema what OpenAPI shows.
+        self.row = feature_row_contract(spec)
+        self.request_type = predict_request_type(self.row.struct)
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(self.request_type)
         self._runtime = runtime
         self._tolerances = (compiled_tolerance, onnx_tolerance)

@@ -45,11 +45,6 @@ def feature_row_struct(spec: FeatureSpec) -> type[msgspec.Struct]:
     )
 
 
-def predict_response_type() -> Any:
-    """The ``POST /predict`` answer: a result for a row, an array of them for a batch."""
-    return PredictResult | list[PredictResult]
-
-
 def predict_request_type(row: type[msgspec.Struct]) -> Any:
     """The ``POST /predict`` body: one row (an object) or a batch (an array of rows)."""
     batch = Annotated[list[row], msgspec.Meta(min_length=1, max_length=MAX_BATCH_ROWS)]  # type: ignore[valid-type]  # a struct built at run time
