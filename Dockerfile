@@ -19,7 +19,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 RUN python -m pip install pip==25.3 \
- && python -m pip wheel --wheel-dir /wheels .
+ && python -m pip wheel --wheel-dir /wheels '.[serve]'
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="driftline" \
@@ -33,7 +33,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DRIFTLINE_METRICS_PORT=9300 \
     DRIFTLINE_REGISTRY=/app/var/models
 COPY --from=builder /wheels /wheels
-RUN python -m pip install --no-index --find-links /wheels driftline \
+RUN python -m pip install --no-index --find-links /wheels 'driftline[serve]' \
  && rm -rf /wheels \
  && groupadd --system --gid 10001 driftline \
  && useradd --system --uid 10001 --gid driftline --home-dir /app --shell /usr/sbin/nologin driftline \

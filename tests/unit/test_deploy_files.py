@@ -198,9 +198,10 @@ def test_dockerfile_pins_its_base_runs_unprivileged_and_checks_health(repo_root:
     assert "EXPOSE 9300" in lines
     health = next(ln for ln in lines if ln.startswith("HEALTHCHECK"))
     assert "urllib.request" in health and "/healthz" in health
-    # The project and its ==-pinned dependencies from pyproject.toml, nothing unpinned.
-    assert "pip wheel --wheel-dir /wheels ." in text
-    assert "--no-index --find-links /wheels driftline" in text
+    # The project and its ==-pinned dependencies from pyproject.toml, nothing unpinned;
+    # with the serve extra, for `driftline serve`.
+    assert "pip wheel --wheel-dir /wheels '.[serve]'" in text
+    assert "--no-index --find-links /wheels 'driftline[serve]'" in text
 
 
 def test_dockerignore_keeps_the_build_context_small_but_complete(repo_root: Path) -> None:

@@ -92,9 +92,11 @@ def test_tombstones_forget_and_later_snapshots_win(spec: FeatureSpec) -> None:
     replica = StateReplica(spec)
     old, new = first.export([customer])[0], full.export([customer])[0]
     replica.apply_changelog(2, [(customer.encode(), old)])
+    before = replica.customer(customer)
+    assert before is not None and replica.customer(customer) is before  # cached
     replica.apply_changelog(2, [(customer.encode(), new)])
     view = replica.customer(customer)
-    assert view is not None and view.partition == 2
+    assert view is not None and view.partition == 2 and view is not before
     assert view.state_offset == scored.loc[scored["customer_id"] == customer, "offset"].max()
     counts = replica.apply_changelog(2, [(customer.encode(), None)])
     assert counts.tombstones == 1

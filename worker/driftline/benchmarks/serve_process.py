@@ -100,6 +100,21 @@ class ServeProcess:
         return self
 
     @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the process has used (``/proc``; None if unknown)."""
+        if self.pid is None:
+            return None
+        try:
+            with open(f"/proc/{self.pid}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    @property
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

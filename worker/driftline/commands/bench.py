@@ -41,6 +41,13 @@ against the budget, DRIFT episodes, and retrain requests.  No broker.
 
 ticks: what a tick (re-scoring every customer in state) costs per customer.
 
+serve: `driftline serve` beside a worker that scores a steady stream (--event-rate events/s
+over --customers customers, from a separate producer process): p50/p99 of
+GET /customers/{id} at each of --rates requests/s (default 250,500,1000; a load generator
+in its own process, open loop), for --duration s each, against the target p99 <= 10 ms at
+1,000/s; then the staleness: how long after an event is sent (and after the worker
+scored it) the API answers with its prediction.  Needs the 'serve' extra.
+
 explain: what reason codes (`driftline worker --explain K`) cost per event: the scoring
 processor on the same live events in micro-batches of --batch-sizes, with the sklearn
 runtime without reasons, with the top --explain-k reasons, and with the runtime a worker
@@ -79,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "suite",
         nargs="?",
         default="throughput",
-        choices=["throughput", "latency", "state", "all", "drift", "ticks", "explain"],
+        choices=["throughput", "latency", "state", "all", "drift", "ticks", "explain", "serve"],
         help="what to measure (default: %(default)s)",
     )
     parser.add_argument(
@@ -118,8 +125,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rates",
         type=_floats,
-        default=[1000.0, 5000.0, 20000.0],
-        help="latency: offered events/s, comma-separated (default: 1000,5000,20000)",
+        default=None,
+        help="latency: offered events/s, comma-separated (default: 1000,5000,20000); "
+        "serve: offered GET /customers/{id} per second (default: 250,500,1000)",
+    )
+    parser.add_argument(
+        "--event-rate",
+        type=float,
+        default=500.0,
+        help="serve: events/s the worker scores meanwhile (default: %(default)s)",
     )
     parser.add_argument(
         "--duration",
@@ -190,6 +204,22 @@ def run(args: argparse.Namespace) -> int:
         )
         print(explain_json(found) if args.json else explain_table(found))
         return 0
+    if args.suite == "serve":
+        from driftline.benchmarks.serve import run_serve_bench
+
+        if args.bootstrap_servers:
+            connect(args)
+        serve_report = run_serve_bench(
+            rates=args.rates or [250.0, 500.0, 1000.0],
+            duration_s=args.duration or 15.0,
+            event_rate=args.event_rate,
+            customers=args.customers,
+            bootstrap=args.bootstrap_servers,
+            broker_kind="kafka" if args.broker_kind == "both" else args.broker_kind,
+            progress=not args.json,
+        )
+        print(serve_report.to_json() if args.json else serve_report.to_markdown())
+        return 0
     if isinstance(args.events, str):
         raise CommandError(f"--events {args.events!r}: a number of events (a file: bench drift)")
     if args.suite == "drift":
@@ -220,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             partitions=args.partitions,
             customers=args.customers,
-            rates=args.rates,
+            rates=args.rates or [1000.0, 5000.0, 20000.0],
             duration_s=args.duration or (5.0 if small else 10.0),
             state_sizes=args.customer_sizes
             or ([10_000] if small else [10_000, 100_000, 1_000_000]),

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from driftline.serving.app import ServeContext, create_app
+        from driftline.serving.app import CustomerFastPath, ServeContext, create_app
     except ImportError as error:
         raise CommandError(
             f"driftline serve needs the 'serve' extra (pip install 'driftline[serve]'): {error}"
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             kind, counts.records, counts.rejected, processed
         ),
     )
-    app = create_app(ServeContext(replica, lock, follower, predictor, metrics))
+    app = CustomerFastPath(create_app(ServeContext(replica, lock, follower, predictor, metrics)))
     follower.start()
     log.info(
         "serving on http://%s:%d (replica of %s and %s)",

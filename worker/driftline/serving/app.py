@@ -36,6 +36,10 @@ from driftline.serving.schema import (
 )
 
 JSON = "application/json"
+CUSTOMER_ROUTE = "/customers/{customer_id}"
+CUSTOMER_PREFIX = "/customers/"
+CATCHING_UP = "replica catching up with the topics; see /readyz"
+STATUS_TEXT = {200: "200", 404: "404", 503: "503"}
 _encode = msgspec.json.encode
 
 
@@ -139,6 +143,10 @@ def create_app(ctx: ServeContext) -> FastAPI:
     request_schema = one_or_batch(contract_schema(predictor.row))
     result_schema = one_or_batch(contract_schema(PREDICT_RESULT))
     customer_schema = contract_schema(CUSTOMER_VIEW)
+    #: customer -> (the view it was encoded from, the bytes): an answer is encoded once
+    #: per change of the customer (the replica hands out the same view until then).
+    encoded: dict[str, tuple[CustomerView, bytes]] = {}
+    max_encoded = ctx.replica.max_cached_views
 
     def _err(description: str) -> dict[str, Any]:
         return {"description": description, "content": {JSON: {"schema": error_schema}}}
@@ -152,7 +160,7 @@ def create_app(ctx: ServeContext) -> FastAPI:
         return _error(422, problems or "invalid request")
 
     @app.get(
-        "/customers/{customer_id}",
+        CUSTOMER_ROUTE,
         summary="A customer's live features and latest prediction",
         response_class=Response,
         responses={
@@ -169,19 +177,32 @@ def create_app(ctx: ServeContext) -> FastAPI:
     async def get_customer(
         customer_id: Annotated[str, Path(min_length=1, max_length=128)],
     ) -> Response:
+        status, body = lookup(customer_id)
+        return _json(status, body)
+
+    def lookup(customer_id: str) -> tuple[int, bytes]:
+        """``GET /customers/{id}``'s status and body (the route and the fast path)."""
         started = time.perf_counter()
         if not ctx.follower.ready:
-            response = _error(503, "replica catching up with the topics; see /readyz")
+            status, body = 503, _encode(ErrorDetail(CATCHING_UP))
         else:
             with ctx.lock:
                 view = ctx.replica.customer(customer_id)
             if view is None:
-                response = _error(404, f"customer {customer_id!r} is not in the live state")
+                message = f"customer {customer_id!r} is not in the live state"
+                status, body = 404, _encode(ErrorDetail(message))
             else:
-                response = _json(200, _encode(customer_answer(view)))
-        metrics.latency.labels("/customers/{customer_id}").observe(time.perf_counter() - started)
-        metrics.requests.labels("/customers/{customer_id}", str(response.status_code)).inc()
-        return response
+                cached = encoded.get(customer_id)
+                if cached is None or cached[0] is not view:
+                    if len(encoded) >= max_encoded:
+                        encoded.clear()
+                    cached = encoded[customer_id] = (view, _encode(customer_answer(view)))
+                status, body = 200, cached[1]
+        metrics.latency.labels(CUSTOMER_ROUTE).observe(time.perf_counter() - started)
+        metrics.requests.labels(CUSTOMER_ROUTE, STATUS_TEXT[status]).inc()
+        return status, body
+
+    app.state.lookup = lookup
 
     @app.post(
         "/predict",
@@ -283,3 +304,35 @@ def create_app(ctx: ServeContext) -> FastAPI:
 
     app.openapi = document  # type: ignore[method-assign]  # FastAPI's documented override
     return app
+
+
+class CustomerFastPath:
+    """ASGI in front of the FastAPI app: ``GET /customers/{id}`` with a valid id is
+    answered here, by the route's own ``lookup``, without FastAPI's routing, parameter
+    validation and response objects: ~6 us of CPU per cached lookup instead of ~80
+    (in process, without the HTTP server's share; measured 2026-12-05).  Everything
+    else, including an id the route refuses (empty, over 128 characters, with a ``/``),
+    goes to the app, so the answers are the documented ones either way.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.lookup: Any = app.state.lookup
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            path: str = scope["path"]
+            if path.startswith(CUSTOMER_PREFIX):
+                customer_id = path[len(CUSTOMER_PREFIX) :]
+                if 0 < len(customer_id) <= 128 and "/" not in customer_id:
+                    status, body = self.lookup(customer_id)
+                    headers = [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ]
+                    await send(
+                        {"type": "http.response.start", "status": status, "headers": headers}
+                    )
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await self.app(scope, receive, send)

@@ -159,7 +159,9 @@ class ReplicaFollower:
             )
             self._check_targets(consumer, {})
             while not self._stop.is_set():
-                messages = consumer.consume(10_000, 0.1)
+                # consume() waits its whole timeout unless the batch fills: keep it short, it is
+                # what a new record can wait here before it is applied.
+                messages = consumer.consume(10_000, 0.005)
                 self._apply(messages)
                 if not self.ready:
                     self._check_targets(consumer, self._eofs(messages))
