@@ -31,6 +31,7 @@ import msgspec
 import numpy as np
 from confluent_kafka import Producer
 
+from driftline.benchmarks import serve_load
 from driftline.benchmarks.broker import bench_broker
 from driftline.benchmarks.latency import latency_summary
 from driftline.benchmarks.serve_process import ServeProcess
@@ -281,7 +282,7 @@ def run_serve_bench(
                         [
                             sys.executable,
                             "-m",
-                            "driftline.benchmarks.serve_load",
+                            serve_load.__name__,  # in its own process
                             "--port",
                             str(serve.port),
                             "--rate",
