@@ -231,7 +231,8 @@ def create_app(ctx: ServeContext) -> FastAPI:
         except BadRequest as error:
             response = _error(422, str(error))
         else:
-            predictor.refresh()
+            if predictor.due():  # a new champion loads off the event loop
+                await run_in_threadpool(predictor.refresh)
             results = await run_in_threadpool(predictor.score, rows)
             metrics.rows_scored.inc(len(rows))
             response = _json(200, _encode(results if batch else results[0]))

@@ -74,6 +74,10 @@ class Predictor:
             loaded, self._runtime, compiled_tolerance=compiled, onnx_tolerance=onnx
         )
 
+    def due(self) -> bool:
+        """Whether the registry poll interval has elapsed (cheap: a clock read)."""
+        return self._watcher.due()
+
     def refresh(self) -> None:
         """Poll the registry if due; swap in a newly verified champion (a refused one is
         logged by the watcher and the current model keeps serving)."""
