@@ -196,3 +196,121 @@ def test_a_request_in_its_own_transaction_that_fails_stops() -> None:
             producer, lambda: producer.produce("retrain", b"r", b"i"), "retrain request"
         )
     assert not failed.value.recoverable
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fenced_commit(h: Harness, clock: Clock, code: int = KafkaError._FENCED) -> TransactionFailed:
+    """Partitions 0 and 1 committed at 100 and 50; a batch of partition 0 up to 150 is
+    committed, and the commit answered fenced 4.5 s into a 4 s transaction."""
+    h.tx.transaction_timeout_s = 4.0
+    h.tx.clock = clock
+    h.tx.assigned({0: 100, 1: 50})
+    producer = FakeProducer("fenced")
+    h.tx.open(producer, lambda: producer.produce("out", b"v", b"k"))
+    clock.now += 4.5
+    producer.fail["commit_transaction"] = [kafka_exception(code, fatal=True)]
+    assert h.tx.fenced_by_own_timeout(kafka_exception(code, fatal=True).args[0])
+    with pytest.raises(TransactionFailed) as failed:
+        h.tx.finish(producer, offsets(p0=150), "group")
+    assert failed.value.recoverable and failed.value.fenced_batch == {0: 150}
+    # The fenced producer refuses everything; the rewind must not need it.
+    for method in ("purge", "poll", "begin_transaction", "abort_transaction"):
+        producer.fail[method] = [kafka_exception(KafkaError._FENCED, fatal=True)]
+    return failed.value
+
+
+@pytest.mark.parametrize(
+    "code",
+    [KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH],
+)
+def test_a_fenced_commit_that_landed_on_the_broker_is_kept_not_rewound(code: int) -> None:
+    """The broker committed the batch and the client was told fenced (the CI duplicate
+    of 2026-12-05, reverted in 8b8adca): nothing is rewound, restored or scored again."""
+    h = Harness()
+    failed = fenced_commit(h, Clock(), code)
+    h.broker_committed = {0: 150, 1: 50}
+    consumer = FakeConsumer()
+    resets: list[str] = []
+    new = h.tx.rewind(consumer, FakeProducer(), failed, [0, 1], lambda: resets.append("reset"))
+    assert new is h.replacements[0]
+    assert resets == [] and h.restored == [] and consumer.seeks == []
+    assert h.tx.last_committed == {0: 150, 1: 50}
+    assert new.calls == []  # nothing restated: the broker holds the batch's offsets
+    assert h.aborted() == 0.0
+    assert not h.tx.fenced_by_own_timeout(kafka_exception(code, fatal=True).args[0])
+
+
+def test_a_fenced_commit_the_broker_aborted_is_rewound_to_the_batch_start() -> None:
+    h = Harness()
+    failed = fenced_commit(h, Clock())
+    h.broker_committed = {0: 100, 1: 50}
+    consumer = FakeConsumer()
+    resets: list[str] = []
+    new = h.tx.rewind(consumer, FakeProducer(), failed, [0, 1], lambda: resets.append("reset"))
+    assert new is h.replacements[0]
+    assert resets == ["reset"]
+    assert h.restored == [([0, 1], {0: 100, 1: 50})]
+    assert [(tp.partition, tp.offset) for tp in consumer.seeks] == [(0, 100), (1, 50)]
+    assert as_dict(new.offsets_sent[0]) == {0: 100, 1: 50}
+    assert h.aborted() == 1.0
+
+
+@pytest.mark.parametrize(
+    "broker",
+    [{0: 120, 1: 50}, {0: 150, 1: 60}, {0: 100, 1: 60}, {0: 170, 1: 50}],
+    ids=["inside-the-batch", "another-partition-moved", "start-but-other-moved", "past-the-end"],
+)
+def test_a_fenced_commit_with_any_other_broker_answer_stops(broker: dict[int, int]) -> None:
+    h = Harness()
+    failed = fenced_commit(h, Clock())
+    h.broker_committed = broker
+    consumer = FakeConsumer()
+    resets: list[str] = []
+    with pytest.raises(TransactionFailed, match="outcome unknown") as stopped:
+        h.tx.rewind(consumer, FakeProducer(), failed, [0, 1], lambda: resets.append("reset"))
+    assert not stopped.value.recoverable
+    assert resets == [] and h.restored == [] and consumer.seeks == []
+
+
+def test_a_fenced_commit_that_landed_with_delivery_errors_stops() -> None:
+    h = Harness()
+    failed = fenced_commit(h, Clock())
+    h.delivery.errors.append("MSG_SIZE_TOO_LARGE")
+    h.broker_committed = {0: 150, 1: 50}
+    with pytest.raises(TransactionFailed, match="outcome unknown"):
+        h.tx.rewind(FakeConsumer(), FakeProducer(), failed, [0, 1], list)
+
+
+def test_a_fence_within_the_timeout_is_a_newer_instance_and_stops() -> None:
+    clock = Clock()
+    h = Harness()
+    h.tx.transaction_timeout_s = 4.0
+    h.tx.clock = clock
+    producer = FakeProducer()
+    h.tx.open(producer, lambda: None)
+    clock.now += 3.9
+    producer.fail["commit_transaction"] = [kafka_exception(KafkaError._FENCED, fatal=True)]
+    with pytest.raises(TransactionFailed) as failed:
+        h.tx.finish(producer, offsets(p0=1), "group")
+    assert not failed.value.recoverable and failed.value.fenced_batch is None
+
+
+def test_another_fatal_error_after_the_timeout_still_stops() -> None:
+    clock = Clock()
+    h = Harness()
+    h.tx.transaction_timeout_s = 4.0
+    h.tx.clock = clock
+    producer = FakeProducer()
+    h.tx.open(producer, lambda: None)
+    clock.now += 10
+    producer.fail["commit_transaction"] = [kafka_exception(KafkaError._FATAL, fatal=True)]
+    with pytest.raises(TransactionFailed) as failed:
+        h.tx.finish(producer, offsets(p0=1), "group")
+    assert not failed.value.recoverable and failed.value.fenced_batch is None

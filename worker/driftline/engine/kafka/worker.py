@@ -8,7 +8,8 @@ At-least-once (default): predictions and dead letters are produced and flushed, 
 changelog, then the input offsets are committed.  A crash before the commit delivers the
 batch again; customers whose snapshot already reflects an event skip it (counted as
 redelivered), the others recompute the same predictions (duplicates, bounded by a batch).
-Exactly-once (``exactly_once``): see ``transactions``.  A fenced producer, or a fatal
+Exactly-once (``exactly_once``): see ``transactions``.  A fenced producer (unless its
+commit was fenced after its timeout: ``transactions`` asks the broker), or a fatal
 error, stops the worker (exit 3) without committing: whoever takes the partitions over
 restores them from the last committed batch.
 
@@ -139,6 +140,7 @@ class KafkaScoringWorker(ScoringEngine):
                 new_producer=self._transactional_producer,
                 committed_offsets=self.offsets.committed,
                 restore=self._restore,
+                transaction_timeout_s=s.transaction_timeout_s,
             )
             if s.exactly_once
             else None
@@ -270,6 +272,8 @@ class KafkaScoringWorker(ScoringEngine):
         ):
             self.health.set_broker_ok(False, str(error))
         if error.fatal():
+            if self.transactions is not None and self.transactions.fenced_by_own_timeout(error):
+                return  # the commit's own failure asks the broker (``transactions``)
             self.delivery.errors.append(f"fatal client error: {error}")
             self.stop()
 
