@@ -15,22 +15,19 @@ import time
 from collections.abc import Callable
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
     KafkaError,
     KafkaException,
     Message,
-    TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 
 from driftline.core.spec import FeatureSpec
 from driftline.core.state import FeatureState
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics
+from driftline.engine.kafka.changelog_reader import read_to_end
 from driftline.engine.kafka.client_config import kafka_client_config
 from driftline.engine.kafka.clients import fetch_wait_ms
 from driftline.engine.kafka.delivery import ChangelogRecord
-from driftline.engine.kafka.errors import RestoreFailed
 from driftline.engine.kafka.offsets import BrokerOffsets
 from driftline.engine.kafka.settings import WorkerSettings
 from driftline.observability.http import HealthState
@@ -93,28 +90,10 @@ class Changelog:
     def restore(
         self, processor: ScoringProcessor, partitions: list[int], committed: dict[int, int]
     ) -> None:
-        """Read the partitions' changelogs to their ends and rebuild their state.
-
-        One reader for all of them, so partitions restore in parallel.  The end is each
-        partition's EOF event, not a high watermark from ListOffsets (which some brokers
-        report short): a restore that stops early would silently lose state.
-        """
+        """Read the partitions' changelogs to their ends (``read_to_end``) and rebuild
+        their state."""
         s = self.settings
         started = time.perf_counter()
-        reader = Consumer(
-            kafka_client_config(
-                {
-                    "bootstrap.servers": s.bootstrap_servers,
-                    "group.id": f"{s.group_id}-restore",
-                    "enable.auto.commit": False,
-                    "enable.partition.eof": True,
-                    "isolation.level": "read_committed",
-                    # 10 ms, or the worker's own wait if it was given one (Tansu).
-                    "fetch.wait.max.ms": fetch_wait_ms(s) if s.fetch_wait_max_ms else 10,
-                    "error_cb": self.on_client_error,
-                }
-            )
-        )
         latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in partitions}
         records = dict.fromkeys(partitions, 0)
         ahead = dict.fromkeys(partitions, 0)
@@ -125,76 +104,35 @@ class Changelog:
         # its events then skipped as already applied, their predictions never visible).
         # Such a snapshot is passed over; the customer's previous one stands.
         probe = FeatureState(self.spec, capacity=16) if s.exactly_once else None
-        pending = set(partitions)
-        #: Exactly-once: partitions at their EOF, checked for an open transaction first.
-        waiting: dict[int, int] = {}
-        # Long enough for the broker to abort a dead predecessor's transaction (its
-        # timeout, the same setting as ours by default, and the broker's abort sweep).
-        settle_s = s.transaction_timeout_s + 15.0
-        settle_deadline = time.monotonic() + settle_s
-        try:
-            reader.assign(
-                [TopicPartition(s.changelog_topic, p, OFFSET_BEGINNING) for p in partitions]
-            )
-            deadline = time.monotonic() + s.restore_timeout_s
-            while pending:
-                if time.monotonic() > deadline:
-                    raise RestoreFailed(
-                        f"changelog {s.changelog_topic} partitions {sorted(pending)} not read to "
-                        f"their end within {s.restore_timeout_s:g} s"
-                    )
-                for message in reader.consume(10_000, 0.2):
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            p, eof_offset = _position(message)
-                            if s.exactly_once:
-                                # Checked below; the EOF event's offset is where it is.
-                                waiting[p] = eof_offset
-                            else:
-                                pending.discard(p)
-                            continue
-                        raise KafkaException(error)
-                    p, _offset = _position(message)
-                    key, value = message.key() or b"", message.value()
-                    records[p] += 1
-                    if probe is not None and key and value is not None:
-                        applied = probe.applied_offset_of(value)
-                        if applied is not None and applied >= committed.get(p, -1):
-                            ahead[p] += 1
-                            continue
-                    latest[p][key] = value
-                for p, eof_at in sorted(waiting.items()):
-                    # Done once nothing holds the stable end back and it has been read to.
-                    stable, end = self.offsets.changelog_ends(p)
-                    # Aborted records and markers past the last EOF move the position on
-                    # without a new EOF event: the position says how far it was read.
-                    tp = TopicPartition(s.changelog_topic, p)
-                    at = max(eof_at, reader.position([tp])[0].offset)
-                    waited_out = time.monotonic() > settle_deadline
-                    if (stable >= 0 and stable >= end and at >= end) or waited_out:
-                        if waited_out and not (stable >= end >= 0):
-                            log.warning(
-                                "changelog partition %d: its stable end did not reach its log "
-                                "end within %.0f s; restoring what is visible",
-                                p,
-                                settle_s,
-                            )
-                        pending.discard(p)
-                        del waiting[p]
-                    elif 0 <= stable < end:
-                        log.info(
-                            "changelog partition %d: an open transaction holds its stable "
-                            "end at %d (log end %d): waiting for it before restoring",
-                            p,
-                            stable,
-                            end,
-                        )
-                if waiting:
-                    time.sleep(0.2)
-                self.health.beat()
-        finally:
-            reader.close()
+
+        def take(p: int, message: Message) -> None:
+            key, value = message.key() or b"", message.value()
+            records[p] += 1
+            if probe is not None and key and value is not None:
+                applied = probe.applied_offset_of(value)
+                if applied is not None and applied >= committed.get(p, -1):
+                    ahead[p] += 1
+                    return
+            latest[p][key] = value
+
+        read_to_end(
+            {
+                "bootstrap.servers": s.bootstrap_servers,
+                "group.id": f"{s.group_id}-restore",
+                # 10 ms, or the worker's own wait if it was given one (Tansu).
+                "fetch.wait.max.ms": fetch_wait_ms(s) if s.fetch_wait_max_ms else 10,
+                "error_cb": self.on_client_error,
+            },
+            s.changelog_topic,
+            partitions,
+            take,
+            timeout_s=s.restore_timeout_s,
+            stable_ends=self.offsets.changelog_ends if s.exactly_once else None,
+            # Long enough for the broker to abort a dead predecessor's transaction (its
+            # timeout, the same setting as ours by default, and the broker's abort sweep).
+            settle_s=s.transaction_timeout_s + 15.0,
+            beat=self.health.beat,
+        )
         for p in partitions:
             if ahead[p]:
                 log.warning(
@@ -213,11 +151,3 @@ class Changelog:
                 records[p],
             )
         log.info("restore of %s took %.2f s", partitions, time.perf_counter() - started)
-
-
-def _position(message: Message) -> tuple[int, int]:
-    """Partition and offset of a changelog record or EOF event (librdkafka sets both on
-    those; only errors not tied to a partition lack them)."""
-    partition, offset = message.partition(), message.offset()
-    assert partition is not None and offset is not None
-    return partition, offset

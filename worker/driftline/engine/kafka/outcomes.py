@@ -50,6 +50,7 @@ from driftline.core.labels.records import (
 from driftline.core.labels.resolver import DROP_REASONS, OutcomeResolver
 from driftline.core.state import NO_TIME
 from driftline.engine.kafka.admin import TopicSpec, ensure_topics, wait_for_broker
+from driftline.engine.kafka.changelog_reader import read_to_end
 from driftline.engine.kafka.client_config import kafka_client_config
 from driftline.engine.kafka.dead_letters import (
     PRODUCER_MAX_MESSAGE_BYTES,
@@ -58,6 +59,8 @@ from driftline.engine.kafka.dead_letters import (
     fit_dead_letter,
     topic_max_message_bytes,
 )
+from driftline.engine.kafka.errors import RestoreFailed
+from driftline.engine.kafka.offsets import BrokerOffsets
 from driftline.engine.kafka.outcome_inputs import PartitionInputs, decode_contract, decode_events
 from driftline.observability.outcome_metrics import OutcomeMetrics
 
@@ -123,6 +126,7 @@ class OutcomeService:
         self.record_limit = PRODUCER_MAX_MESSAGE_BYTES
         self.ready = threading.Event()
         self.paused: set[int] = set()
+        self._ends: BrokerOffsets | None = None
 
     # ------------------------------------------------------------------ start-up
     def check_topics(self) -> int:
@@ -209,6 +213,15 @@ class OutcomeService:
         )
 
     # ------------------------------------------------------------------ restore
+    def _changelog_ends(self) -> BrokerOffsets:
+        """The changelog's stable and log ends (``BrokerOffsets.changelog_ends``)."""
+        if self._ends is None:
+            s = self.s
+            self._ends = BrokerOffsets(
+                s.bootstrap_servers, s.group_id, s.predictions_topic, s.changelog_topic
+            )
+        return self._ends
+
     def restore(self, partitions: Iterable[int]) -> None:
         """Rebuild the partitions' resolvers from their changelogs (read to their ends)."""
         wanted = sorted(set(partitions))
@@ -216,46 +229,28 @@ class OutcomeService:
             return
         s = self.s
         started = time.monotonic()
-        reader = Consumer(
-            kafka_client_config(
-                {
-                    "bootstrap.servers": s.bootstrap_servers,
-                    "group.id": f"{s.group_id}-restore",
-                    "enable.auto.commit": False,
-                    "enable.partition.eof": True,
-                    "isolation.level": "read_committed",
-                    "fetch.wait.max.ms": 10,
-                }
-            )
-        )
         latest: dict[int, dict[bytes, bytes | None]] = {p: {} for p in wanted}
+
+        def take(p: int, message: Message) -> None:
+            latest[p][message.key() or b""] = message.value()
+
+        # To each partition's EOF, as the worker's restore: a high watermark is short on
+        # Tansu (the last batch's base offset + 1), and held back by an open transaction.
         try:
-            tps = [TopicPartition(s.changelog_topic, p, OFFSET_BEGINNING) for p in wanted]
-            reader.assign(tps)
-            ends = {
-                p: reader.get_watermark_offsets(TopicPartition(s.changelog_topic, p), 10)[1]
-                for p in wanted
-            }
-            pending = {p for p in wanted if ends[p] > 0}
-            deadline = time.monotonic() + s.restore_timeout_s
-            while pending:
-                if time.monotonic() > deadline:
-                    raise OutcomeServiceError(
-                        f"changelog {s.changelog_topic} partitions {sorted(pending)} not read "
-                        f"to their end within {s.restore_timeout_s:g} s"
-                    )
-                for message in reader.consume(10_000, 0.2):
-                    error = message.error()
-                    if error is not None and error.code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(error)
-                    if error is None:
-                        latest[_partition(message)][message.key() or b""] = message.value()
-                for p in list(pending):
-                    position = reader.position([TopicPartition(s.changelog_topic, p)])[0].offset
-                    if position >= ends[p]:
-                        pending.discard(p)
-        finally:
-            reader.close()
+            read_to_end(
+                {"bootstrap.servers": s.bootstrap_servers, "group.id": f"{s.group_id}-restore",
+                 "fetch.wait.max.ms": 10},
+                s.changelog_topic,
+                wanted,
+                take,
+                timeout_s=s.restore_timeout_s,
+                stable_ends=self._changelog_ends().changelog_ends,
+                # A predecessor's open transaction: aborted by this service's producer
+                # (same transactional id) before any restore, by its timeout otherwise.
+                settle_s=s.transaction_timeout_s + 15.0,
+            )  # fmt: skip
+        except RestoreFailed as error:
+            raise OutcomeServiceError(str(error)) from error
         for p in wanted:
             resolver = self._new_resolver()
             clocks = latest[p].pop(PARTITION_KEY, None)
