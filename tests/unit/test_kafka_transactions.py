@@ -238,9 +238,11 @@ def test_a_fenced_commit_that_landed_on_the_broker_is_kept_not_rewound(code: int
     h.broker_committed = {0: 150, 1: 50}
     consumer = FakeConsumer()
     resets: list[str] = []
+    h.health.begin_batch()
     new = h.tx.rewind(consumer, FakeProducer(), failed, [0, 1], lambda: resets.append("reset"))
     assert new is h.replacements[0]
     assert resets == [] and h.restored == [] and consumer.seeks == []
+    assert h.health.batch_started is None  # /readyz does not time a batch that is over
     assert h.tx.last_committed == {0: 150, 1: 50}
     assert new.calls == []  # nothing restated: the broker holds the batch's offsets
     assert h.aborted() == 0.0

@@ -230,6 +230,7 @@ class ExactlyOnce:
         twice.  ``reset`` drops what the worker holds beyond the committed batch (a
         batch prepared after the failed one, evictions since) before the new producer.
         """
+        self.health.end_batch()  # the failed batch is over (/readyz times a batch)
         if failed.fenced_batch is not None:
             return self._after_fenced_commit(
                 consumer, failed, failed.fenced_batch, partitions, reset
