@@ -22,16 +22,38 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-__all__ = ["END_TXN", "INVALID_PRODUCER_EPOCH", "PRODUCER_FENCED", "KafkaProxy"]
+__all__ = [
+    "END_TXN",
+    "INVALID_PRODUCER_EPOCH",
+    "INVALID_RECORD",
+    "PRODUCE",
+    "PRODUCER_FENCED",
+    "KafkaProxy",
+]
 
-#: Kafka API key of EndTxn (a transaction's commit or abort).
+#: Kafka API keys: Produce, and EndTxn (a transaction's commit or abort).
+PRODUCE = 0
 END_TXN = 26
-#: Its first flexible version (a tagged-fields byte after the response's correlation id).
-END_TXN_FLEXIBLE = 3
-#: Kafka error codes of a fenced producer.
+#: Each one's first flexible version (a tagged-fields byte after the answer's
+#: correlation id, compact arrays and strings).
+FLEXIBLE_FROM = {PRODUCE: 9, END_TXN: 3}
+#: Kafka error codes: a fenced producer; a record batch the broker refused.
 INVALID_PRODUCER_EPOCH = 47
 PRODUCER_FENCED = 90
+INVALID_RECORD = 87
+
+
+@dataclass
+class _Answer:
+    """Which answers of one API are falsified, and how."""
+
+    until: float  # requests arriving before then (monotonic)
+    error_code: int
+    hold: bool  # held until ``until`` before going back
+    client_id: str | None  # only requests of this client id (None: any)
+    left: int | None  # how many more (None: no limit)
 
 
 class KafkaProxy:
@@ -42,8 +64,7 @@ class KafkaProxy:
         self._server = socket.create_server((host, port), reuse_port=False)
         self.host, self.port = self._server.getsockname()[:2]
         self._hold: dict[int, float] = {}  # api key -> monotonic time its hold ends
-        #: api key -> (monotonic time the answer hold ends, error code answered instead)
-        self._answer: dict[int, tuple[float, int]] = {}
+        self._answer: dict[int, _Answer] = {}
         self.answered = threading.Event()  # set once a falsified answer went back
         self._lock = threading.Lock()
         self.held = threading.Event()  # set once a request was held back
@@ -62,14 +83,26 @@ class KafkaProxy:
         self.held.clear()
         self.released.clear()
 
-    def answer(self, api_key: int, seconds: float, error_code: int) -> None:
-        """Forward every request of ``api_key`` that arrives in the next ``seconds`` at
-        once, hold the broker's answer until they are over, then give the client
-        ``error_code`` in its place (EndTxn only: its error code sits after the throttle
-        time).  The broker did what was asked; the client is told it failed."""
-        assert api_key == END_TXN, "only EndTxn answers are rewritten"
+    def answer(
+        self,
+        api_key: int,
+        seconds: float,
+        error_code: int,
+        *,
+        hold: bool = True,
+        client_id: str | None = None,
+        count: int | None = None,
+    ) -> None:
+        """Forward every request of ``api_key`` (EndTxn or Produce) that arrives in the
+        next ``seconds`` at once, and give the client ``error_code`` in place of the
+        broker's (Produce: the first partition's).  ``hold``: the answer is held until
+        those seconds are over.  ``client_id``: only that client's requests; ``count``:
+        only that many.  The broker did what was asked; the client is told it failed."""
+        assert api_key in FLEXIBLE_FROM, "only EndTxn and Produce answers are rewritten"
         with self._lock:
-            self._answer[api_key] = (time.monotonic() + seconds, error_code)
+            self._answer[api_key] = _Answer(
+                time.monotonic() + seconds, error_code, hold, client_id, count
+            )
         self.held.clear()
         self.answered.clear()
 
@@ -103,8 +136,8 @@ class KafkaProxy:
                 client.close()
                 continue
             self._sockets += [client, broker]
-            # correlation id -> (request's api version, when its answer goes back, error)
-            rewrite: dict[int, tuple[int, float, int]] = {}
+            # correlation id -> (api key, request's api version, the falsified answer)
+            rewrite: dict[int, tuple[int, int, _Answer]] = {}
             self._start(self._requests, client, broker, rewrite)
             self._start(self._responses, broker, client, rewrite)
 
@@ -112,7 +145,7 @@ class KafkaProxy:
         self,
         broker: socket.socket,
         client: socket.socket,
-        rewrite: dict[int, tuple[int, float, int]],
+        rewrite: dict[int, tuple[int, int, _Answer]],
     ) -> None:
         """Broker to client, frame by frame (size-prefixed; the correlation id first)."""
         try:
@@ -128,14 +161,11 @@ class KafkaProxy:
                 with self._lock:
                     falsified = rewrite.pop(correlation_id, None)
                 if falsified is not None:
-                    version, until, error_code = falsified
-                    if (wait := until - time.monotonic()) > 0:
+                    api_key, version, answer = falsified
+                    if answer.hold and (wait := answer.until - time.monotonic()) > 0:
                         time.sleep(wait)
-                    # correlation id, [tagged fields], throttle_time_ms, error_code
-                    at = 4 + (1 if version >= END_TXN_FLEXIBLE else 0) + 4
-                    if version >= END_TXN_FLEXIBLE:
-                        assert body[4] == 0, "tagged fields in an EndTxn answer header"
-                    body = body[:at] + struct.pack(">h", error_code) + body[at + 2 :]
+                    at = _error_code_at(api_key, version, body)
+                    body = body[:at] + struct.pack(">h", answer.error_code) + body[at + 2 :]
                     self.answered.set()
                 client.sendall(header + body)
         except OSError:
@@ -147,7 +177,7 @@ class KafkaProxy:
         self,
         client: socket.socket,
         broker: socket.socket,
-        rewrite: dict[int, tuple[int, float, int]],
+        rewrite: dict[int, tuple[int, int, _Answer]],
     ) -> None:
         """Client to broker, frame by frame (size-prefixed; the API key comes first)."""
         try:
@@ -159,12 +189,20 @@ class KafkaProxy:
                 body = _read(client, size)
                 if body is None:
                     return
-                api_key, version, correlation_id = struct.unpack(">hhi", body[:8])
+                api_key, version, correlation_id, id_size = struct.unpack(">hhih", body[:10])
+                client_id = body[10 : 10 + id_size].decode() if id_size >= 0 else None
                 with self._lock:
                     until = self._hold.get(api_key, 0.0)
-                    answer_until, error_code = self._answer.get(api_key, (0.0, 0))
-                    if answer_until > time.monotonic():
-                        rewrite[correlation_id] = (version, answer_until, error_code)
+                    answer = self._answer.get(api_key)
+                    if (
+                        answer is not None
+                        and answer.until > time.monotonic()
+                        and answer.client_id in (None, client_id)
+                        and answer.left != 0
+                    ):
+                        rewrite[correlation_id] = (api_key, version, answer)
+                        if answer.left is not None:
+                            answer.left -= 1
                         self.held.set()
                 if (wait := until - time.monotonic()) > 0:
                     self.held.set()
@@ -181,6 +219,43 @@ class KafkaProxy:
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _error_code_at(api_key: int, version: int, body: bytes) -> int:
+    """Where an EndTxn answer's error code is, or a Produce answer's first partition's.
+
+    Both start with the correlation id, then (flexible versions) a tagged-fields byte.
+    EndTxn: throttle time, error code.  Produce: responses (array of topics: name, or
+    from v13 a topic id; each an array of partitions: index, error code, ...).
+    """
+    flexible = version >= FLEXIBLE_FROM[api_key]
+    if flexible:
+        assert body[4] == 0, "tagged fields in an answer header"
+    at = 4 + (1 if flexible else 0)
+    if api_key == END_TXN:
+        return at + 4
+    _, at = _uvarint(body, at) if flexible else (0, at + 4)  # topics
+    if version >= 13:
+        at += 16  # topic id
+    elif flexible:
+        size, at = _uvarint(body, at)
+        at += size - 1
+    else:
+        (size,) = struct.unpack(">h", body[at : at + 2])
+        at += 2 + size
+    _, at = _uvarint(body, at) if flexible else (0, at + 4)  # partitions
+    return at + 4  # past the partition index
+
+
+def _uvarint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
 
 
 def _read(sock: socket.socket, n: int) -> bytes | None:
