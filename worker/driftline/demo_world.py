@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from driftline.demo_concept import CONCEPT_CHURN, ConceptPopulation
 from driftline.simulate import DAY_MS, HOUR_MS
 from driftline.simulate_steady import SteadyPopulation
 
@@ -61,6 +62,9 @@ SCENARIOS: dict[str, str] = {
     "spend": "order values are 2.5 times what they were",
     "new-region": f"40 % of the customers are now in a new region, {NEW_REGION!r}",
     "rate-drop": "customers buy a quarter as often as before",
+    "concept": "concept drift: the churn warning (tickets, payment failures, fewer "
+    "purchases) now comes from customers who stay, churners leave silently; inputs look "
+    "as before (runs the closed loop: outcomes, quality, alert, retrain)",
 }
 
 
@@ -104,10 +108,23 @@ class DemoWorld:
         seed: int,
         end_ms: int,
         history_days: int = HISTORY_DAYS,
+        *,
+        concept: bool = False,
     ) -> None:
         self.history_days = history_days
-        self.population = SteadyPopulation(
-            n_customers=customers, seed=seed, start_ms=end_ms - history_days * DAY_MS
+        start_ms = end_ms - history_days * DAY_MS
+        # The concept scenario's world churns faster and can swap its warning (see
+        # demo_concept); every other scenario runs in the default steady world.
+        self.population: SteadyPopulation = (
+            ConceptPopulation(
+                n_customers=customers,
+                seed=seed,
+                start_ms=start_ms,
+                churn_rate=CONCEPT_CHURN[0],
+                horizon_days=CONCEPT_CHURN[1],
+            )
+            if concept
+            else SteadyPopulation(n_customers=customers, seed=seed, start_ms=start_ms)
         )
         self.end_ms = end_ms
         self._moved: np.ndarray | None = None  # slots in the new region (new-region)
@@ -167,6 +184,10 @@ class DemoWorld:
             rng = np.random.default_rng(population.seed + 1)
             self._moved = rng.random(population.n_customers) < 0.4
             population._last_profile[:] = -np.inf
+        elif scenario == "concept":
+            if not isinstance(population, ConceptPopulation):
+                raise ValueError("the concept scenario needs DemoWorld(..., concept=True)")
+            population.swap_warning()
         elif scenario == "rate-drop":
             population.drift(
                 purchase_rate=tuple(r / 4 for r in m.purchase_rate),

@@ -71,6 +71,12 @@ def drift_view(metrics_text: str) -> DriftView:
 
 def describe_request(request: Mapping[str, Any]) -> str:
     """One line for a retrain request as published on the retrain-requests topic."""
+    if request.get("reason") == "quality":  # from ModelPerformanceDegraded, no features
+        return (
+            f"retrain request {request.get('model_name')} {request.get('model_version')}: "
+            f"quality (ModelPerformanceDegraded; incident "
+            f"{str(request.get('incident_id', ''))[:12]})"
+        )
     features = [f.get("feature", "?") for f in request.get("drifted_features", [])]
     unique = list(dict.fromkeys(features))
     shown = ", ".join(unique[:5]) + (f" +{len(unique) - 5}" if len(unique) > 5 else "")

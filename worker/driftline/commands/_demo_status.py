@@ -71,6 +71,7 @@ def print_status(
     last: dict[str, float] | None = None,
     watch: StallWatch | None = None,
     produced: int = 0,
+    extra: str = "",
 ) -> float:
     """One status line; ``last`` holds the previous scrape (updated here), so latency is
     that of the events scored since.  Returns the seconds ``watch`` says consumption has
@@ -105,6 +106,7 @@ def print_status(
         f"dead letters {v.get('driftline_dead_letters_total', 0):>6.0f} | "
         f"latency p50 <= {p50:.0f} ms, p99 <= {p99:.0f} ms | "
         f"customers {v.get('driftline_customers_in_state', 0):>6.0f} | {model} | {drift}"
+        f"{' | ' + extra if extra else ''}"
         f"{watch.status(stalled_s) if watch is not None else ''}   "
     )
     sys.stdout.write(line)

@@ -39,6 +39,8 @@ import pandas as pd
 from driftline import config
 from driftline.broker import BROKER_KINDS, BrokerError, BrokerProcess, free_port, make_broker
 from driftline.commands._demo_drift import RetrainWatcher, describe_request
+from driftline.commands._demo_loop import HORIZON_DAYS as LOOP_HORIZON_DAYS
+from driftline.commands._demo_loop import ConceptLoop, Topics
 from driftline.commands._demo_stall import (
     StallWatch,
     live_producer_config,
@@ -51,7 +53,7 @@ from driftline.commands._kafka import add_kafka_client, connect
 from driftline.commands.train import _day as train_day
 from driftline.commands.train import register, train_on_events
 from driftline.config import CONSUMER_GROUP, TopicNames
-from driftline.core.spec import load_default_spec
+from driftline.core.spec import FeatureSpec, load_default_spec
 from driftline.corpus import bad_payloads
 from driftline.demo_world import (
     SCENARIOS,
@@ -191,8 +193,10 @@ def run(args: argparse.Namespace) -> int:
         connect(args)  # its --kafka-config; one line at once if the cluster does not answer
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    registry_dir = workdir / "models"
-    spec = load_default_spec()
+    # --inject concept runs the closed loop, under its own spec copy and registry.
+    loop = ConceptLoop(workdir, args.topic_prefix) if args.inject == "concept" else None
+    registry_dir = loop.registry if loop else workdir / "models"
+    spec = loop.spec if loop else load_default_spec()
     stop = threading.Event()
     #: Ctrl-C reaches the whole process group, the worker too: it is already stopping.
     interrupted = threading.Event()
@@ -201,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
 
     injection = Injection(args.inject, args.at) if args.inject else None
     headroom = headroom_days(args.customers, args.rate, args.duration)
-    world = DemoWorld(args.customers, args.seed, history_end_ms(headroom))
+    world = DemoWorld(args.customers, args.seed, history_end_ms(headroom), concept=bool(loop))
     print(
         f"simulating {args.customers} customers: {world.history_days} days of history "
         f"to {_day(world.end_ms)} ...",
@@ -211,11 +215,17 @@ def run(args: argparse.Namespace) -> int:
     facts = summary(world, history)
     registry = ModelRegistry(registry_dir)
     latest = registry.latest("churn")
-    if args.retrain or latest is None or not _trained_on(registry, latest, history):
+    if args.retrain or latest is None or not _trained_on(registry, latest, history, spec):
         if latest is not None and not args.retrain:
             print(f"churn {latest} was trained on another history: training anew", flush=True)
         result = train_on_events(
-            history, spec, horizon_days=HORIZON_DAYS, n_estimators=100, progress=True
+            history,
+            spec,
+            horizon_days=LOOP_HORIZON_DAYS if loop else HORIZON_DAYS,
+            lookback_days=LOOP_HORIZON_DAYS if loop else None,
+            n_cutoffs=3 if loop else 1,
+            n_estimators=100,
+            progress=True,
         )
         print(result.report, flush=True)
         version = register(result, registry, "churn", spec)
@@ -253,6 +263,24 @@ def run(args: argparse.Namespace) -> int:
         ensure_topics(
             bootstrap, [*default_topics(args.partitions, names), TopicSpec(retrain_topic, 1)]
         )
+        if loop:
+            topics = Topics(
+                input=names.input,
+                predictions=names.output,
+                requests=retrain_topic,
+                outcomes=prefix + "prediction-outcomes",
+                outcomes_dlq=prefix + "prediction-outcomes-dlq",
+                decisions=prefix + "retrain-decisions",
+            )
+            loop.start(
+                bootstrap,
+                topics,
+                args.partitions,
+                client,
+                kafka_config,
+                _event_seconds_per_second(args.rate, facts["events_per_day_last_30d"]) / 86_400,
+            )
+            stack.callback(loop.stop)
         watcher = None
         if args.drift:
             watcher = RetrainWatcher(client, retrain_topic, _print_request)
@@ -274,7 +302,9 @@ def run(args: argparse.Namespace) -> int:
             events_per_day=min(args.rate * 86_400, MAX_DEMO_EVENTS_PER_DAY),
             tick_from_ms=world.end_ms,
             fetch_wait_max_ms=worker_fetch_wait_ms(started_kind),
+            features=loop.spec_path if loop else None,
         )
+        speed = _event_seconds_per_second(args.rate, facts["events_per_day_last_30d"]) / 86_400
         produced = _Count()
         producer = threading.Thread(
             target=_produce_live,
@@ -293,6 +323,9 @@ def run(args: argparse.Namespace) -> int:
             produced.n, failure = _warm_up(
                 bootstrap, names.input, history, metrics_port, worker, stop, watch, started_kind
             )
+            if loop and not failure:
+                failure = loop.wait_ready(stop)
+                print(loop.timeline(speed) + "\n" + loop.describe_alerting(), flush=True)
             if not stop.is_set() and not failure:
                 print(
                     f"live: the same {args.customers} customers (slots) from "
@@ -308,15 +341,23 @@ def run(args: argparse.Namespace) -> int:
                 producer.start()
             deadline = time.monotonic() + args.duration if args.duration else None
             last: dict[str, float] = {}
+            extra = ""
             while not failure and not stop.is_set() and worker.poll() is None:
                 if deadline and time.monotonic() > deadline:
                     break
                 stop.wait(1.0)
-                stalled_s = print_status(metrics_port, injection, last, watch, produced.n)
+                if loop:
+                    failure, extra = _loop_step(loop, last, injection)
+                stalled_s = print_status(metrics_port, injection, last, watch, produced.n, extra)
                 if watch.expired(stalled_s):
                     failure = stall_message(stalled_s, watch.waiting, started_kind)
+                if loop and loop.closed():
+                    print("\nthe loop closed: AUC fell, alert, retrain, promotion, swap, "
+                          "recovery", flush=True)  # fmt: skip
                     break
             print(flush=True)
+            if loop and not failure and not loop.closed() and not interrupted.is_set():
+                failure = f"the closed loop did not close: {loop.missing()}"
             if failure:  # said at once; stopping the worker and broker can take a while
                 print(f"driftline demo: FAILED: {failure}", file=sys.stderr, flush=True)
         finally:
@@ -345,7 +386,21 @@ def _day(ms: int) -> str:
     return str(pd.Timestamp(ms, unit="ms", tz="UTC").strftime("%Y-%m-%d"))
 
 
-def _trained_on(registry: ModelRegistry, version: str, history: pd.DataFrame) -> bool:
+def _loop_step(
+    loop: ConceptLoop, last: dict[str, float], injection: Injection | None
+) -> tuple[str, str]:
+    """Print the loop's new milestones; (why the demo must fail or "", status text)."""
+    serving = next((k.split()[-1] for k in last if k.startswith("model=")), "")
+    lines, text = loop.step(serving, injection.applied_at_ms if injection else None)
+    for line in lines:
+        sys.stdout.write("\r" + line.ljust(100) + "\n")
+    sys.stdout.flush()
+    return loop.failure(), text
+
+
+def _trained_on(
+    registry: ModelRegistry, version: str, history: pd.DataFrame, spec: FeatureSpec
+) -> bool:
     """Whether the registered model's dataset is this history (same size and span):
     the demo's history ends a set time before today, so yesterday's model is another's."""
     try:
@@ -353,7 +408,7 @@ def _trained_on(registry: ModelRegistry, version: str, history: pd.DataFrame) ->
         dataset = metadata["extra"]["dataset"]
     except (OSError, KeyError, TypeError, ValueError):
         return False
-    if metadata.get("spec_digest") != load_default_spec().digest:
+    if metadata.get("spec_digest") != spec.digest:
         return False  # trained under another feature spec: the worker would refuse it
     times = history["event_time"]
     span = [train_day(int(times.min())), train_day(int(times.max()))]
@@ -438,6 +493,7 @@ def worker_command(
     events_per_day: float | None = None,
     tick_from_ms: int | None = None,
     fetch_wait_max_ms: int | None = None,
+    features: Path | None = None,
 ) -> list[str]:
     """The demo's ``driftline worker`` command line.  Demo-specific flags: drift on; a
     short retrain persistence; the false-alarm budget counted in ``events_per_day`` (the
@@ -484,6 +540,7 @@ def worker_command(
         *(["--kafka-config", kafka_config] if kafka_config else []),
         *(["--tick-from", str(tick_from_ms)] if tick_from_ms is not None else []),
         *(["--fetch-wait-max-ms", str(fetch_wait_max_ms)] if fetch_wait_max_ms else []),
+        *(["--features", str(features)] if features else []),
     ]
 
 
