@@ -39,7 +39,7 @@ WINDOW = re.compile(
 )
 PROMOTED = re.compile(r"^retrain decision: promoted challenger (v\d+) over champion (v\d+)")
 SWAPPED = re.compile(r"^worker swapped model: (v\d+) -> (v\d+)")
-RECOVERED = re.compile(r"^AUC recovered: churn (v\d+) ([0-9.]+) .* >= its threshold ([0-9.]+)")
+RECOVERED = re.compile(r"^AUC recovered: churn (v\d+) ([0-9.]+) over .* vs ([0-9.]+) for v0001")
 DURATION = 420
 
 
@@ -68,6 +68,7 @@ def test_an_injected_concept_change_is_caught_retrained_promoted_and_recovers(
     )  # fmt: skip
     elapsed = time.monotonic() - started
     output = process.stdout.decode(errors="replace")
+    (tmp_path / "demo-output.txt").write_text(output)  # the whole run, for a failure
     stamp = re.compile(r"^\[\s*\d+ s\] ")  # milestone lines: seconds of live stream
     lines = [stamp.sub("", line.strip()) for line in output.replace("\r", "\n").splitlines()]
     tail = "\n".join(line for line in lines if not line.startswith("events in"))[-5000:]
@@ -80,7 +81,6 @@ def test_an_injected_concept_change_is_caught_retrained_promoted_and_recovers(
     # ---- the first model's live AUC fell below its threshold after the change
     windows = [m.groups() for line in lines if (m := WINDOW.match(line))]
     first = [w for w in windows if w[0] == "v0001"]
-    after = [float(w[2]) for w in first if w[6]]
     below = [w for w in first if w[6] and w[4] == "below"]
     assert below, windows
     before = [float(w[2]) for w in first if not w[6]]
@@ -96,11 +96,12 @@ def test_an_injected_concept_change_is_caught_retrained_promoted_and_recovers(
         (i, *m.groups()) for i, line in enumerate(lines) if (m := SWAPPED.match(line))
     ]
     assert (old, new) == ("v0001", challenger)
-    [(recovered_at, version, mean, new_threshold)] = [
+    [(recovered_at, version, mean, degraded)] = [
         (i, *m.groups()) for i, line in enumerate(lines) if (m := RECOVERED.match(line))
     ]
-    assert version == challenger and float(mean) >= float(new_threshold)
-    assert float(mean) > sum(after) / len(after), (mean, after)
+    assert version == challenger and float(mean) >= float(degraded) + 0.02
+    # the mean of v0001's weeks below its threshold after the change (printed above)
+    assert min(float(w[2]) for w in below) <= float(degraded) <= max(float(w[2]) for w in below)
     assert alert_at < promoted_at < swap_at < recovered_at
     served = [float(w[2]) for w in windows if w[0] == challenger]
     assert len(served) >= 2, windows

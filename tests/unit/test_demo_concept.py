@@ -13,7 +13,6 @@ churn warning changes hands, and the demo's own rule evaluation matches the rule
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 from test_demo_world import _psi_by_feature, _served
 
 from driftline.commands._demo_alerting import degraded
@@ -55,9 +54,7 @@ def test_after_the_swap_the_warning_comes_from_customers_who_stay() -> None:
     before = population._rates(float(population.clock_ms))[_SUPPORT]
     population.swap_warning()
     after = population._rates(float(population.clock_ms))[_SUPPORT]
-    # As many tickets in all (within 25 %: decoys are drawn, not copied) ...
-    assert after.sum() == pytest.approx(before.sum(), rel=0.25)
-    # ... but from other customers: before, those in trouble were (nearly) all churning
+    # Customers in trouble, but others: before, those in trouble were (nearly) all churning
     # within 30 days or already going quiet; now they churn no more than customers at
     # large (decoys are drawn where churn is least likely).
     in_trouble = after > m.support_rate * 3  # the trouble bump dominates the base rate

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from driftline.demo_concept import CONCEPT_CHURN, ConceptPopulation
+from driftline.demo_concept import CONCEPT_CHURN, CONCEPT_MECHANISM, ConceptPopulation
 from driftline.simulate import DAY_MS, HOUR_MS
 from driftline.simulate_steady import SteadyPopulation
 
@@ -122,6 +122,7 @@ class DemoWorld:
                 start_ms=start_ms,
                 churn_rate=CONCEPT_CHURN[0],
                 horizon_days=CONCEPT_CHURN[1],
+                mechanism=CONCEPT_MECHANISM,
             )
             if concept
             else SteadyPopulation(n_customers=customers, seed=seed, start_ms=start_ms)
