@@ -11,7 +11,9 @@ checked, and then the registry it leaves:
 * ModelPerformanceDegraded fired (Prometheus and Alertmanager when installed, else the
   demo's own evaluation; the output says which);
 * a retrain promoted a challenger whose lineage is the first model and the alert's
-  incident, the worker swapped to it, and its realised ROC AUC recovered;
+  incident, the worker swapped to it, and its realised ROC AUC recovered (its first two
+  completed weeks above its own alert threshold and above the first model's degraded
+  weeks);
 * the inputs did not drift enough for the worker's own monitor to ask for a retrain: the
   retrain requests published all carry reason ``quality``;
 * the demo said the loop closed and exited 0 before its ``--duration``.
@@ -31,7 +33,9 @@ import pytest
 
 from driftline.model.registry import ModelRegistry
 
-pytestmark = pytest.mark.integration
+#: ~4 minutes on a quiet 2-core machine, ~9 under load: `make test` runs it with
+#: DRIFTLINE_SLOW=1 only.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WINDOW = re.compile(
     r"^quality: churn (v\d+) week of (\S+): realised ROC AUC ([0-9.]+) from (\d+) labels "
@@ -39,7 +43,10 @@ WINDOW = re.compile(
 )
 PROMOTED = re.compile(r"^retrain decision: promoted challenger (v\d+) over champion (v\d+)")
 SWAPPED = re.compile(r"^worker swapped model: (v\d+) -> (v\d+)")
-RECOVERED = re.compile(r"^AUC recovered: churn (v\d+) ([0-9.]+) over .* vs ([0-9.]+) for v0001")
+RECOVERED = re.compile(
+    r"^AUC recovered: churn (v\d+) ([0-9.]+) over .* >= its alert threshold ([0-9.]+), "
+    r"vs ([0-9.]+) for v0001"
+)
 DURATION = 420
 
 
@@ -96,15 +103,16 @@ def test_an_injected_concept_change_is_caught_retrained_promoted_and_recovers(
         (i, *m.groups()) for i, line in enumerate(lines) if (m := SWAPPED.match(line))
     ]
     assert (old, new) == ("v0001", challenger)
-    [(recovered_at, version, mean, degraded)] = [
+    [(recovered_at, version, mean, new_threshold, degraded)] = [
         (i, *m.groups()) for i, line in enumerate(lines) if (m := RECOVERED.match(line))
     ]
-    assert version == challenger and float(mean) >= float(degraded) + 0.02
+    assert version == challenger and float(new_threshold) <= float(mean)
+    assert float(mean) > float(degraded)
+    new = [float(w[2]) for w in windows if w[0] == challenger][:2]
+    assert abs(sum(new) / 2 - float(mean)) < 1e-3, (new, mean)
     # the mean of v0001's weeks below its threshold after the change (printed above)
     assert min(float(w[2]) for w in below) <= float(degraded) <= max(float(w[2]) for w in below)
     assert alert_at < promoted_at < swap_at < recovered_at
-    served = [float(w[2]) for w in windows if w[0] == challenger]
-    assert len(served) >= 2, windows
 
     # ---- the registry: the challenger is the champion, born of v0001 and the alert
     registry = ModelRegistry(workdir / "concept" / "models")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import secrets
 import shutil
 import subprocess
@@ -57,10 +58,10 @@ RETRAIN_HISTORY_DAYS = 100
 #: Three cutoffs one horizon apart: two train (the challenger's test split, whose ROC AUC
 #: its alert threshold is drawn from, has ~450 rows, not ~220), the latest evaluates.
 RETRAIN_CUTOFFS = 3
-#: Completed weeks of the promoted model whose mean realised ROC AUC must beat the first
-#: model's degraded weeks by RECOVERY_GAIN: one week is noisy.
+#: Completed weeks of the promoted model whose mean realised ROC AUC must be above its
+#: own alert threshold (the rule no longer holds) and above the first model's degraded
+#: weeks: one week is noisy.
 RECOVERY_WINDOWS = 2
-RECOVERY_GAIN = 0.02
 #: The alert rule's ``for:`` in the demo, in event time: production holds the condition
 #: 30 minutes of wall clock (a few refreshes); the demo's 30 minutes would be years of
 #: its event time.  65 days instead: longer than a window takes to collect its labels
@@ -73,15 +74,15 @@ SHIPPED_SPEC = Path(__file__).resolve().parents[1] / "data/features.toml"
 def loop_spec(workdir: Path) -> tuple[Path, FeatureSpec]:
     """The shipped spec with the loop's label and idle eviction, written to the workdir."""
     text = SHIPPED_SPEC.read_text()
-    edits = {
-        'horizon = "90d"': f'horizon = "{HORIZON_DAYS}d"',
-        'lookback = "180d"': f'lookback = "{HORIZON_DAYS}d"',
-        '# idle_eviction = "91d"': f'idle_eviction = "{IDLE_EVICTION}"',
+    edits = {  # whatever the shipped values, each line must be there exactly once
+        r'^horizon = "[^"]*"$': f'horizon = "{HORIZON_DAYS}d"',
+        r'^lookback = "[^"]*"$': f'lookback = "{HORIZON_DAYS}d"',
+        r'^#? ?idle_eviction = "[^"]*"$': f'idle_eviction = "{IDLE_EVICTION}"',
     }
-    for old, new in edits.items():
-        if old not in text:  # the shipped spec changed: say so rather than run another loop
-            raise RuntimeError(f"{SHIPPED_SPEC}: expected {old!r} to write the loop's spec")
-        text = text.replace(old, new)
+    for pattern, line in edits.items():
+        text, n = re.subn(pattern, line, text, flags=re.MULTILINE)
+        if n != 1:  # the shipped spec changed shape: say so rather than run another loop
+            raise RuntimeError(f"{SHIPPED_SPEC}: expected one line matching {pattern!r}")
     path = workdir / "loop-features.toml"
     path.write_text(text)
     return path, load_spec(path)
@@ -305,16 +306,15 @@ class LoopView:
                 self.degraded.append(auc)
             if version == self.promoted and self.swapped:
                 self.served.append(auc)
-            if self.recovered is None and len(self.served) >= RECOVERY_WINDOWS and self.degraded:
-                mean, before = float(np.mean(self.served)), float(np.mean(self.degraded))
-                if mean >= before + RECOVERY_GAIN:
+            first = self.served[:RECOVERY_WINDOWS]
+            if self.recovered is None and len(first) == RECOVERY_WINDOWS and self.degraded:
+                mean, before = float(np.mean(first)), float(np.mean(self.degraded))
+                if mean >= threshold and mean > before:
                     self.recovered = (window, mean)
-                    own = "above" if mean >= threshold else "still below"
                     lines.append(
                         f"AUC recovered: churn {version} {mean:.3f} over its first "
-                        f"{len(self.served)} weeks vs {before:.3f} for {self.first_version}'s "
-                        f"degraded weeks ({own} {version}'s own alert threshold "
-                        f"{threshold:.3f})"
+                        f"{len(first)} weeks >= its alert threshold {threshold:.3f}, vs "
+                        f"{before:.3f} for {self.first_version}'s degraded weeks"
                     )
         alerting = self.services.alerting
         for labels in alerting.firing() if alerting else []:
@@ -355,10 +355,12 @@ class LoopView:
             return f"no challenger was promoted (retrain decisions: {outcomes or 'none'})"
         if not self.swapped:
             return f"the worker never served the promoted {self.promoted}"
+        first = [round(a, 3) for a in self.served[:RECOVERY_WINDOWS]]
+        degraded = [round(a, 3) for a in self.degraded]
         return (
-            f"{self.promoted}'s first {RECOVERY_WINDOWS} completed weeks did not beat "
-            f"{self.first_version}'s degraded weeks by {RECOVERY_GAIN} (realised ROC AUC "
-            f"{self.served or 'not yet known'} vs {self.degraded})"
+            f"{self.promoted}'s first {RECOVERY_WINDOWS} completed weeks were not above both "
+            f"its alert threshold and {self.first_version}'s degraded weeks (realised ROC "
+            f"AUC {first or 'not yet known'} vs {degraded})"
         )
 
 
