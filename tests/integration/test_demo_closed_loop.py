@@ -14,8 +14,9 @@ checked, and then the registry it leaves:
   incident, the worker swapped to it, and its realised ROC AUC recovered (its first two
   completed weeks above its own alert threshold and above the first model's degraded
   weeks);
-* the inputs did not drift enough for the worker's own monitor to ask for a retrain: the
-  retrain requests published all carry reason ``quality``;
+* the alert published retrain requests with reason ``quality``, and the promoted model
+  answers one of the requests printed (the worker's own drift trigger may ask too: the
+  score can drift, docs/retraining.md);
 * the demo said the loop closed and exited 0 before its ``--duration``.
 """
 
@@ -121,6 +122,9 @@ def test_an_injected_concept_change_is_caught_retrained_promoted_and_recovers(
     assert lineage["parent_version"] == "v0001" and lineage["incident_id"], lineage
     assert lineage["trigger"] == "request", lineage
 
-    # ---- every retrain request came from the quality alert, none from input drift
+    # ---- the alert published quality requests; the promotion answered one of the
+    # requests printed (the worker's drift trigger may ask too: the score can drift)
     requests = [line for line in lines if line.startswith("retrain request ")]
-    assert requests and all(": quality (" in line for line in requests), requests
+    assert any(": quality (ModelPerformanceDegraded" in line for line in requests), requests
+    [answered] = [line for line in requests if lineage["incident_id"][:12] in line]
+    print(f"promoted on: {answered}")

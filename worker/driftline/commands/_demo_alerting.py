@@ -143,17 +143,22 @@ class Alerting:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, real: bool = True) -> None:
+        """``real``: Prometheus and Alertmanager when installed; False: the fallback."""
         prometheus = _binary("prometheus")
         alertmanager = _binary("prometheus-alertmanager", "alertmanager")
-        if prometheus and alertmanager and RULES.is_file():
+        if not real:
+            why = "--alert-path demo"
+        elif prometheus and alertmanager and RULES.is_file():
             try:
                 self._start_real(prometheus, alertmanager)
                 return
             except RuntimeError as error:
-                self.stop()
+                for server in reversed(self.servers):  # not stop(): the fallback runs next
+                    server.stop()
+                self.servers = []
                 why = f"Prometheus/Alertmanager failed to start ({error})"
-        else:
+        else:  # not installed, or outside a source checkout
             why = "Prometheus/Alertmanager not installed" if RULES.is_file() else "no rule file"
         self.describe = (
             f"alert: the demo evaluates {ALERT}'s expression itself every 1 s (for: "

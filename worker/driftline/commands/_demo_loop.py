@@ -127,6 +127,7 @@ class LoopServices:
         self.kafka = ["--kafka-config", kafka_config] if kafka_config else []
         self.quality_port, self.retrain_port = free_port(), free_port()
         self.for_s = 1
+        self.real_alerting = True
         self.token = secrets.token_hex(16)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: list[IO[bytes]] = []
@@ -185,7 +186,7 @@ class LoopServices:
             self.workdir, self.quality_port,
             f"http://127.0.0.1:{self.retrain_port}/alerts", self.token, for_s=self.for_s,
         )  # fmt: skip
-        self.alerting.start()
+        self.alerting.start(real=self.real_alerting)
         return ""
 
     def dead(self) -> str:
@@ -367,7 +368,8 @@ class LoopView:
 class ConceptLoop:
     """The demo's side of the loop: topics, services, decisions, milestones, verdict."""
 
-    def __init__(self, workdir: Path, prefix: str) -> None:
+    def __init__(self, workdir: Path, prefix: str, real_alerting: bool = True) -> None:
+        self.real_alerting = real_alerting
         self.workdir = workdir / "concept"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.registry = self.workdir / "models"
@@ -420,6 +422,7 @@ class ConceptLoop:
             kafka_config,
         )  # fmt: skip
         services.for_s = max(1, round(FOR_DAYS / max(days_per_second, 1e-9)))
+        services.real_alerting = self.real_alerting
         self.services, self.view = services, LoopView(services)
         self._watcher = RetrainWatcher(client, topics.decisions, self._on_decision)
         self._watcher.start()

@@ -138,6 +138,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: 90s)",
     )
     parser.add_argument(
+        "--alert-path",
+        choices=("auto", "demo"),
+        default="auto",
+        help="with --inject concept: 'auto' runs Prometheus and Alertmanager when installed "
+        "(else the demo evaluates the alert rule itself), 'demo' always the demo "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--retrain-persistence",
         type=float,
         default=30.0,
@@ -194,7 +202,11 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     # --inject concept runs the closed loop, under its own spec copy and registry.
-    loop = ConceptLoop(workdir, args.topic_prefix) if args.inject == "concept" else None
+    loop = (
+        ConceptLoop(workdir, args.topic_prefix, real_alerting=args.alert_path == "auto")
+        if args.inject == "concept"
+        else None
+    )
     registry_dir = loop.registry if loop else workdir / "models"
     spec = loop.spec if loop else load_default_spec()
     stop = threading.Event()
