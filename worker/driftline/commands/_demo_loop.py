@@ -68,6 +68,11 @@ RECOVERY_WINDOWS = 2
 #: (37 days), and the retrain it asks for then has labels from after the change for both
 #: of its training cutoffs, not only from before.
 FOR_DAYS = 65
+#: Seconds of demo a drift must last before the worker's own trigger asks for a retrain:
+#: an hour, so the retrain is the quality alert's.  The change moves the score a little
+#: (a joint of inputs the old model never saw), enough for a 30-second persistence to ask
+#: first in some runs, and then the loop closes on input drift, not on the outcomes.
+DRIFT_PERSISTENCE_S = 3600.0
 SHIPPED_SPEC = Path(__file__).resolve().parents[1] / "data/features.toml"
 
 
@@ -393,8 +398,9 @@ class ConceptLoop:
             f"quality windows of {WINDOW_DAYS} days, daily ticks, idle eviction "
             f"{IDLE_EVICTION}, alert after the condition held {FOR_DAYS} days "
             f"(~{FOR_DAYS / max(days_per_second, 1e-9):.0f} s), retrain on the last "
-            f"{RETRAIN_HISTORY_DAYS} days "
-            f"({RETRAIN_CUTOFFS} cutoffs); logs in {self.workdir}"
+            f"{RETRAIN_HISTORY_DAYS} days ({RETRAIN_CUTOFFS} cutoffs); the worker's drift "
+            f"trigger waits {DRIFT_PERSISTENCE_S / 3600:g} h (the retrain here is the quality "
+            f"alert's); logs in {self.workdir}"
         )
 
     def start(

@@ -37,6 +37,7 @@ import pandas as pd
 from driftline import config
 from driftline.broker import BROKER_KINDS, BrokerError, BrokerProcess, free_port, make_broker
 from driftline.commands._demo_drift import RetrainWatcher, describe_request
+from driftline.commands._demo_loop import DRIFT_PERSISTENCE_S as LOOP_DRIFT_PERSISTENCE_S
 from driftline.commands._demo_loop import HORIZON_DAYS as LOOP_HORIZON_DAYS
 from driftline.commands._demo_loop import ConceptLoop, Topics
 from driftline.commands._demo_stall import (
@@ -309,7 +310,9 @@ def run(args: argparse.Namespace) -> int:
             workdir,
             kafka_config,
             drift=args.drift,
-            retrain_persistence_s=args.retrain_persistence
+            # With the loop, the retrain is the quality alert's: the worker's drift
+            # trigger waits an hour of demo (its drift state is still shown).
+            retrain_persistence_s=(LOOP_DRIFT_PERSISTENCE_S if loop else args.retrain_persistence)
             * _event_seconds_per_second(args.rate, facts["events_per_day_last_30d"]),
             names=names,
             group_id=prefix + CONSUMER_GROUP,
