@@ -33,9 +33,9 @@ import pytest
 
 from driftline.model.registry import ModelRegistry
 
-#: ~4 minutes on a quiet 2-core machine, ~9 under load: `make test` runs it with
-#: DRIFTLINE_SLOW=1 only.
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+#: 2.5-4.5 minutes on a quiet 2-core machine: `make test` runs it (its second xdist worker
+#: runs the rest meanwhile).
+pytestmark = [pytest.mark.integration]
 
 WINDOW = re.compile(
     r"^quality: churn (v\d+) week of (\S+): realised ROC AUC ([0-9.]+) from (\d+) labels "
