@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from driftline.engine.kafka.settings import WorkerSettings
     from driftline.model.registry import ModelRefused
     from driftline.observability.serve_metrics import ServeMetrics
+    from driftline.serving.heap import freeze_long_lived_objects, freeze_when
     from driftline.serving.predict import Predictor
 
     connect(args)
@@ -126,7 +127,12 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     app = CustomerFastPath(create_app(ServeContext(replica, lock, follower, predictor, metrics)))
+    # Full garbage collections walk every object alive; those alive now, and once the
+    # replica has caught up, live as long as the process (serving/heap.py).
+    freeze_long_lived_objects()
+    stopped = threading.Event()
     follower.start()
+    freeze_when(follower.wait_ready, stopped)
     log.info(
         "serving on http://%s:%d (replica of %s and %s)",
         args.host,
@@ -137,5 +143,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     finally:
+        stopped.set()
         follower.stop()
     return 0
